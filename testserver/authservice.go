@@ -1,0 +1,113 @@
+package testserver
+
+import (
+	"context"
+	"crypto/subtle"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	authv1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/auth/v1"
+	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
+)
+
+// Register registers AuthService and EchoService on reg. Combine it with
+// ServerOptions, which carries the authentication the services rely on.
+func (s *Server) Register(reg grpc.ServiceRegistrar) {
+	authv1.RegisterAuthServiceServer(reg, authService{s: s})
+	echov1.RegisterEchoServiceServer(reg, echoService{})
+}
+
+// authService implements tokenrefresh.auth.v1.AuthService on a Server.
+type authService struct {
+	authv1.UnimplementedAuthServiceServer
+	s *Server
+}
+
+var _ authv1.AuthServiceServer = authService{}
+
+func (a authService) Login(ctx context.Context, req *authv1.LoginRequest) (*authv1.LoginResponse, error) {
+	s := a.s
+	want, ok := s.users[req.GetUser()]
+	// Compare even for an unknown user so the answer time does not reveal
+	// which users exist.
+	match := subtle.ConstantTimeCompare([]byte(want), []byte(req.GetPassword())) == 1
+	if !ok || !match {
+		s.counters.loginsFailed.Add(1)
+		s.logger.InfoContext(ctx, "login failed", "user", req.GetUser())
+		return nil, status.Error(codes.Unauthenticated, "testserver: invalid user or password")
+	}
+	p := s.newFamily(req.GetUser())
+	s.counters.logins.Add(1)
+	s.logger.InfoContext(ctx, "login", "user", req.GetUser(), "expiry", p.expiry)
+	return &authv1.LoginResponse{Token: p.proto()}, nil
+}
+
+func (a authService) Refresh(ctx context.Context, req *authv1.RefreshRequest) (*authv1.RefreshResponse, error) {
+	s := a.s
+	p, err := s.refreshToken(ctx, req.GetRefreshToken())
+	if err != nil {
+		s.counters.refreshesFailed.Add(1)
+		s.logger.InfoContext(ctx, "refresh failed", "code", status.Code(err).String())
+		return nil, err
+	}
+	s.counters.refreshesOK.Add(1)
+	return &authv1.RefreshResponse{Token: p.proto()}, nil
+}
+
+// refreshToken applies the injected faults, then rotates the refresh token.
+// Injected faults leave the refresh token unused, so a client may retry it.
+func (s *Server) refreshToken(ctx context.Context, refreshToken string) (pair, error) {
+	if refreshToken == "" {
+		return pair{}, status.Error(codes.InvalidArgument, "testserver: refresh_token is required")
+	}
+	if latency := s.refreshLatency(); latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return pair{}, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	if code, fail := s.takeInjectedFailure(); fail {
+		return pair{}, status.Errorf(code, "testserver: injected refresh failure (%v)", code)
+	}
+	if s.failFunc != nil {
+		if err := s.failFunc(ctx, refreshToken); err != nil {
+			return pair{}, err
+		}
+	}
+	p, famID, why := s.rotate(refreshToken)
+	if why != "" {
+		if why == rejectReused {
+			s.logger.WarnContext(ctx, "refresh token reused; family revoked", "family", famID)
+		} else {
+			s.logger.DebugContext(ctx, "refresh token rejected", "reason", string(why), "family", famID)
+		}
+		return pair{}, status.Error(codes.Unauthenticated, "testserver: "+string(why))
+	}
+	s.logger.DebugContext(ctx, "refresh", "family", famID, "expiry", p.expiry)
+	return p, nil
+}
+
+func (a authService) Revoke(ctx context.Context, req *authv1.RevokeRequest) (*authv1.RevokeResponse, error) {
+	if req.GetToken() == "" {
+		return nil, status.Error(codes.InvalidArgument, "testserver: token is required")
+	}
+	a.s.counters.revokes.Add(1)
+	a.s.RevokeToken(req.GetToken())
+	return &authv1.RevokeResponse{}, nil
+}
+
+func (p pair) proto() *authv1.TokenPair {
+	return &authv1.TokenPair{
+		AccessToken:       p.access,
+		RefreshToken:      p.refresh,
+		ExpireTime:        timestamppb.New(p.expiry),
+		RefreshExpireTime: timestamppb.New(p.refreshExpiry),
+	}
+}

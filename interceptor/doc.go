@@ -1,0 +1,148 @@
+// Package interceptor provides gRPC client interceptors that attach a bearer
+// token from a token source to every call and make token expiry invisible to
+// application code: a call whose token the server rejects is retried once
+// with a refreshed token, and a stream rejected before its first response is
+// reopened and replayed.
+//
+// The token source is normally a *tokensource.Source, which shares one
+// refresh among all the callers that need it; any TokenSource works.
+//
+// # Installing
+//
+// DialOptions is all a client needs:
+//
+//	src := tokensource.New(refresher)
+//	defer src.Close()
+//	conn, err := grpc.NewClient(target,
+//		grpc.WithTransportCredentials(creds),
+//		interceptor.DialOptions(src)...)
+//
+// It chains the unary and the stream interceptor (sharing one configuration)
+// and installs the transport security check once for the connection.
+// UnaryClientInterceptor and StreamClientInterceptor return the interceptors
+// alone, for clients that assemble their chain themselves; they then add the
+// security check to each call they handle.
+//
+// Every call carries "authorization: Bearer <access token>" (WithHeader and
+// WithScheme change the key and the scheme). A value the caller put in the
+// outgoing metadata under that key is replaced, never sent twice.
+//
+// # Placing it in a chain
+//
+// gRPC runs chained client interceptors in the order they are given, the
+// first one outermost, and the dial options that chain them add up in the
+// order they are passed to grpc.NewClient. With go-grpc-middleware's
+// interceptors, the order that works is:
+//
+//	conn, err := grpc.NewClient(target,
+//		grpc.WithTransportCredentials(creds),
+//		grpc.WithChainUnaryInterceptor(
+//			logging.UnaryClientInterceptor(logger), // 1. outermost
+//			timeout.UnaryClientInterceptor(5*time.Second),
+//			retry.UnaryClientInterceptor(retry.WithMax(3)),
+//		),
+//		interceptor.DialOptions(src)..., // 4. innermost, next to the transport
+//	)
+//
+// Why this order:
+//
+//  1. Logging outermost logs each call once, as the application sees it:
+//     after the token was obtained and any refresh-and-retry happened
+//     inside. (Placed inside retry instead, it would log every attempt.)
+//  2. The timeout outside the others bounds the whole call: the wait for a
+//     token, the attempts and the backoff between them.
+//  3. Retry outside this package's interceptors, so that every retry
+//     attempt passes through them again and carries the source's current
+//     token rather than the one attached for the first attempt. A token
+//     source that cannot produce a token for a transient reason fails the
+//     call with codes.Unavailable, which retry's default codes retry with
+//     backoff. An Unauthenticated that survived this package's own retry is
+//     not retried by default, which is right: the server rejected a fresh
+//     token.
+//  4. This package innermost, so that the token it attaches is the last
+//     word and its one retry sits below the generic retry.
+//
+// gRPC's own retry policy (from the service config) runs below all
+// interceptors and resends the same metadata; do not add Unauthenticated to
+// its retryable codes.
+//
+// # Unary calls
+//
+// The unary interceptor gets a token (waiting, within the call's context,
+// while the source refreshes), makes the call, and if the server rejected
+// the token (WithTokenRejected; by default codes.Unauthenticated) asks the
+// source to Refresh the token that was sent, then retries once with the
+// token it returns. The caller sees the retry's result. There is no second
+// retry, and no retry at all when the source returns the rejected token
+// itself (a *tokensource.Source does so within its minimum refresh interval,
+// when the server keeps rejecting fresh tokens): the same token would be
+// rejected again, so the first error is returned.
+//
+// # Streams
+//
+// The token is attached when a stream opens. The server's rejection can
+// surface when the stream is created, in Header (grpc-go reports a
+// trailers-only rejection there as an ended stream), in RecvMsg, or as
+// io.EOF from SendMsg. In each case, if no response message has arrived yet,
+// the stream interceptor refreshes the token, opens a new stream with it,
+// replays the messages sent so far (and CloseSend, if the caller had
+// called it), and carries on: the caller's next RecvMsg reads from the new
+// stream, and Header, Trailer and Context return the new stream's. A stream
+// is reopened at most once.
+//
+// Messages are kept for the replay only while no response has arrived, as
+// clones (so the caller may reuse a message after SendMsg), and only up to
+// WithMaxReplayBytes (default 256 KiB, grpc-go's own retry buffer size).
+// Past the bound, or after the first response, a rejection is returned as it
+// is: replaying would duplicate what the server already answered. The source
+// is still refreshed then, so later calls carry a fresh token.
+//
+// grpc-go allows one goroutine in SendMsg while another is in RecvMsg. The
+// wrapper keeps that: while the stream is being replaced or replayed,
+// SendMsg and CloseSend wait (or return when the call's context ends), and
+// no lock is held across a blocking call on the underlying stream. When a
+// receiving goroutine reopens the stream, the replay runs on a goroutine of
+// its own, so that the receiver can drain responses meanwhile; it ends with
+// the stream.
+//
+// # Skipping
+//
+// A call goes out untouched (no token, no refresh) when it has the SkipAuth
+// call option, when its method is listed with WithSkipMethods (a login RPC,
+// say), or when it is made from inside the token source's own refresh
+// (tokensource.InRefresh): a Refresher that calls an auth service over the
+// same intercepted connection neither waits for the refresh it is part of
+// nor starts another one.
+//
+// # Transport security
+//
+// By default no token is sent over a connection without transport security
+// (PrivacyAndIntegrity, as grpc-go's oauth credentials require). The check
+// runs where gRPC knows the connection, in the transport: a call that
+// carries the token header on an insecure connection fails with
+// codes.Unauthenticated and an error matching ErrInsecureTransport, before
+// anything is written, and triggers no refresh. Calls without a token
+// (SkipAuth, skipped methods) still work on such a connection. AllowInsecure
+// turns the check off, for local testing.
+//
+// # Errors
+//
+// Errors are gRPC status errors; use status.Code, and errors.Is for causes.
+// When no token can be obtained: if the call's context ended, the error has
+// that context's code (Canceled, DeadlineExceeded) and matches its error;
+// if the source requires the user to log in again, the code is
+// Unauthenticated and the error matches tokensource.ErrReauthRequired; any
+// other failure (a transient refresh failure, a closed source, an unusable
+// token) is Unavailable and matches its cause. Errors never contain token
+// text, and tokens are never logged.
+//
+// # Performance
+//
+// With a valid token the unary path takes no lock: the source's Token is an
+// atomic load, and the header value is cached per token. Calls whose context
+// has no outgoing metadata allocate exactly what
+// metadata.AppendToOutgoingContext allocates. When the caller's context
+// already has outgoing metadata, the interceptor must look for an existing
+// token header, and grpc-go offers no way to do that without copying the
+// metadata: such calls pay for one copy (see BenchmarkUnary).
+package interceptor

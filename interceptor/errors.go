@@ -1,0 +1,86 @@
+package interceptor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+)
+
+// ErrInsecureTransport is matched (errors.Is) by the error of a call that
+// would have sent a token over a connection without transport security while
+// AllowInsecure was not given. The call fails with codes.Unauthenticated, no
+// token is sent, and no refresh is triggered.
+var ErrInsecureTransport = errors.New("interceptor: refusing to send a token over a connection without transport security")
+
+// statusError is an error with a gRPC status (status.Code and
+// status.FromError see its code) that still unwraps to its causes for
+// errors.Is. Its message never contains token text: causes come from the
+// token source, whose errors never carry tokens, or from this package.
+type statusError struct {
+	code   codes.Code
+	msg    string
+	causes []error
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("rpc error: code = %s desc = %s", e.code, e.msg)
+}
+
+// GRPCStatus lets status.FromError, status.Code and grpc-go itself read the
+// error's code and message.
+func (e *statusError) GRPCStatus() *status.Status { return status.New(e.code, e.msg) }
+
+// Unwrap returns the causes for errors.Is and errors.As.
+func (e *statusError) Unwrap() []error { return e.causes }
+
+// sourceError maps a failure of the token source to the error the caller
+// sees:
+//   - the caller's ctx ended: the ctx error's code (Canceled,
+//     DeadlineExceeded), still matching context.Canceled or
+//     context.DeadlineExceeded;
+//   - errors.Is(err, tokensource.ErrReauthRequired): Unauthenticated;
+//   - anything else (a transient refresh failure, ErrClosed,
+//     ErrInvalidToken, a refresh that hit its own timeout): Unavailable.
+func sourceError(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil &&
+		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		causes := []error{err}
+		if !errors.Is(err, ctxErr) {
+			causes = append(causes, ctxErr)
+		}
+		return &statusError{
+			code:   status.FromContextError(ctxErr).Code(),
+			msg:    "interceptor: waiting for a token: " + err.Error(),
+			causes: causes,
+		}
+	}
+	code := codes.Unavailable
+	if errors.Is(err, tokensource.ErrReauthRequired) {
+		code = codes.Unauthenticated
+	}
+	return &statusError{code: code, msg: "interceptor: cannot obtain a token: " + err.Error(), causes: []error{err}}
+}
+
+// invalidTokenError reports a token the interceptor will not send. reason
+// describes the problem without quoting the token.
+func invalidTokenError(reason string) error {
+	return &statusError{
+		code:   codes.Unavailable,
+		msg:    "interceptor: cannot use the token from the token source: " + reason,
+		causes: []error{tokensource.ErrInvalidToken},
+	}
+}
+
+func insecureTransportError(detail string) error {
+	return &statusError{
+		code: codes.Unauthenticated,
+		msg: ErrInsecureTransport.Error() + " (" + detail + "); " +
+			"use TLS transport credentials, or interceptor.AllowInsecure() for local testing",
+		causes: []error{ErrInsecureTransport},
+	}
+}

@@ -1,0 +1,505 @@
+package interceptor
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+)
+
+// clientStream wraps the stream of one call so that a rejection of its token
+// before the first response message can be repaired: refresh the token,
+// reopen the stream, replay what was sent, carry on.
+//
+// Concurrency: grpc allows one goroutine in SendMsg or CloseSend while
+// another is in RecvMsg, and Header, Trailer and Context from anywhere. mu
+// guards the fields below it and is never held across a call on an
+// underlying stream. recvLock is a channel used as a lock (so that a waiter
+// can give up when its context ends): it is held by the one goroutine that
+// may call RecvMsg on the underlying stream, that is the caller's RecvMsg,
+// or SendMsg or Header while they find out how a stream ended. Only a holder
+// of recvLock replaces the underlying stream. While it does, senders wait;
+// while the replacement replays the buffered sends, senders wait too, so
+// the server sees every message once and in order.
+type clientStream struct {
+	i        *interceptor
+	ctx      context.Context // the caller's, without the token header
+	desc     *grpc.StreamDesc
+	cc       *grpc.ClientConn
+	method   string
+	streamer grpc.Streamer
+	opts     []grpc.CallOption
+
+	recvLock chan struct{}
+
+	mu        sync.Mutex
+	cur       *attempt
+	reopening bool // cur is being replaced; senders wait for cur.done
+	replaying bool // cur is replaying the buffer; senders wait for cur.replayed
+	// buf holds clones of the messages sent so far while replayable.
+	buf      []proto.Message
+	bufBytes int
+	// replayable: buf holds every message sent so far and the stream may
+	// still be reopened (no response yet, no retry yet, within the bound).
+	replayable bool
+	closeSent  bool
+	received   bool // a response message has arrived
+	retried    bool
+	// refreshedFor is the token this call last asked the source to refresh.
+	refreshedFor *tokensource.Token
+	// final, once set, is what RecvMsg returns from then on.
+	final error
+	// pending is a response that arrived while SendMsg or Header probed the
+	// stream; the next RecvMsg delivers it.
+	pending *emptypb.Empty
+}
+
+// attempt is one underlying stream of the call.
+type attempt struct {
+	cs  grpc.ClientStream
+	tok *tokensource.Token // the token it carries
+
+	done   chan struct{} // closed when replaced, or when the call ended here
+	closed bool          // done is closed; guarded by clientStream.mu
+
+	replayed    chan struct{} // closed once the replay below is done
+	replayBuf   []proto.Message
+	replayClose bool
+}
+
+func newClientStream(i *interceptor, ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts []grpc.CallOption, cs grpc.ClientStream, tok *tokensource.Token, retried bool) *clientStream {
+	return &clientStream{
+		i:          i,
+		ctx:        ctx,
+		desc:       desc,
+		cc:         cc,
+		method:     method,
+		streamer:   streamer,
+		opts:       opts,
+		recvLock:   make(chan struct{}, 1),
+		cur:        &attempt{cs: cs, tok: tok, done: make(chan struct{})},
+		replayable: !retried && i.opts.maxReplayBytes > 0,
+		retried:    retried,
+	}
+}
+
+// Header returns the header of the current underlying stream. If that
+// stream ended before sending a header (the shape of a server's token
+// rejection) and the stream can still be reopened, Header finds out why it
+// ended, reopens it when the token was rejected, and returns the new
+// stream's header. Like grpc-go, it returns (nil, nil) when the stream ended;
+// RecvMsg then reports the status.
+func (w *clientStream) Header() (metadata.MD, error) {
+	for {
+		w.mu.Lock()
+		a := w.cur
+		if w.reopening {
+			w.mu.Unlock()
+			select {
+			case <-a.done:
+				continue
+			case <-w.ctx.Done():
+				return nil, nil
+			}
+		}
+		maybe := w.canReopenLocked()
+		w.mu.Unlock()
+
+		md, err := a.cs.Header()
+		if md != nil || err != nil || !maybe {
+			return md, err
+		}
+		// a ended without a header. grpc-go reports the status only
+		// through RecvMsg, so whoever holds recvLock asks for it.
+		select {
+		case w.recvLock <- struct{}{}:
+		case <-a.done: // a receiver dealt with it
+			continue
+		case <-w.ctx.Done():
+			return nil, nil
+		}
+		w.mu.Lock()
+		mine := w.cur == a && w.canReopenLocked()
+		w.mu.Unlock()
+		var next *attempt
+		if mine {
+			next = w.probe(a)
+		}
+		<-w.recvLock
+		if next != nil {
+			w.replayAsync(next)
+		}
+	}
+}
+
+// Trailer returns the trailer of the current underlying stream.
+func (w *clientStream) Trailer() metadata.MD { return w.current().cs.Trailer() }
+
+// Context returns the context of the current underlying stream.
+func (w *clientStream) Context() context.Context { return w.current().cs.Context() }
+
+// CloseSend closes the sending side of the current underlying stream and
+// remembers that it did, so that a reopened stream is closed the same way.
+func (w *clientStream) CloseSend() error {
+	w.mu.Lock()
+	if err := w.waitSendableLocked(); err != nil {
+		w.mu.Unlock()
+		return err
+	}
+	w.closeSent = true
+	a := w.cur
+	w.mu.Unlock()
+	return a.cs.CloseSend()
+}
+
+// SendMsg sends m on the current underlying stream, keeping a clone for a
+// replay while the stream may still be reopened. When the underlying stream
+// has ended (io.EOF) and m is kept, SendMsg finds out why: if the token was
+// rejected, the stream is reopened, m is replayed with the rest, and
+// SendMsg returns nil.
+func (w *clientStream) SendMsg(m any) error {
+	w.mu.Lock()
+	if err := w.waitSendableLocked(); err != nil {
+		w.mu.Unlock()
+		return err
+	}
+	if w.final != nil {
+		w.mu.Unlock()
+		return io.EOF
+	}
+	a := w.cur
+	// After CloseSend, grpc-go refuses the message; it must not be kept
+	// for a replay that would send it after all.
+	kept := !w.closeSent && w.keepLocked(m)
+	w.mu.Unlock()
+
+	err := a.cs.SendMsg(m)
+	if err == nil || !kept {
+		return err
+	}
+	if err != io.EOF {
+		// grpc-go aborted the stream on the client side (a message too
+		// large, say): what it refused must never be replayed.
+		w.mu.Lock()
+		w.dropBufferLocked()
+		w.mu.Unlock()
+		return err
+	}
+	return w.sendEnded(a)
+}
+
+// sendEnded handles io.EOF from SendMsg on attempt a after the message was
+// kept for a replay.
+func (w *clientStream) sendEnded(a *attempt) error {
+	select {
+	case w.recvLock <- struct{}{}:
+	default:
+		// A RecvMsg is under way: it sees how a ended and acts on it.
+		// The message is kept, so a reopened stream gets it.
+		return nil
+	}
+	w.mu.Lock()
+	moved := w.cur != a
+	mine := !moved && w.canReopenLocked()
+	w.mu.Unlock()
+	var next *attempt
+	if mine {
+		next = w.probe(a)
+	}
+	<-w.recvLock
+	switch {
+	case moved: // already reopened, with the message replayed
+		return nil
+	case next != nil:
+		// This goroutine is the caller's sender: replaying here keeps
+		// the caller's next SendMsg behind the replay at no extra cost.
+		w.replay(next)
+		return nil
+	default:
+		return io.EOF
+	}
+}
+
+// RecvMsg receives the next response. If the underlying stream fails with a
+// token rejection before the first response, RecvMsg reopens it (see the
+// package documentation) and receives from the new stream instead.
+func (w *clientStream) RecvMsg(m any) error {
+	if err := w.lockRecv(); err != nil {
+		return err
+	}
+	defer func() { <-w.recvLock }()
+	for {
+		w.mu.Lock()
+		if p := w.pending; p != nil {
+			w.pending = nil
+			w.mu.Unlock()
+			return deliver(p, m)
+		}
+		if err := w.final; err != nil {
+			w.mu.Unlock()
+			return err
+		}
+		a := w.cur
+		w.mu.Unlock()
+
+		err := a.cs.RecvMsg(m)
+		switch {
+		case err == nil:
+			w.mu.Lock()
+			if !w.received {
+				w.markReceivedLocked()
+			}
+			w.mu.Unlock()
+			return nil
+		case err == io.EOF:
+			w.mu.Lock()
+			w.endLocked(a, err)
+			w.mu.Unlock()
+			return err
+		}
+		next := w.resolve(a, err)
+		if next == nil {
+			w.mu.Lock()
+			if w.final != nil {
+				err = w.final
+			}
+			w.mu.Unlock()
+			return err
+		}
+		w.replayAsync(next)
+	}
+}
+
+func (w *clientStream) lockRecv() error {
+	select {
+	case w.recvLock <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case w.recvLock <- struct{}{}:
+		return nil
+	case <-w.ctx.Done():
+		return status.FromContextError(w.ctx.Err()).Err()
+	}
+}
+
+// probe finds out how attempt a ended when SendMsg or Header noticed the
+// end. The caller holds recvLock. It returns the new attempt if the stream
+// was reopened (its replay still to do), nil otherwise.
+func (w *clientStream) probe(a *attempt) *attempt {
+	// Empty keeps the bytes of any message as unknown fields, so a response
+	// that arrives after all is not lost: the next RecvMsg decodes it.
+	capture := new(emptypb.Empty)
+	err := a.cs.RecvMsg(capture)
+	switch {
+	case err == nil:
+		w.mu.Lock()
+		w.pending = capture
+		w.markReceivedLocked()
+		w.mu.Unlock()
+		return nil
+	case err == io.EOF:
+		w.mu.Lock()
+		w.endLocked(a, err)
+		w.mu.Unlock()
+		return nil
+	}
+	return w.resolve(a, err)
+}
+
+// resolve acts on err, which ended attempt a. The caller holds recvLock. If
+// the token was rejected and the stream can be reopened, resolve refreshes
+// the token, opens the new stream and returns it (its replay still to do).
+// Otherwise it records err (or the refresh failure) as the call's final
+// error, refreshing the source for later calls when the token was rejected
+// but the stream could not be reopened, and returns nil.
+func (w *clientStream) resolve(a *attempt, err error) *attempt {
+	rejected := w.i.rejected(w.ctx, w.method, err)
+	w.mu.Lock()
+	if w.cur != a || w.final != nil {
+		w.mu.Unlock()
+		return nil
+	}
+	if !rejected || !w.canReopenLocked() {
+		// After a failed retry, refreshing again would not help (as for
+		// unary calls). After a response, or past the replay bound, the
+		// token may well be stale: refresh it for the calls to come.
+		later := rejected && (w.received || !w.retried) && w.refreshedFor != a.tok
+		if later {
+			w.refreshedFor = a.tok
+		}
+		w.endLocked(a, err)
+		w.mu.Unlock()
+		if later {
+			if _, rerr := w.i.src.Refresh(w.ctx, a.tok); rerr != nil {
+				w.i.opts.logger.DebugContext(w.ctx, "interceptor: refresh after a stream's token was rejected failed",
+					"method", w.method, "error", rerr)
+			}
+		}
+		return nil
+	}
+	w.retried, w.refreshedFor, w.reopening = true, a.tok, true
+	buf, closeSent := w.buf, w.closeSent
+	w.buf, w.bufBytes, w.replayable = nil, 0, false
+	w.mu.Unlock()
+
+	tok, value, rerr := w.i.renew(w.ctx, a.tok)
+	if rerr == nil && tok == a.tok {
+		rerr = err // nothing newer to retry with
+	}
+	var cs grpc.ClientStream
+	if rerr == nil {
+		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",
+			"method", w.method, "replay_messages", len(buf))
+		cs, rerr = w.streamer(w.i.attach(w.ctx, value), w.desc, w.cc, w.method, w.opts...)
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rerr != nil {
+		w.endLocked(a, rerr)
+		return nil
+	}
+	next := &attempt{
+		cs:          cs,
+		tok:         tok,
+		done:        make(chan struct{}),
+		replayed:    make(chan struct{}),
+		replayBuf:   buf,
+		replayClose: closeSent,
+	}
+	w.cur, w.reopening, w.replaying = next, false, true
+	a.closed = true
+	close(a.done)
+	return next
+}
+
+// replayAsync replays on a goroutine of its own, so that the caller's
+// goroutine (a receiver) can go on receiving meanwhile: a server that
+// answers every message could otherwise fill the flow-control windows and
+// stall the replay.
+func (w *clientStream) replayAsync(a *attempt) {
+	if len(a.replayBuf) == 0 && !a.replayClose {
+		w.replay(a)
+		return
+	}
+	go w.replay(a)
+}
+
+// replay sends the kept messages, and CloseSend if the caller had closed,
+// on the new attempt a, then lets the caller's senders through. A send that
+// fails stops the replay; RecvMsg reports the stream's status.
+func (w *clientStream) replay(a *attempt) {
+	ok := true
+	for _, m := range a.replayBuf {
+		if err := a.cs.SendMsg(m); err != nil {
+			ok = false
+			break
+		}
+	}
+	if ok && a.replayClose {
+		_ = a.cs.CloseSend() // grpc-go's CloseSend always returns nil
+	}
+	w.mu.Lock()
+	a.replayBuf = nil
+	w.replaying = false
+	close(a.replayed)
+	w.mu.Unlock()
+}
+
+// waitSendableLocked waits, with mu held on entry and on return, until no
+// reopen or replay is under way.
+func (w *clientStream) waitSendableLocked() error {
+	for w.reopening || w.replaying {
+		ch := w.cur.replayed
+		if w.reopening {
+			ch = w.cur.done
+		}
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-w.ctx.Done():
+			w.mu.Lock()
+			return status.FromContextError(w.ctx.Err()).Err()
+		}
+		w.mu.Lock()
+	}
+	return nil
+}
+
+// keepLocked keeps a clone of m for a replay while the stream is replayable
+// and reports whether it did. A message that would exceed the bound, or
+// that is not a proto.Message, ends buffering for good.
+func (w *clientStream) keepLocked(m any) bool {
+	if !w.replayable {
+		return false
+	}
+	pm, ok := m.(proto.Message)
+	if !ok {
+		w.dropBufferLocked()
+		return false
+	}
+	const frameHeader = 5 // counted so that empty messages are not free
+	n := proto.Size(pm) + frameHeader
+	if w.bufBytes+n > w.i.opts.maxReplayBytes {
+		w.dropBufferLocked()
+		return false
+	}
+	w.buf = append(w.buf, proto.Clone(pm))
+	w.bufBytes += n
+	return true
+}
+
+func (w *clientStream) dropBufferLocked() {
+	w.buf, w.bufBytes, w.replayable = nil, 0, false
+}
+
+func (w *clientStream) markReceivedLocked() {
+	w.received = true
+	w.dropBufferLocked()
+}
+
+func (w *clientStream) canReopenLocked() bool {
+	return w.replayable && !w.received && !w.retried && w.final == nil && w.pending == nil
+}
+
+// endLocked records err as the call's final result on attempt a and lets
+// anyone waiting for a go.
+func (w *clientStream) endLocked(a *attempt, err error) {
+	if w.final == nil {
+		w.final = err
+	}
+	w.reopening = false
+	w.dropBufferLocked()
+	if !a.closed {
+		a.closed = true
+		close(a.done)
+	}
+}
+
+func (w *clientStream) current() *attempt {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cur
+}
+
+// deliver decodes a response captured by probe into the caller's message.
+func deliver(p *emptypb.Empty, m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "interceptor: cannot deliver a response into %T, which is not a proto.Message", m)
+	}
+	if err := proto.Unmarshal(p.ProtoReflect().GetUnknown(), pm); err != nil {
+		return status.Errorf(codes.Internal, "interceptor: decoding a response: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package tokensource
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// BenchmarkToken measures the hot path (a valid token, outside its early
+// window) of Source.Token next to oauth2.ReuseTokenSource, the usual
+// alternative, serially and from parallel goroutines.
+func BenchmarkToken(b *testing.B) {
+	exp := time.Now().Add(24 * time.Hour)
+	b.Run("Source/serial", func(b *testing.B) {
+		s := New(&counter{}, WithInitialToken(&Token{AccessToken: "a", Expiry: exp}))
+		defer s.Close()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.Token(ctxBG); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Source/parallel", func(b *testing.B) {
+		s := New(&counter{}, WithInitialToken(&Token{AccessToken: "a", Expiry: exp}))
+		defer s.Close()
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.Token(ctxBG); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	reuse := func() oauth2.TokenSource {
+		t := &oauth2.Token{AccessToken: "a", Expiry: exp}
+		return oauth2.ReuseTokenSource(t, oauth2.StaticTokenSource(t))
+	}
+	b.Run("oauth2.ReuseTokenSource/serial", func(b *testing.B) {
+		ts := reuse()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ts.Token(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("oauth2.ReuseTokenSource/parallel", func(b *testing.B) {
+		ts := reuse()
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := ts.Token(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkRefreshStale measures Refresh with a token the Source has
+// already replaced: the path every RPC that raced a refresh takes.
+func BenchmarkRefreshStale(b *testing.B) {
+	s := New(sequence(time.Now, time.Hour))
+	defer s.Close()
+	old, err := s.Token(ctxBG)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.Refresh(ctxBG, old); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Refresh(ctxBG, old); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkSharedRefresh measures a full refresh shared by a burst of
+// callers that all find the token expired, and reports how many Refresher
+// calls each burst caused (it must be 1).
+func BenchmarkSharedRefresh(b *testing.B) {
+	const callers = 64
+	clk := newFakeClock()
+	r := sequence(clk.Now, time.Hour)
+	s := New(r, WithClock(clk.Now))
+	defer s.Close()
+	b.ReportAllocs()
+	start := make(chan struct{})
+	for b.Loop() {
+		clk.Advance(2 * time.Hour) // the current token expires
+		done := make(chan struct{}, callers)
+		for range callers {
+			go func() {
+				<-start
+				if _, err := s.Token(ctxBG); err != nil {
+					b.Error(err)
+				}
+				done <- struct{}{}
+			}()
+		}
+		start <- struct{}{} // release one, then the rest
+		close(start)
+		for range callers {
+			<-done
+		}
+		start = make(chan struct{})
+	}
+	b.ReportMetric(float64(r.calls.Load())/float64(b.N), "refreshes/burst")
+}

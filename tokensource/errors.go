@@ -1,0 +1,68 @@
+package tokensource
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// ErrRefreshTimeout is matched (errors.Is) by the error a refresh returns
+// when the refresh timeout (WithRefreshTimeout) cut it off. That error
+// deliberately does not match context.DeadlineExceeded, so a caller can tell
+// "the refresh timed out" (retry later) from "my own deadline expired".
+var ErrRefreshTimeout = errors.New("tokensource: refresh timed out")
+
+// errSelfWait is returned instead of deadlocking when code running inside a
+// Source's own refresh (its Refresher, or an RPC the Refresher makes through
+// an interceptor that ignored InRefresh) asks the same Source for a token it
+// would have to wait for.
+var errSelfWait = errors.New("tokensource: token requested from inside the same Source's refresh (it would wait for itself)")
+
+// timeoutError is the failure of a refresh cut off by the refresh timeout.
+// It has no Unwrap on purpose: the Refresher's own error then almost always
+// wraps context.DeadlineExceeded, and a caller's errors.Is on that must not
+// mistake the refresh timing out for its own deadline.
+type timeoutError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *timeoutError) Error() string {
+	return "tokensource: refresh failed: timed out after " + e.after.String() + ": " + e.err.Error()
+}
+
+func (e *timeoutError) Is(target error) bool { return target == ErrRefreshTimeout }
+
+// invalidTokenError says what is wrong with a token without quoting it.
+type invalidTokenError struct{ problem string }
+
+func (e *invalidTokenError) Error() string { return "invalid token: " + e.problem }
+
+func (e *invalidTokenError) Is(target error) bool { return target == ErrInvalidToken }
+
+// validateToken checks that t can be sent as "authorization: Bearer <t>" and
+// has not expired at now. The access token must consist of visible ASCII
+// (0x21–0x7E): that is the character set of an HTTP/2 (and gRPC) header value
+// minus space and tab, which a bearer token (RFC 6750's b64token) never
+// contains and which would be trimmed or split by intermediaries. The error
+// names the problem and, for a bad byte, its offset, never the token.
+func validateToken(t *Token, now time.Time) error {
+	if t == nil {
+		return &invalidTokenError{"the token is nil"}
+	}
+	if t.AccessToken == "" {
+		return &invalidTokenError{"the access token is empty"}
+	}
+	for i := 0; i < len(t.AccessToken); i++ {
+		if c := t.AccessToken[i]; c < 0x21 || c > 0x7e {
+			return &invalidTokenError{"the access token has a byte outside visible ASCII (0x21-0x7E) at offset " +
+				strconv.Itoa(i) + " of " + strconv.Itoa(len(t.AccessToken)) + "; it cannot be sent in a header"}
+		}
+	}
+	if !t.Expiry.IsZero() && !now.Before(t.Expiry) {
+		return &invalidTokenError{fmt.Sprintf("the token expired at %s (now %s)",
+			t.Expiry.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))}
+	}
+	return nil
+}

@@ -1,0 +1,178 @@
+package tokensource
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Defaults used by New. They are documented in the package overview, which
+// also explains how the expiry leeway and the early-refresh window shrink for
+// short-lived tokens.
+const (
+	// DefaultExpiryLeeway is how long before its Expiry a token counts as
+	// expired. It matches golang.org/x/oauth2's expiryDelta.
+	DefaultExpiryLeeway = 10 * time.Second
+	// DefaultEarlyRefresh is how long before a token counts as expired the
+	// Source starts one background refresh. It matches the default of
+	// cloud.google.com/go/auth (3 m 45 s).
+	DefaultEarlyRefresh = 225 * time.Second
+	// DefaultRefreshTimeout bounds one call of the Refresher (and the store
+	// load or save around it).
+	DefaultRefreshTimeout = 30 * time.Second
+	// DefaultMinRefreshInterval is the shortest time between two forced
+	// refreshes (Source.Refresh of the current token).
+	DefaultMinRefreshInterval = time.Second
+	// DefaultBackoffInitial and DefaultBackoffMax bound the wait after a
+	// failed refresh: it starts at DefaultBackoffInitial, doubles with every
+	// consecutive failure up to DefaultBackoffMax, and is jittered.
+	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+)
+
+// The caps that keep the leeway and the early window proportionate for
+// short-lived tokens: leeway ≤ lifetime/leewayDivisor and early window ≤
+// lifetime/earlyDivisor.
+const (
+	leewayDivisor = 10
+	earlyDivisor  = 4
+)
+
+// Option configures a Source created by New.
+type Option func(*options)
+
+type options struct {
+	initial            *Token
+	store              Store
+	leeway             time.Duration
+	early              time.Duration
+	refreshTimeout     time.Duration
+	minRefreshInterval time.Duration
+	backoffInitial     time.Duration
+	backoffMax         time.Duration
+	clock              func() time.Time // nil: time.Now, called directly on the hot path
+	observer           func(Event)
+	onReauth           func(error)
+	logger             *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		leeway:             DefaultExpiryLeeway,
+		early:              DefaultEarlyRefresh,
+		refreshTimeout:     DefaultRefreshTimeout,
+		minRefreshInterval: DefaultMinRefreshInterval,
+		backoffInitial:     DefaultBackoffInitial,
+		backoffMax:         DefaultBackoffMax,
+	}
+}
+
+// WithInitialToken makes t the Source's first token, for example the token
+// obtained at login. A token in the Store (see WithStore) takes precedence
+// because it is the newer one. An expired t, or one without an access token,
+// is not handed out; it is passed to the Refresher as the current token (so
+// its RefreshToken is used). The Source keeps its own copy of t.
+func WithInitialToken(t *Token) Option {
+	return func(o *options) {
+		if t != nil {
+			c := *t
+			o.initial = &c
+		} else {
+			o.initial = nil
+		}
+	}
+}
+
+// WithStore persists tokens in st: the Source loads it once, on first use,
+// and saves every new token to it before handing that token out. The default
+// is no persistence.
+func WithStore(st Store) Option {
+	return func(o *options) { o.store = st }
+}
+
+// WithExpiryLeeway sets how long before its Expiry a token counts as expired
+// (default DefaultExpiryLeeway). The leeway never exceeds a tenth of the
+// token's lifetime. Negative values are treated as 0.
+func WithExpiryLeeway(d time.Duration) Option {
+	return func(o *options) { o.leeway = max(d, 0) }
+}
+
+// WithEarlyRefresh sets the early-refresh window (default
+// DefaultEarlyRefresh): that long before a token counts as expired, callers
+// keep receiving it at once while one background refresh runs. The window
+// never exceeds a quarter of the token's lifetime. 0 (or a negative value)
+// disables background refresh.
+func WithEarlyRefresh(d time.Duration) Option {
+	return func(o *options) { o.early = max(d, 0) }
+}
+
+// WithRefreshTimeout bounds each refresh (default DefaultRefreshTimeout).
+// When it elapses, the Refresher's context is cancelled and the waiters
+// receive an error matching ErrRefreshTimeout. Values ≤ 0 select the default.
+func WithRefreshTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			d = DefaultRefreshTimeout
+		}
+		o.refreshTimeout = d
+	}
+}
+
+// WithMinRefreshInterval sets the shortest time between the end of one
+// forced refresh and the start of the next (default
+// DefaultMinRefreshInterval). Within it, Source.Refresh of the current token
+// returns that token without refreshing, so a server that rejects every token
+// cannot cause a refresh storm. 0 disables the limit; negative values are
+// treated as 0.
+func WithMinRefreshInterval(d time.Duration) Option {
+	return func(o *options) { o.minRefreshInterval = max(d, 0) }
+}
+
+// WithBackoff sets the wait after failed refreshes: initial after the first
+// failure, doubling with every consecutive failure up to maxWait, each wait
+// jittered to between half and all of its nominal value. A success resets
+// it. Non-positive values select the defaults; maxWait is raised to initial
+// if it is smaller.
+func WithBackoff(initial, maxWait time.Duration) Option {
+	return func(o *options) {
+		if initial <= 0 {
+			initial = DefaultBackoffInitial
+		}
+		if maxWait <= 0 {
+			maxWait = DefaultBackoffMax
+		}
+		o.backoffInitial, o.backoffMax = initial, max(maxWait, initial)
+	}
+}
+
+// WithClock replaces time.Now for expiry decisions, backoff and rate limits
+// (for tests). The refresh timeout always runs on real time. nil restores
+// time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.clock = now }
+}
+
+// WithObserver registers f to receive an Event for every refresh start,
+// success and failure, re-authentication requirement, store failure, rate
+// limited refresh and SetToken. f is called without any lock held, from the
+// goroutine that did the work (usually the refresh goroutine, after the
+// waiters have been released); it must be quick and safe for concurrent use.
+// Close waits for the calls made by refresh goroutines.
+func WithObserver(f func(Event)) Option {
+	return func(o *options) { o.observer = f }
+}
+
+// WithOnReauthRequired registers f to be told, once each time the Source
+// enters the re-authentication-required state, that the user must log in
+// again (call Source.SetToken with the new token). err matches
+// ErrReauthRequired and the Refresher's error. f is called from the refresh
+// goroutine without any lock held; Close waits for it.
+func WithOnReauthRequired(f func(err error)) Option {
+	return func(o *options) { o.onReauth = f }
+}
+
+// WithLogger makes the Source log refresh activity to l: successes at Debug,
+// failures at Warn, re-authentication and store failures at Error. Tokens are
+// never logged. The default discards everything.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}

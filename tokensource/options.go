@@ -155,8 +155,9 @@ func WithClock(now func() time.Time) Option {
 // success and failure, re-authentication requirement, store failure, rate
 // limited refresh and SetToken. f is called without any lock held, from the
 // goroutine that did the work (usually the refresh goroutine, after the
-// waiters have been released); it must be quick and safe for concurrent use.
-// Close waits for the calls made by refresh goroutines.
+// waiters have been released); it must be quick and safe for concurrent use,
+// and must not call Close or wait for a token from the same Source. Close
+// waits for the calls made by refresh goroutines.
 func WithObserver(f func(Event)) Option {
 	return func(o *options) { o.observer = f }
 }
@@ -165,7 +166,8 @@ func WithObserver(f func(Event)) Option {
 // enters the re-authentication-required state, that the user must log in
 // again (call Source.SetToken with the new token). err matches
 // ErrReauthRequired and the Refresher's error. f is called from the refresh
-// goroutine without any lock held; Close waits for it.
+// goroutine without any lock held, after the waiting callers have received
+// the error; it may call SetToken but not Close (Close waits for it).
 func WithOnReauthRequired(f func(err error)) Option {
 	return func(o *options) { o.onReauth = f }
 }

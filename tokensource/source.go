@@ -559,7 +559,8 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 // Close stops the Source: it cancels a refresh in progress (its waiters get
 // an error matching ErrClosed unless the Refresher still succeeds) and waits
 // for the refresh goroutine, including its observer and hook calls, to
-// return. A Refresher must therefore return when its context is cancelled.
+// return. A Refresher must therefore return when its context is cancelled,
+// and neither it nor an observer or hook may call Close.
 // Afterwards Token, Refresh and SetToken return ErrClosed. Close is
 // idempotent and always returns nil.
 func (s *Source) Close() error {

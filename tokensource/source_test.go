@@ -528,6 +528,10 @@ func TestEarlyWindowNeverBlocks(t *testing.T) {
 		if !s.Stats().InFlight {
 			t.Fatal("no refresh in flight")
 		}
+		// While it runs, the token is served from the lock-free hot path.
+		if st := s.cur.Load(); !st.freshUntil.Equal(st.staleAt) {
+			t.Errorf("hot path ends at %v during the background refresh, want the stale time %v", st.freshUntil, st.staleAt)
+		}
 
 		// The background refresh fails: callers never see it.
 		release <- struct{}{}
@@ -539,6 +543,9 @@ func TestEarlyWindowNeverBlocks(t *testing.T) {
 		}
 		if got := s.Stats().Failures; got != 1 {
 			t.Fatalf("Failures = %d, want 1", got)
+		}
+		if st := s.cur.Load(); !st.freshUntil.After(time.Now()) {
+			t.Errorf("after the failure the hot path ends at %v, want the end of the backoff", st.freshUntil)
 		}
 		if f := evs.of(RefreshFailed); len(f) != 1 || !f[0].Background || f[0].Waiters != 0 {
 			t.Errorf("RefreshFailed events = %+v, want one background event without waiters", f)

@@ -125,5 +125,6 @@ var ErrClosed = errors.New("tokensource: source is closed")
 // ErrInvalidToken is wrapped by the error a Source returns when its Refresher
 // produced a token that cannot be used (nil, empty, already expired, or with
 // characters that are not allowed in an HTTP/2 header value). Such a token is
-// never stored nor handed out.
+// never stored nor handed out. Source.SetToken refuses such a token with an
+// error matching ErrInvalidToken too.
 var ErrInvalidToken = errors.New("tokensource: refresher returned an invalid token")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,5 +277,77 @@ func TestWaiterDeadline(t *testing.T) {
 	}
 	if n := r.n.Load(); n != 1 {
 		t.Fatalf("Refresher calls = %d, want 1", n)
+	}
+}
+
+// A refresh runs on a context that keeps the values of the call that
+// started it, outgoing metadata included. An authorization header the
+// caller put there (and the interceptor replaced for the call itself) must
+// not ride along on the Refresher's own RPCs; a header the Refresher sets
+// itself must arrive as set.
+func TestRefresherCallsDoNotInheritCallerHeader(t *testing.T) {
+	srv, creds := startServer(t, false)
+	var client testpb.TestServiceClient
+	var n atomic.Int64
+	src := tokensource.New(tokensource.RefresherFunc(func(ctx context.Context, _ *tokensource.Token) (*tokensource.Token, error) {
+		// Appended, so the inherited metadata stays as it is.
+		plain := metadata.AppendToOutgoingContext(ctx, "x-from", "refresher-plain")
+		if _, err := client.PingEmpty(plain, &testpb.PingEmptyRequest{}); err != nil {
+			return nil, err
+		}
+		own := metadata.AppendToOutgoingContext(ctx, "x-from", "refresher-own", "authorization", "Basic client")
+		if _, err := client.PingEmpty(own, &testpb.PingEmptyRequest{}); err != nil {
+			return nil, err
+		}
+		tok := &tokensource.Token{AccessToken: fmt.Sprintf("tok-%d", n.Add(1))}
+		srv.accept(tok.AccessToken)
+		return tok, nil
+	}), tokensource.WithMinRefreshInterval(0))
+	t.Cleanup(func() { _ = src.Close() })
+	client = dial(t, srv, creds, dialOpts(src)...)
+
+	callerCtx := func() context.Context {
+		return metadata.AppendToOutgoingContext(withID(testCtx(t), t.Name()), "authorization", "Bearer caller-set")
+	}
+	// The first call starts the initial refresh (Token).
+	if _, err := client.Ping(callerCtx(), &testpb.PingRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// A rejected call starts a forced refresh (Refresh).
+	expire(srv)
+	if _, err := client.Ping(callerCtx(), &testpb.PingRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// A rejected stream is reopened after a forced refresh.
+	expire(srv)
+	if err := serverStream(callerCtx(), client); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Load(); got != 3 {
+		t.Fatalf("Refresher calls = %d, want 3", got)
+	}
+
+	var plain, own int
+	for _, c := range srv.allCalls() {
+		switch from := c.md.Get("x-from"); {
+		case len(from) == 0 && c.testID == t.Name():
+			// The caller's own attempts carry the source's token only.
+			if len(c.auth) != 1 || !strings.HasPrefix(c.auth[0], "Bearer tok-") {
+				t.Errorf("the caller's %s carried authorization %q, want one source token", c.method, c.auth)
+			}
+		case len(from) == 1 && from[0] == "refresher-plain":
+			plain++
+			if len(c.auth) != 0 {
+				t.Errorf("the Refresher's call inherited authorization %q from the caller", c.auth)
+			}
+		case len(from) == 1 && from[0] == "refresher-own":
+			own++
+			if len(c.auth) != 1 || c.auth[0] != "Basic client" {
+				t.Errorf("the Refresher's own header arrived as %q, want [\"Basic client\"]", c.auth)
+			}
+		}
+	}
+	if plain != 3 || own != 3 {
+		t.Fatalf("saw %d plain and %d own Refresher calls, want 3 each", plain, own)
 	}
 }

@@ -25,7 +25,10 @@
 //
 // Every call carries "authorization: Bearer <access token>" (WithHeader and
 // WithScheme change the key and the scheme). A value the caller put in the
-// outgoing metadata under that key is replaced, never sent twice.
+// outgoing metadata under that key is replaced, never sent twice, and is
+// also removed from the context the token source sees: a refresh keeps the
+// values of the context that started it, so the caller's header would
+// otherwise travel on the Refresher's own RPCs.
 //
 // # Placing it in a chain
 //
@@ -94,13 +97,21 @@
 // clones (so the caller may reuse a message after SendMsg), and only up to
 // WithMaxReplayBytes (default 256 KiB, grpc-go's own retry buffer size).
 // Past the bound, or after the first response, a rejection is returned as it
-// is: replaying would duplicate what the server already answered. The source
-// is still refreshed then, so later calls carry a fresh token.
+// is: replaying would duplicate what the server already answered. The same
+// holds, as for grpc-go's own retries, once Header has returned the server's
+// header or the caller has asked for the stream's Context, and for calls
+// whose codec is not protocol buffers (grpc.ForceCodec,
+// grpc.CallContentSubtype), because finding out how a stream ended may mean
+// capturing a response the caller has not asked for yet. The source is
+// still refreshed then, so later calls carry a fresh token.
 //
 // grpc-go allows one goroutine in SendMsg while another is in RecvMsg. The
 // wrapper keeps that: while the stream is being replaced or replayed,
 // SendMsg and CloseSend wait (or return when the call's context ends), and
-// no lock is held across a blocking call on the underlying stream. When a
+// no lock is held across a blocking call on the underlying stream. SendMsg
+// returns nil for a message sent into a stream that turned out to be
+// rejected only if the message is part of the replay; otherwise io.EOF, as
+// grpc-go does, and RecvMsg reports the status. When a
 // receiving goroutine reopens the stream, the replay runs on a goroutine of
 // its own, so that the receiver can drain responses meanwhile; it ends with
 // the stream.
@@ -112,7 +123,9 @@
 // say), or when it is made from inside the token source's own refresh
 // (tokensource.InRefresh): a Refresher that calls an auth service over the
 // same intercepted connection neither waits for the refresh it is part of
-// nor starts another one.
+// nor starts another one. Such a call carries whatever metadata the
+// Refresher gave it, its own credential for the auth service included, but
+// never the header of the call that started the refresh (see Installing).
 //
 // # Transport security
 //
@@ -139,10 +152,12 @@
 // # Performance
 //
 // With a valid token the unary path takes no lock: the source's Token is an
-// atomic load, and the header value is cached per token. Calls whose context
-// has no outgoing metadata allocate exactly what
-// metadata.AppendToOutgoingContext allocates. When the caller's context
-// already has outgoing metadata, the interceptor must look for an existing
-// token header, and grpc-go offers no way to do that without copying the
-// metadata: such calls pay for one copy (see BenchmarkUnary).
+// atomic load and a clock read, and the header is built once per token as a
+// metadata.MD that every call shares. A call whose context has no outgoing
+// metadata allocates two small objects (the context wrapping that MD),
+// half of what metadata.AppendToOutgoingContext allocates. When the
+// caller's context already has outgoing metadata, the interceptor must look
+// for an existing token header, and grpc-go offers no way to do that without
+// copying the metadata: such calls pay for that one copy, which the
+// interceptor then attaches (see BenchmarkUnary).
 package interceptor

@@ -86,9 +86,14 @@ type interceptor struct {
 	header atomic.Pointer[headerValue]
 }
 
+// headerValue is what the interceptors attach for one token. vals and md are
+// shared by every call that sends tok and never modified: grpc-go only reads
+// outgoing metadata, and metadata.NewOutgoingContext merely requires that
+// the MD given to it is not modified afterwards.
 type headerValue struct {
-	tok   *tokensource.Token
-	value string
+	tok  *tokensource.Token
+	vals []string    // {"<scheme> <access token>"}
+	md   metadata.MD // {header: vals}
 }
 
 func newInterceptor(src TokenSource, o *options) *interceptor {
@@ -106,16 +111,17 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if i.skipped(ctx, method, opts) {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	tok, value, err := i.token(ctx)
+	ctx, md := i.outgoing(ctx)
+	tok, hv, err := i.token(ctx)
 	if err != nil {
 		return err
 	}
 	opts = i.withGuard(opts)
-	err = invoker(i.attach(ctx, value), method, req, reply, cc, opts...)
+	err = invoker(i.attach(ctx, md, hv), method, req, reply, cc, opts...)
 	if err == nil || !i.rejected(ctx, method, err) {
 		return err
 	}
-	fresh, value, rerr := i.renew(ctx, tok)
+	fresh, hv, rerr := i.renew(ctx, tok)
 	if rerr != nil {
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected, refresh failed", "method", method, "error", rerr)
 		return rerr
@@ -126,25 +132,26 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 		return err
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
-	return invoker(i.attach(ctx, value), method, req, reply, cc, opts...)
+	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
 }
 
 func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if i.skipped(ctx, method, opts) {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-	tok, value, err := i.token(ctx)
+	ctx, md := i.outgoing(ctx)
+	tok, hv, err := i.token(ctx)
 	if err != nil {
 		return nil, err
 	}
 	opts = i.withGuard(opts)
-	cs, err := streamer(i.attach(ctx, value), desc, cc, method, opts...)
+	cs, err := streamer(i.attach(ctx, md, hv), desc, cc, method, opts...)
 	retried := false
 	if err != nil {
 		if !i.rejected(ctx, method, err) {
 			return nil, err
 		}
-		fresh, value, rerr := i.renew(ctx, tok)
+		fresh, hv, rerr := i.renew(ctx, tok)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -152,7 +159,7 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 			return nil, err
 		}
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected at stream creation, retrying with a new token", "method", method)
-		if cs, err = streamer(i.attach(ctx, value), desc, cc, method, opts...); err != nil {
+		if cs, err = streamer(i.attachAgain(ctx, hv), desc, cc, method, opts...); err != nil {
 			return nil, err
 		}
 		tok, retried = fresh, true
@@ -163,6 +170,10 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 // skipped reports whether a call goes out untouched: SkipAuth, a method in
 // WithSkipMethods, or a call made by the token source's own Refresher
 // (which must neither wait for the refresh it is part of nor start another).
+// A Refresher's call keeps any header the Refresher set itself (a client
+// credential for the token endpoint, say); it cannot inherit one from the
+// call that started the refresh, because outgoing strips the token header
+// from the context the source sees.
 func (i *interceptor) skipped(ctx context.Context, method string, opts []grpc.CallOption) bool {
 	for _, o := range opts {
 		if _, ok := o.(skipAuthOption); ok {
@@ -186,60 +197,97 @@ func (i *interceptor) rejected(ctx context.Context, method string, err error) bo
 	return i.opts.rejected(ctx, method, err)
 }
 
-func (i *interceptor) token(ctx context.Context) (*tokensource.Token, string, error) {
+// token gets a token from the source. ctx must come from outgoing.
+func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerValue, error) {
 	tok, err := i.src.Token(ctx)
 	if err != nil {
-		return nil, "", sourceError(ctx, err)
+		return nil, nil, sourceError(ctx, err)
 	}
-	value, err := i.headerValue(tok)
-	return tok, value, err
+	hv, err := i.headerValue(tok)
+	return tok, hv, err
 }
 
-// renew asks the source for the token that replaces stale.
-func (i *interceptor) renew(ctx context.Context, stale *tokensource.Token) (*tokensource.Token, string, error) {
+// renew asks the source for the token that replaces stale. ctx must come
+// from outgoing.
+func (i *interceptor) renew(ctx context.Context, stale *tokensource.Token) (*tokensource.Token, *headerValue, error) {
 	tok, err := i.src.Refresh(ctx, stale)
 	if err != nil {
-		return nil, "", sourceError(ctx, err)
+		return nil, nil, sourceError(ctx, err)
 	}
-	value, err := i.headerValue(tok)
-	return tok, value, err
+	hv, err := i.headerValue(tok)
+	return tok, hv, err
 }
 
-// headerValue returns "<scheme> <access token>" for tok, from the cache when
-// tok is the token last used.
-func (i *interceptor) headerValue(tok *tokensource.Token) (string, error) {
+// headerValue returns what to attach for tok, from the cache when tok is the
+// token last used.
+func (i *interceptor) headerValue(tok *tokensource.Token) (*headerValue, error) {
 	if h := i.header.Load(); h != nil && h.tok == tok {
-		return h.value, nil
+		return h, nil
 	}
 	if tok == nil {
-		return "", invalidTokenError("no token")
+		return nil, invalidTokenError("no token")
 	}
 	if tok.AccessToken == "" {
-		return "", invalidTokenError("empty access token")
+		return nil, invalidTokenError("empty access token")
 	}
 	for j := 0; j < len(tok.AccessToken); j++ {
 		if c := tok.AccessToken[j]; c < 0x21 || c > 0x7e {
-			return "", invalidTokenError("the access token contains a character that is not visible ASCII")
+			return nil, invalidTokenError("the access token contains a character that is not visible ASCII")
 		}
 	}
 	value := tok.AccessToken
 	if i.opts.scheme != "" {
 		value = i.opts.scheme + " " + value
 	}
-	i.header.Store(&headerValue{tok: tok, value: value})
-	return value, nil
+	vals := []string{value}
+	h := &headerValue{tok: tok, vals: vals, md: metadata.MD{i.opts.header: vals}}
+	i.header.Store(h)
+	return h, nil
 }
 
-// attach returns ctx with the token header set to value. An existing value
-// for the header (set by the caller, say) is replaced, never duplicated.
+// outgoing returns ctx without the token header in its outgoing metadata,
+// and a private copy of that metadata for attach to consume (nil when ctx
+// has no outgoing metadata).
 //
-// grpc-go (v1.84) offers no public way to look at the outgoing
-// metadata without copying it, so a context that already carries outgoing
-// metadata costs one copy; the copy is then attached as is.
-func (i *interceptor) attach(ctx context.Context, value string) context.Context {
-	if md, ok := metadata.FromOutgoingContext(ctx); ok {
-		md[i.opts.header] = []string{value}
-		return metadata.NewOutgoingContext(ctx, md)
+// The returned ctx is also what the token source sees. That matters: a
+// refresh runs on a context that keeps the values of the context that
+// started it, so a header the caller set (or an outer interceptor) would
+// otherwise ride along on the Refresher's own RPCs.
+//
+// grpc-go offers no public way to look at the outgoing metadata without
+// copying it, so a context that carries outgoing metadata costs one copy;
+// attach then uses that copy, so the header costs no second one.
+func (i *interceptor) outgoing(ctx context.Context) (context.Context, metadata.MD) {
+	md, ok := metadata.FromOutgoingContext(ctx)
+	if !ok {
+		return ctx, nil
 	}
-	return metadata.AppendToOutgoingContext(ctx, i.opts.header, value)
+	if _, set := md[i.opts.header]; set {
+		delete(md, i.opts.header)
+		ctx = metadata.NewOutgoingContext(ctx, md)
+		md = md.Copy()
+	}
+	return ctx, md
+}
+
+// attach returns ctx, which comes from outgoing and so has no token header,
+// with the header of hv. md is the copy outgoing returned for ctx (nil:
+// ctx has no outgoing metadata); attach consumes it.
+//
+// Without other metadata this is cheaper than
+// metadata.AppendToOutgoingContext: hv's metadata is shared, and
+// metadata.NewOutgoingContext only wraps it.
+func (i *interceptor) attach(ctx context.Context, md metadata.MD, hv *headerValue) context.Context {
+	if md == nil {
+		return metadata.NewOutgoingContext(ctx, hv.md)
+	}
+	md[i.opts.header] = hv.vals
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+// attachAgain is attach for a further attempt on ctx (from outgoing), whose
+// metadata copy the first attempt consumed.
+func (i *interceptor) attachAgain(ctx context.Context, hv *headerValue) context.Context {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	return i.attach(ctx, md, hv)
 }

@@ -3,6 +3,7 @@ package interceptor
 import (
 	"context"
 	"io"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -31,7 +32,7 @@ import (
 // the server sees every message once and in order.
 type clientStream struct {
 	i        *interceptor
-	ctx      context.Context // the caller's, without the token header
+	ctx      context.Context // the caller's, without the token header (from outgoing)
 	desc     *grpc.StreamDesc
 	cc       *grpc.ClientConn
 	method   string
@@ -86,7 +87,7 @@ func newClientStream(i *interceptor, ctx context.Context, desc *grpc.StreamDesc,
 		opts:       opts,
 		recvLock:   make(chan struct{}, 1),
 		cur:        &attempt{cs: cs, tok: tok, done: make(chan struct{})},
-		replayable: !retried && i.opts.maxReplayBytes > 0,
+		replayable: !retried && i.opts.maxReplayBytes > 0 && protoWireFormat(opts),
 		retried:    retried,
 	}
 }
@@ -96,7 +97,10 @@ func newClientStream(i *interceptor, ctx context.Context, desc *grpc.StreamDesc,
 // rejection) and the stream can still be reopened, Header finds out why it
 // ended, reopens it when the token was rejected, and returns the new
 // stream's header. Like grpc-go, it returns (nil, nil) when the stream ended;
-// RecvMsg then reports the status.
+// RecvMsg then reports the status. Once Header has returned a header, the
+// stream is no longer reopened (grpc-go's own retries stop there too): the
+// caller has seen the server's answer, and the server may have acted on the
+// messages.
 func (w *clientStream) Header() (metadata.MD, error) {
 	for {
 		w.mu.Lock()
@@ -114,7 +118,19 @@ func (w *clientStream) Header() (metadata.MD, error) {
 		w.mu.Unlock()
 
 		md, err := a.cs.Header()
-		if md != nil || err != nil || !maybe {
+		if md != nil {
+			w.mu.Lock()
+			if w.cur != a || w.reopening {
+				// A receiver replaced a meanwhile, or is replacing it:
+				// return the header of the stream the caller will talk to.
+				w.mu.Unlock()
+				continue
+			}
+			w.dropBufferLocked()
+			w.mu.Unlock()
+			return md, err
+		}
+		if err != nil || !maybe {
 			return md, err
 		}
 		// a ended without a header. grpc-go reports the status only
@@ -143,8 +159,18 @@ func (w *clientStream) Header() (metadata.MD, error) {
 // Trailer returns the trailer of the current underlying stream.
 func (w *clientStream) Trailer() metadata.MD { return w.current().cs.Trailer() }
 
-// Context returns the context of the current underlying stream.
-func (w *clientStream) Context() context.Context { return w.current().cs.Context() }
+// Context returns the context of the current underlying stream. Like
+// grpc-go's own retries, which calling Context disables, the stream is no
+// longer reopened once Context was called: a reopen would end the context
+// the caller now holds. (grpc-go documents that Context should not be
+// called before Header or RecvMsg has returned.)
+func (w *clientStream) Context() context.Context {
+	w.mu.Lock()
+	w.dropBufferLocked()
+	a := w.cur
+	w.mu.Unlock()
+	return a.cs.Context()
+}
 
 // CloseSend closes the sending side of the current underlying stream and
 // remembers that it did, so that a reopened stream is closed the same way.
@@ -197,15 +223,28 @@ func (w *clientStream) SendMsg(m any) error {
 }
 
 // sendEnded handles io.EOF from SendMsg on attempt a after the message was
-// kept for a replay.
+// kept for a replay. It returns nil only if the stream was reopened, and so
+// the message is part of the replay; otherwise io.EOF, as grpc-go does, so
+// that the caller turns to RecvMsg for the status.
 func (w *clientStream) sendEnded(a *attempt) error {
 	select {
 	case w.recvLock <- struct{}{}:
-	default:
-		// A RecvMsg is under way: it sees how a ended and acts on it.
-		// The message is kept, so a reopened stream gets it.
-		return nil
+	case <-a.done:
+		// A RecvMsg or Header under way dealt with a's end. No other
+		// sender can have dropped the kept message meanwhile, so if a was
+		// replaced, the message is in the replay.
+		w.mu.Lock()
+		moved := w.cur != a
+		w.mu.Unlock()
+		if moved {
+			return nil
+		}
+		return io.EOF
+	case <-w.ctx.Done():
+		return io.EOF
 	}
+	// Whoever held recvLock let it go without resolving a (it received a
+	// response, say): a ended, so this wait was short, and probing is safe.
 	w.mu.Lock()
 	moved := w.cur != a
 	mine := !moved && w.canReopenLocked()
@@ -352,7 +391,7 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	w.buf, w.bufBytes, w.replayable = nil, 0, false
 	w.mu.Unlock()
 
-	tok, value, rerr := w.i.renew(w.ctx, a.tok)
+	tok, hv, rerr := w.i.renew(w.ctx, a.tok)
 	if rerr == nil && tok == a.tok {
 		rerr = err // nothing newer to retry with
 	}
@@ -360,7 +399,7 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	if rerr == nil {
 		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",
 			"method", w.method, "replay_messages", len(buf))
-		cs, rerr = w.streamer(w.i.attach(w.ctx, value), w.desc, w.cc, w.method, w.opts...)
+		cs, rerr = w.streamer(w.i.attachAgain(w.ctx, hv), w.desc, w.cc, w.method, w.opts...)
 	}
 
 	w.mu.Lock()
@@ -490,6 +529,36 @@ func (w *clientStream) current() *attempt {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.cur
+}
+
+// protoWireFormat reports whether the call's messages travel in the protocol
+// buffers wire format, as they do unless a call option (possibly a default
+// one of the connection) selects another codec. Replay depends on it: a
+// probe captures a response it was not asked for as the unknown fields of
+// an emptypb.Empty, which any other codec would fail to decode or, worse,
+// decode into nothing. Codecs are resolved as grpc-go does: a forced codec
+// wins over a content subtype, and the last option of a kind wins.
+func protoWireFormat(opts []grpc.CallOption) bool {
+	forced, subtype := "", ""
+	for _, o := range opts {
+		switch o := o.(type) {
+		case grpc.ForceCodecCallOption:
+			if o.Codec != nil {
+				forced = o.Codec.Name()
+			}
+		case grpc.ForceCodecV2CallOption:
+			if o.CodecV2 != nil {
+				forced = o.CodecV2.Name()
+			}
+		case grpc.ContentSubtypeCallOption:
+			subtype = strings.ToLower(o.ContentSubtype)
+		}
+	}
+	name := forced
+	if name == "" {
+		name = subtype
+	}
+	return name == "" || name == "proto"
 }
 
 // deliver decodes a response captured by probe into the caller's message.

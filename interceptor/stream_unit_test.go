@@ -8,8 +8,10 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/testing/testpb"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -36,6 +38,11 @@ type fakeStream struct {
 	header metadata.MD // nil: Header waits for the end and returns (nil, nil), like a trailers-only response
 	dead   chan struct{}
 	steps  chan step // what RecvMsg returns, in order; io.EOF once empty and dead
+	// receiving gets a value each time RecvMsg starts waiting for a step.
+	receiving chan struct{}
+	// stalled, if set, makes SendMsg block (a server that stopped reading:
+	// flow control) until the stream ends or its context is done.
+	stalled bool
 
 	mu        sync.Mutex
 	sent      []string
@@ -50,7 +57,8 @@ type step struct {
 }
 
 func newFakeStream(ctx context.Context, header metadata.MD, steps ...step) *fakeStream {
-	f := &fakeStream{ctx: ctx, header: header, dead: make(chan struct{}), steps: make(chan step, 16), progress: make(chan struct{})}
+	f := &fakeStream{ctx: ctx, header: header, dead: make(chan struct{}), steps: make(chan step, 16),
+		receiving: make(chan struct{}, 16), progress: make(chan struct{})}
 	if v := outgoing(ctx).Get("authorization"); len(v) == 1 {
 		f.token = v[0]
 	}
@@ -102,9 +110,17 @@ func (f *fakeStream) sentValues() ([]string, bool) {
 }
 
 func (f *fakeStream) SendMsg(m any) error {
+	if f.stalled {
+		select {
+		case <-f.dead:
+		case <-f.ctx.Done():
+		}
+	}
 	select {
 	case <-f.dead:
 		return io.EOF
+	case <-f.ctx.Done():
+		return io.EOF // as grpc-go reports a cancelled stream to a sender
 	default:
 	}
 	f.mu.Lock()
@@ -149,6 +165,7 @@ func (f *fakeStream) waitClosed() error {
 }
 
 func (f *fakeStream) RecvMsg(m any) error {
+	f.receiving <- struct{}{}
 	var s step
 	select {
 	case s = <-f.steps:
@@ -599,5 +616,221 @@ func TestStreamClientAbortEndsReplay(t *testing.T) {
 	wantCode(t, err, codes.Unauthenticated)
 	if n := h.attempts(); n != 1 {
 		t.Fatalf("attempts = %d, want 1 (a refused message is never replayed)", n)
+	}
+}
+
+// A SendMsg that meets the end of the stream while a RecvMsg is under way
+// reports success only if the message really is replayed. Here the receiver
+// gets a response first, so the stream is not reopened: SendMsg must return
+// io.EOF (as grpc-go does), not nil for a message that was dropped.
+func TestStreamSendDuringRecvNotReplayed(t *testing.T) {
+	synctest.Test(t, testStreamSendDuringRecvNotReplayed)
+}
+
+func testStreamSendDuringRecvNotReplayed(t *testing.T) {
+	h := newHarness(t).then(nil)
+	cs := h.open()
+	send(t, cs, "a")
+	f := h.attempt(0)
+	received := make(chan string, 1)
+	go func() {
+		v, err := recv(t, cs)
+		if err != nil {
+			t.Errorf("RecvMsg = %v", err)
+		}
+		received <- v
+	}()
+	<-f.receiving // the receiver holds the stream's receive side
+	f.end()       // the server ended the stream; its status is still to be read
+	sent := make(chan error, 1)
+	go func() { sent <- cs.SendMsg(&testpb.PingStreamRequest{Value: "b"}) }()
+	synctest.Wait()          // SendMsg met the end of the stream while the receiver is busy
+	f.push(step{value: "r"}) // a response arrives before the status
+	if v := <-received; v != "r" {
+		t.Fatalf("RecvMsg = %q, want r", v)
+	}
+	f.push(step{err: errRejected})
+	if err := <-sent; err != io.EOF {
+		t.Fatalf("SendMsg = %v, want io.EOF (the message was neither sent nor replayed)", err)
+	}
+	_, err := recv(t, cs)
+	wantCode(t, err, codes.Unauthenticated)
+	if n := h.attempts(); n != 1 {
+		t.Fatalf("attempts = %d, want 1 (no reopen after a response)", n)
+	}
+}
+
+// The same race when the receiver does reopen the stream: SendMsg reports
+// success, and the message reaches the new stream exactly once, in order.
+func TestStreamSendDuringRecvReplayed(t *testing.T) {
+	synctest.Test(t, testStreamSendDuringRecvReplayed)
+}
+
+func testStreamSendDuringRecvReplayed(t *testing.T) {
+	h := newHarness(t).then(nil).then(nil, step{value: "r", waitClose: true})
+	cs := h.open()
+	send(t, cs, "a")
+	f := h.attempt(0)
+	received := make(chan string, 1)
+	go func() {
+		v, err := recv(t, cs)
+		if err != nil {
+			t.Errorf("RecvMsg = %v", err)
+		}
+		received <- v
+	}()
+	<-f.receiving
+	f.end()
+	sent := make(chan error, 1)
+	go func() { sent <- cs.SendMsg(&testpb.PingStreamRequest{Value: "b"}) }()
+	synctest.Wait()
+	f.push(step{err: errRejected})
+	if err := <-sent; err != nil {
+		t.Fatalf("SendMsg = %v, want nil (the message is replayed)", err)
+	}
+	send(t, cs, "c")
+	if err := cs.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if v := <-received; v != "r" {
+		t.Fatalf("RecvMsg = %q, want r", v)
+	}
+	wantSent(t, h.attempt(1), []string{"a", "b", "c"}, true)
+}
+
+// jsonCodec stands for any codec other than protocol buffers; the fake
+// streams never call it.
+type jsonCodec struct{}
+
+func (jsonCodec) Marshal(any) ([]byte, error) { return nil, errors.New("unused") }
+func (jsonCodec) Unmarshal([]byte, any) error { return errors.New("unused") }
+func (jsonCodec) Name() string                { return "json" }
+
+// protoNamedCodec is a replacement protocol buffers codec (vtprotobuf's,
+// say): same wire format.
+type protoNamedCodec struct{ jsonCodec }
+
+func (protoNamedCodec) Name() string { return "proto" }
+
+// Replay relies on the protocol buffers wire format (a probe must be able to
+// capture a response it was not asked for). With another codec the stream
+// is not reopened: the rejection is returned as is and the source is
+// refreshed for later calls.
+func TestStreamReplayOnlyWithProtoCodec(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opt      grpc.CallOption
+		replayed bool
+	}{
+		{"default", nil, true},
+		{"content subtype proto", grpc.CallContentSubtype("proto"), true},
+		{"forced proto codec", grpc.ForceCodec(protoNamedCodec{}), true},
+		{"content subtype json", grpc.CallContentSubtype("json"), false},
+		{"forced json codec", grpc.ForceCodec(jsonCodec{}), false},
+		{"forced codec wins over subtype", grpc.ForceCodec(jsonCodec{}), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t).
+				then(nil, step{err: errRejected}).
+				then(nil, step{value: "r", waitClose: true})
+			si := interceptor.StreamClientInterceptor(h.src, interceptor.AllowInsecure())
+			var opts []grpc.CallOption
+			if tc.opt != nil {
+				opts = append(opts, tc.opt)
+			}
+			if tc.name == "forced codec wins over subtype" {
+				opts = append(opts, grpc.CallContentSubtype("proto"))
+			}
+			cs, err := si(testCtx(t), &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, nil, methodStream, h.streamer, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			send(t, cs, "a")
+			if err := cs.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			v, err := recv(t, cs)
+			if tc.replayed {
+				if err != nil || v != "r" {
+					t.Fatalf("RecvMsg = %q, %v; want the reopened stream's r", v, err)
+				}
+				wantSent(t, h.attempt(1), []string{"a"}, true)
+				return
+			}
+			wantCode(t, err, codes.Unauthenticated)
+			if n := h.attempts(); n != 1 {
+				t.Fatalf("attempts = %d, want 1 (not replayable with this codec)", n)
+			}
+			if n := h.src.refreshes.Load(); n != 1 {
+				t.Fatalf("Refresh calls = %d, want 1 (for later calls)", n)
+			}
+		})
+	}
+}
+
+// Once the caller has seen the server's header, or holds the stream's
+// context, a rejection is returned as is (grpc-go's own retries stop at the
+// same points) and the source is refreshed for later calls.
+func TestStreamNotReopenedAfterHeaderOrContext(t *testing.T) {
+	for name, observe := range map[string]func(t *testing.T, cs grpc.ClientStream){
+		"Header": func(t *testing.T, cs grpc.ClientStream) {
+			if md, err := cs.Header(); err != nil || len(md.Get("k")) != 1 {
+				t.Fatalf("Header = %v, %v", md, err)
+			}
+		},
+		"Context": func(t *testing.T, cs grpc.ClientStream) {
+			if cs.Context() == nil {
+				t.Fatal("Context = nil")
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t).then(metadata.Pairs("k", "v"))
+			cs := h.open()
+			send(t, cs, "a")
+			observe(t, cs)
+			h.attempt(0).push(step{err: errRejected})
+			_, err := recv(t, cs)
+			wantCode(t, err, codes.Unauthenticated)
+			if n := h.attempts(); n != 1 {
+				t.Fatalf("attempts = %d, want 1", n)
+			}
+			if n := h.src.refreshes.Load(); n != 1 {
+				t.Fatalf("Refresh calls = %d, want 1 (for later calls)", n)
+			}
+		})
+	}
+}
+
+// A caller that abandons a stream by cancelling its context leaves nothing
+// behind: not the receiver, not a sender waiting for the replay, not the
+// replay itself, stuck on a reopened stream whose server stopped reading.
+func TestStreamAbandonedDuringReplay(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	h := newHarness(t).then(nil, step{err: errRejected})
+	reopened := make(chan *fakeStream, 1)
+	h.scripts = append(h.scripts, func(ctx context.Context) (*fakeStream, error) {
+		f := newFakeStream(ctx, nil)
+		f.stalled = true
+		reopened <- f
+		return f, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	si := interceptor.StreamClientInterceptor(h.src, interceptor.AllowInsecure())
+	cs, err := si(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, nil, methodStream, h.streamer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, cs, "a", "b")
+	recvd := make(chan error, 1)
+	go func() { _, err := recv(t, cs); recvd <- err }()
+	<-(<-reopened).receiving // the receiver reopened the stream and waits on it; the replay stalls
+	sent := make(chan error, 1)
+	go func() { sent <- cs.SendMsg(&testpb.PingStreamRequest{Value: "c"}) }() // waits for the replay
+	cancel()
+	wantCode(t, <-recvd, codes.Canceled)
+	if err := <-sent; err == nil {
+		t.Fatal("SendMsg on an abandoned stream succeeded")
 	}
 }

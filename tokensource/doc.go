@@ -34,7 +34,10 @@
 // no waiter can miss the wake-up or pick up the result of a later refresh.
 //
 // The Refresher runs in its own goroutine on a context that keeps the values
-// of the context that started the refresh (trace IDs, for example) but not its
+// of the context that started the refresh (trace IDs, for example, and
+// outgoing gRPC metadata: the interceptor package removes its token header
+// from the contexts it passes in, and other callers should not pass a
+// context carrying a credential meant for one call) but not its
 // cancellation or deadline, is marked for InRefresh, and has its own timeout
 // (DefaultRefreshTimeout, 30 s: long enough for a slow identity provider,
 // short enough that a hung one does not stall a service). So a caller whose
@@ -50,6 +53,9 @@
 // A token counts as expired a leeway before its Expiry, so that it is not
 // sent when it would expire in transit or on a server whose clock runs
 // ahead. The default leeway, 10 s, is golang.org/x/oauth2's expiryDelta.
+// Like that package, the Source judges Expiry by the wall clock, even when
+// it carries a monotonic clock reading (time.Now().Add(ttl) does): the
+// monotonic clock stops while the machine sleeps.
 //
 // Before that, in the early-refresh window, callers keep receiving the valid
 // token at once while one background refresh runs; they block only if the

@@ -60,7 +60,7 @@ func validateToken(t *Token, now time.Time) error {
 				strconv.Itoa(i) + " of " + strconv.Itoa(len(t.AccessToken)) + "; it cannot be sent in a header"}
 		}
 	}
-	if !t.Expiry.IsZero() && !now.Before(t.Expiry) {
+	if !t.Expiry.IsZero() && !now.Before(t.Expiry.Round(0)) { // wall clock, as in newState
 		return &invalidTokenError{fmt.Sprintf("the token expired at %s (now %s)",
 			t.Expiry.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))}
 	}

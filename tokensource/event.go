@@ -56,6 +56,7 @@ func (k EventKind) String() string {
 // Event describes one thing a Source did. It carries no token, only facts
 // suitable for logs and metrics.
 type Event struct {
+	// Kind says what happened.
 	Kind EventKind
 	// Time is when the event happened, by the Source's clock.
 	Time time.Time

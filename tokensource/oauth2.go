@@ -3,6 +3,7 @@ package tokensource
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -16,7 +17,9 @@ var errNoRefreshToken = errors.New("tokensource: no refresh token to refresh wit
 // ts.Token once. An OAuth 2 error response with the code "invalid_grant"
 // (the refresh credential was revoked or has expired) is returned as a
 // Permanent error, so the Source asks for re-authentication instead of
-// retrying.
+// retrying. An error response without an OAuth 2 error code is reported by
+// its HTTP status, without its body (which may quote credentials); errors.As
+// still reaches the *oauth2.RetrieveError, body included.
 //
 // oauth2.TokenSource.Token takes no context, so the refresh timeout cannot
 // interrupt it: give ts an HTTP client with a timeout. ts should fetch a new
@@ -46,7 +49,8 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 // that started the refresh) is used for it.
 //
 // A missing refresh token and an "invalid_grant" response are Permanent
-// errors: the user must log in again.
+// errors: the user must log in again. Other failures are transient; their
+// errors are as described for FromOAuth2.
 func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 	return RefresherFunc(func(ctx context.Context, current *Token) (*Token, error) {
 		if current == nil || current.RefreshToken == "" {
@@ -63,13 +67,39 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 	})
 }
 
+// classifyOAuth2Error marks invalid_grant as Permanent and keeps the
+// response body of an *oauth2.RetrieveError out of the error text.
 func classifyOAuth2Error(err error) error {
 	var re *oauth2.RetrieveError
-	if errors.As(err, &re) && re.ErrorCode == "invalid_grant" {
+	if !errors.As(err, &re) {
+		return err
+	}
+	if re2, ok := err.(*oauth2.RetrieveError); ok && re2.ErrorCode == "" {
+		err = &retrieveError{re2}
+	}
+	if re.ErrorCode == "invalid_grant" {
 		return Permanent(err)
 	}
 	return err
 }
+
+// retrieveError is an *oauth2.RetrieveError without an OAuth 2 error code,
+// whose message names the HTTP status but leaves out the response body:
+// oauth2 quotes the body whole, and that body (an HTML error page, a
+// proxy's echo of the request) can hold the refresh token or the client
+// secret, and would end up in every error the Source hands out. errors.As
+// still reaches the RetrieveError, body included.
+type retrieveError struct{ re *oauth2.RetrieveError }
+
+func (e *retrieveError) Error() string {
+	status := "no HTTP response"
+	if e.re.Response != nil {
+		status = e.re.Response.Status
+	}
+	return "oauth2: cannot fetch token: " + status + " (response body of " + strconv.Itoa(len(e.re.Body)) + " bytes not shown)"
+}
+
+func (e *retrieveError) Unwrap() error { return e.re }
 
 // fromOAuth2Token maps the fields the Source uses; keepRefresh is used when
 // the response carried no refresh token.

@@ -26,6 +26,7 @@ type tokenEndpoint struct {
 	issued   int
 	status   int  // non-zero: answer every request with this status
 	hang     bool // never answer (until the client gives up)
+	echo     bool // answer 502 with a body that quotes the request, as a debugging proxy might
 	requests int
 	stop     chan struct{} // closed before the server shuts down
 }
@@ -57,6 +58,10 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := r.ParseForm(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request"})
+		return
+	}
+	if e.echo {
+		http.Error(w, "<html>upstream failed; request was "+r.PostForm.Encode()+"</html>", http.StatusBadGateway)
 		return
 	}
 	e.issued++
@@ -305,5 +310,41 @@ func TestSourceOAuth2View(t *testing.T) {
 	mustClose(t, s)
 	if _, err := s.OAuth2().Token(); !errors.Is(err, ErrClosed) {
 		t.Errorf("view after Close = %v, want ErrClosed", err)
+	}
+}
+
+// oauth2's RetrieveError quotes the whole response body when the server sent
+// no OAuth 2 error code. That body can echo the request, refresh token
+// included (and is often a whole HTML page): the Source's errors leave it
+// out, while errors.As still reaches the RetrieveError with the body.
+func TestOAuth2ErrorsOmitResponseBody(t *testing.T) {
+	const secret = "rt-s3cr3t"
+	e := &tokenEndpoint{valid: map[string]bool{secret: true}, echo: true}
+	cfg, ctx := startEndpoint(t, e)
+	for name, r := range map[string]Refresher{
+		"OAuth2Refresher": OAuth2Refresher(cfg),
+		"FromOAuth2":      FromOAuth2(cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: secret, Expiry: time.Unix(1, 0)})),
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := New(r, WithInitialToken(&Token{RefreshToken: secret}))
+			defer mustClose(t, s)
+			_, err := s.Token(ctx)
+			if err == nil {
+				t.Fatal("Token succeeded")
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "<html>") {
+				t.Fatalf("error quotes the response body: %q", err)
+			}
+			if !strings.Contains(err.Error(), "502") {
+				t.Errorf("error %q does not name the HTTP status", err)
+			}
+			var re *oauth2.RetrieveError
+			if !errors.As(err, &re) || re.Response.StatusCode != http.StatusBadGateway || !strings.Contains(string(re.Body), secret) {
+				t.Fatalf("errors.As(err, *oauth2.RetrieveError) does not reach the original error: %v", err)
+			}
+			if errors.Is(err, ErrReauthRequired) {
+				t.Errorf("a 502 is not a reason to log in again: %v", err)
+			}
+		})
 	}
 }

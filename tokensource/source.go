@@ -141,8 +141,15 @@ func (s *Source) newState(tok *Token, gen uint64, now time.Time) *state {
 	case tok.Expiry.IsZero():
 		st.staleAt, st.refreshAt, st.freshUntil = farFuture, farFuture, farFuture
 	default:
-		life := tok.Expiry.Sub(now)
-		st.staleAt = tok.Expiry.Add(-min(s.opts.leeway, life/leewayDivisor))
+		// Round(0) drops a monotonic clock reading (a Refresher that sets
+		// Expiry to time.Now().Add(ttl) leaves one, as does the oauth2
+		// package), so that expiry is judged by the wall clock, as servers
+		// and golang.org/x/oauth2 judge it. Compared by the monotonic clock,
+		// which stops while the machine sleeps, a token would count as
+		// fresh for as long as the machine had slept past its expiry.
+		exp := tok.Expiry.Round(0)
+		life := exp.Sub(now)
+		st.staleAt = exp.Add(-min(s.opts.leeway, life/leewayDivisor))
 		st.refreshAt = st.staleAt.Add(-min(s.opts.early, life/earlyDivisor))
 		st.freshUntil = st.refreshAt
 	}
@@ -378,7 +385,7 @@ func (s *Source) callRefresher(ctx context.Context, current *Token) (tok *Token,
 		case IsPermanent(err):
 			return nil, fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, err), true
 		case ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrClosed):
-			return nil, fmt.Errorf("tokensource: refresh failed: %w (refresh cancelled: %v)", ErrClosed, err), false
+			return nil, fmt.Errorf("%w: refresh cancelled: %v", ErrClosed, err), false
 		case ctx.Err() != nil && context.Cause(ctx) == ErrRefreshTimeout:
 			return nil, &timeoutError{after: s.opts.refreshTimeout, err: err}, false
 		}
@@ -436,15 +443,20 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 		f.err = out.err
 	}
 	waiters, gen, retryIn := f.waiters, st.gen, s.retryAt.Sub(now)
-	s.mu.Unlock()
-	close(f.done)
-
+	// Counted before the waiters are released, so that a caller holding the
+	// result already sees it in Stats.
 	if out.err == nil && out.refreshed {
 		s.refreshes.Add(1)
 	}
 	if out.err != nil {
 		s.failed.Add(1)
 	}
+	if out.saveErr != nil {
+		s.storeFailures.Add(1)
+	}
+	s.mu.Unlock()
+	close(f.done)
+
 	expiry := time.Time{}
 	if out.tok != nil {
 		expiry = out.tok.Expiry
@@ -454,7 +466,6 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 		s.emit(Event{Kind: TokenLoaded, Time: now, Expiry: out.candidate.Expiry, Generation: gen})
 	}
 	if out.saveErr != nil {
-		s.storeFailures.Add(1)
 		s.log.Error("tokensource: saving the refreshed token failed; using it anyway", "error", out.saveErr)
 		s.emit(Event{Kind: StoreFailed, Time: now, Err: out.saveErr, Generation: gen})
 	}
@@ -542,13 +553,15 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	s.retryAt, s.lastForced = time.Time{}, time.Time{}
 	s.reauth.Store(false)
 	f.tok = &c
+	if saveErr != nil {
+		s.storeFailures.Add(1)
+	}
 	s.mu.Unlock()
 	close(f.done)
 
 	s.log.Debug("tokensource: token set", "expiry", expiryString(c.Expiry))
 	s.emit(Event{Kind: TokenSet, Time: now, Expiry: c.Expiry, Generation: st.gen})
 	if saveErr != nil {
-		s.storeFailures.Add(1)
 		s.log.Error("tokensource: saving the token from SetToken failed; using it anyway", "error", saveErr)
 		s.emit(Event{Kind: StoreFailed, Time: now, Err: saveErr, Generation: st.gen})
 		return fmt.Errorf("tokensource: SetToken: token installed but not saved: %w", saveErr)

@@ -983,3 +983,119 @@ func TestObserverEvents(t *testing.T) {
 		t.Errorf("RefreshSucceeded = %+v", ok)
 	}
 }
+
+// Stats is consistent with what callers observe: a caller that received a
+// refreshed token (or a refresh failure) already sees it counted.
+func TestStatsCountBeforeHandingOut(t *testing.T) {
+	errBoom := errors.New("boom")
+	var fail bool
+	inner := sequence(time.Now, time.Hour)
+	r := &counter{fn: func(ctx context.Context, cur *Token) (*Token, error) {
+		if fail {
+			return nil, errBoom
+		}
+		return inner.Refresh(ctx, cur)
+	}}
+	// No rate limit and a negligible backoff: every Refresh of the current
+	// token runs the Refresher.
+	s := New(r, WithMinRefreshInterval(0), WithBackoff(time.Nanosecond, time.Nanosecond))
+	defer mustClose(t, s)
+	tok, err := s.Token(ctxBG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		next, err := s.Refresh(ctxBG, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok = next
+		if got, want := s.Stats().Refreshes, uint64(i+2); got != want {
+			t.Fatalf("after refresh %d: Stats().Refreshes = %d, want %d", i+2, got, want)
+		}
+	}
+	fail = true // the Refresher runs only while this goroutine waits for it
+	for i := range 200 {
+		time.Sleep(time.Microsecond) // past the 1ns backoff
+		if _, err := s.Refresh(ctxBG, tok); !errors.Is(err, errBoom) {
+			t.Fatalf("Refresh = %v, want %v", err, errBoom)
+		}
+		if got, want := s.Stats().Failures, uint64(i+1); got != want {
+			t.Fatalf("after failure %d: Stats().Failures = %d, want %d", i+1, got, want)
+		}
+	}
+}
+
+// Expiry instants are compared by the wall clock: a token whose Expiry
+// carries a monotonic clock reading (time.Now().Add(ttl)) must not be judged
+// by that reading, which stops while the machine sleeps.
+func TestExpiryJudgedByWallClock(t *testing.T) {
+	s := New(&counter{})
+	defer mustClose(t, s)
+	now := time.Now()
+	st := s.newState(&Token{AccessToken: "a", Expiry: now.Add(time.Hour)}, 1, now)
+	for name, at := range map[string]time.Time{"staleAt": st.staleAt, "refreshAt": st.refreshAt, "freshUntil": st.freshUntil} {
+		if at != at.Round(0) {
+			t.Errorf("%s = %v carries a monotonic clock reading", name, at)
+		}
+	}
+	if got := st.tok.Expiry.Sub(st.staleAt); got != DefaultExpiryLeeway {
+		t.Errorf("leeway = %v, want %v", got, DefaultExpiryLeeway)
+	}
+}
+
+// A server rejects the current token while the early window's background
+// refresh runs: the forced Refresh joins that refresh instead of starting a
+// second one, and gets its result.
+func TestForcedRefreshJoinsBackgroundRefresh(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		inner := sequence(time.Now, time.Hour)
+		r := &counter{fn: func(ctx context.Context, cur *Token) (*Token, error) {
+			<-release
+			return inner.Refresh(ctx, cur)
+		}}
+		first := &Token{AccessToken: "first", Expiry: time.Now().Add(time.Hour)}
+		var evs events
+		s := New(r, WithInitialToken(first), WithObserver(evs.observe))
+		defer mustClose(t, s)
+		time.Sleep(time.Hour - 10*time.Second - time.Minute) // inside the early window
+		cur, err := s.Token(ctxBG)                           // starts the background refresh
+		if err != nil || cur.AccessToken != "first" {
+			t.Fatalf("Token = (%v, %v)", cur, err)
+		}
+		synctest.Wait()
+		const n = 10
+		got := make([]*Token, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				var err error
+				if got[i], err = s.Refresh(ctxBG, cur); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		synctest.Wait()
+		if c := r.calls.Load(); c != 1 {
+			t.Fatalf("Refresher called %d times, want 1 (the forced refreshes join the background one)", c)
+		}
+		close(release)
+		wg.Wait()
+		for i := range n {
+			if got[i] == nil || got[i].AccessToken != "access-1" {
+				t.Fatalf("Refresh %d = %v, want the background refresh's token", i, got[i])
+			}
+		}
+		if tok, _ := s.Token(ctxBG); tok != got[0] {
+			t.Errorf("Token = %v after the refresh, want %v", tok, got[0])
+		}
+		if c := r.calls.Load(); c != 1 {
+			t.Errorf("Refresher called %d times, want 1", c)
+		}
+		mustClose(t, s)
+		if ok := evs.of(RefreshSucceeded); len(ok) != 1 || !ok[0].Background || ok[0].Waiters != n {
+			t.Errorf("RefreshSucceeded events = %+v, want one background refresh with %d waiters", ok, n)
+		}
+	})
+}

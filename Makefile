@@ -4,7 +4,7 @@ GO      ?= go
 TOOL    := $(GO) tool -modfile=tools/go.mod
 PKGS    := ./...
 
-.PHONY: all generate lint test test-go check-generated bench bench-smoke demo testserver
+.PHONY: all generate lint test test-go check-generated bench bench-smoke fuzz soak demo testserver
 
 all: test
 
@@ -21,10 +21,23 @@ lint:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
 ## test: lint, the race-enabled test suite, and generated-code freshness
-test: lint test-go bench-smoke check-generated
+test: lint test-go fuzz bench-smoke check-generated
+
+FUZZTIME ?= 5s
+SOAK     ?= 20s
 
 test-go:
 	$(GO) test -race -count=1 $(PKGS)
+
+## fuzz: each fuzz target briefly (FUZZTIME, default 5s); the seed corpora also run in test-go
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRefresherToken$$' -fuzztime $(FUZZTIME) ./tokensource/
+	$(GO) test -run '^$$' -fuzz '^FuzzFileStoreLoad$$' -fuzztime $(FUZZTIME) ./tokensource/
+	$(GO) test -run '^$$' -fuzz '^FuzzStreamReplay$$' -fuzztime $(FUZZTIME) ./interceptor/
+
+## soak: the soak test alone for SOAK (default 20s; it also runs, for 20s, in test-go)
+soak:
+	$(GO) test -race -count=1 -run '^TestSoak$$' ./e2e/ -soak.duration=$(SOAK)
 
 ## check-generated: fail if `make generate` changes anything under proto/
 check-generated: generate

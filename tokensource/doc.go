@@ -119,7 +119,11 @@
 // ErrInvalidToken that says what is wrong without quoting the token. That
 // range is what an HTTP/2 header value allows, minus space and tab, which no
 // bearer token contains (RFC 6750) and which would be trimmed or used for
-// header injection. Invalid tokens are handled like any transient failure.
+// header injection. Invalid tokens are handled like any transient failure,
+// with one exception: if the refused result carries a new refresh token, the
+// Source keeps it (and saves it to the Store) and presents it on the next
+// refresh, because the Refresher may already have consumed the previous one
+// and presenting that again would look like refresh-token reuse.
 //
 // # Persistence
 //

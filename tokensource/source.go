@@ -75,6 +75,10 @@ type Source struct {
 	lastErr    error     // the last failure, handed out while backing off
 	reauthErr  error     // non-nil: re-authentication required
 	lastForced time.Time // when the last forced refresh finished
+	// rotated is the refresh token of a result the Source refused (an
+	// invalid access token): the Refresher may have consumed the previous
+	// one, so the next refresh must present this one.
+	rotated string
 
 	wg sync.WaitGroup // refresh goroutines
 
@@ -314,6 +318,14 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 		s.installLocked(st.withFreshUntil(st.staleAt))
 	}
 	current := st.tok
+	if s.rotated != "" {
+		var c Token
+		if current != nil {
+			c = *current
+		}
+		c.RefreshToken = s.rotated
+		current = &c
+	}
 	s.wg.Go(func() { s.run(rctx, f, current) })
 	return f
 }
@@ -328,6 +340,7 @@ type outcome struct {
 	candidate *Token // the token the load produced (from the Store or WithInitialToken)
 	fromStore bool   // candidate came from the Store
 	saveErr   error
+	rotated   string // the refresh token of a refused result
 }
 
 func (s *Source) run(ctx context.Context, f *flight, current *Token) {
@@ -361,7 +374,22 @@ func (s *Source) run(ctx context.Context, f *flight, current *Token) {
 
 	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
 	s.emit(Event{Kind: RefreshStarted, Time: start, Forced: f.forced, Background: f.background, Generation: s.cur.Load().gen})
-	out.tok, out.err, out.permanent = s.callRefresher(ctx, current)
+	var refused *Token
+	out.tok, refused, out.err, out.permanent = s.callRefresher(ctx, current)
+	if refused != nil && refused.RefreshToken != "" && (current == nil || refused.RefreshToken != current.RefreshToken) {
+		out.rotated = refused.RefreshToken
+		if s.opts.store != nil {
+			// Persist the rotated refresh token with the current token.
+			var c Token
+			if current != nil {
+				c = *current
+			}
+			c.RefreshToken = out.rotated
+			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.refreshTimeout)
+			out.saveErr = s.opts.store.Save(sctx, &c)
+			scancel()
+		}
+	}
 	if out.err == nil {
 		out.refreshed = true
 		if s.opts.store != nil {
@@ -378,24 +406,24 @@ func (s *Source) run(ctx context.Context, f *flight, current *Token) {
 
 // callRefresher calls the Refresher and checks its result. The returned
 // error is the one every waiter receives.
-func (s *Source) callRefresher(ctx context.Context, current *Token) (tok *Token, err error, permanent bool) {
+func (s *Source) callRefresher(ctx context.Context, current *Token) (tok, refused *Token, err error, permanent bool) {
 	t, err := s.refresher.Refresh(ctx, current)
 	if err != nil {
 		switch {
 		case IsPermanent(err):
-			return nil, fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, err), true
+			return nil, nil, fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, err), true
 		case ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrClosed):
-			return nil, fmt.Errorf("%w: refresh cancelled: %v", ErrClosed, err), false
-		case ctx.Err() != nil && context.Cause(ctx) == ErrRefreshTimeout:
-			return nil, &timeoutError{after: s.opts.refreshTimeout, err: err}, false
+			return nil, nil, fmt.Errorf("%w: refresh cancelled: %v", ErrClosed, err), false
+		case refreshTimedOut(ctx):
+			return nil, nil, &timeoutError{after: s.opts.refreshTimeout, err: err}, false
 		}
-		return nil, fmt.Errorf("tokensource: refresh failed: %w", err), false
+		return nil, nil, fmt.Errorf("tokensource: refresh failed: %w", err), false
 	}
 	if err := validateToken(t, s.now()); err != nil {
-		return nil, fmt.Errorf("tokensource: refresh failed: %w", err), false
+		return nil, t, fmt.Errorf("tokensource: refresh failed: %w", err), false
 	}
 	c := *t // the Source's own copy: handed-out tokens must not change
-	return &c, nil, false
+	return &c, nil, nil, false
 }
 
 // finish publishes the outcome of f, releases its waiters, then reports it.
@@ -419,6 +447,7 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 		st = s.newState(out.tok, st.gen+1, now)
 		s.installLocked(st)
 		s.failures, s.lastErr, s.retryAt = 0, nil, time.Time{}
+		s.rotated = ""
 		if f.forced {
 			s.lastForced = now
 		}
@@ -434,8 +463,8 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 		s.failures++
 		s.retryAt = now.Add(s.backoff(s.failures))
 		s.lastErr = out.err
-		if f.forced {
-			s.lastForced = now
+		if out.rotated != "" {
+			s.rotated = out.rotated
 		}
 		// A still-valid token is served from the hot path until the backoff
 		// ends (then one more background attempt) or it goes stale.
@@ -550,6 +579,7 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	st := s.newState(&c, s.cur.Load().gen+1, now)
 	s.installLocked(st)
 	s.reauthErr, s.lastErr, s.failures = nil, nil, 0
+	s.rotated = ""
 	s.retryAt, s.lastForced = time.Time{}, time.Time{}
 	s.reauth.Store(false)
 	f.tok = &c
@@ -624,4 +654,16 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// refreshTimedOut reports whether the refresh timeout of ctx has elapsed. It
+// looks at the deadline too: a Refresher can return before ctx's timer has
+// fired, with the error of a server that enforced the same deadline (gRPC
+// propagates it).
+func refreshTimedOut(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return context.Cause(ctx) == ErrRefreshTimeout
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }

@@ -637,8 +637,11 @@ func TestInvalidTokensAreRefused(t *testing.T) {
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("error %q contains the token", err)
 			}
-			if st, _ := store.Load(ctxBG); st != nil {
-				t.Error("an invalid token was saved")
+			// A refused result's rotated refresh token is kept (the
+			// Refresher may have consumed the previous one), but its access
+			// token is never stored.
+			if st, _ := store.Load(ctxBG); st != nil && (st.AccessToken != "" || tc.tok == nil || st.RefreshToken != tc.tok.RefreshToken) {
+				t.Errorf("an invalid token was saved: %v", st)
 			}
 			if g := s.Stats().Generation; g != 0 {
 				t.Errorf("an invalid token was installed (generation %d)", g)

@@ -1,0 +1,61 @@
+// Package e2e holds the end-to-end reliability and security tests of
+// grpc-tokenrefresh: the tokensource and interceptor packages working
+// together against the bundled test server (package testserver) over TLS on
+// loopback, under faults, load and hostile input. It contains no library
+// code; everything is in its _test.go files, which run in `make test` under
+// -race.
+//
+// # Fault matrix
+//
+// TestFaultMatrix is table-driven: each row starts a fresh server and client
+// (sharing nothing with other rows), injects one fault — the refresh
+// endpoint down, a refresh slower than the refresh timeout, Unavailable n
+// times, Unauthenticated or PermissionDenied for the refresh itself, a
+// malformed token from the Refresher, the server restarting under an open
+// stream, revoked tokens, the clock jumping forward or back — and asserts
+// what the caller sees (status code, errors.Is against the tokensource and
+// context sentinels), how many logins and refreshes the server counted, that
+// a later call recovers once the fault clears (after the backoff, or after
+// SetToken when the failure is permanent), and that no goroutine is left.
+// Every row logs one "matrix |" line with its observed outcome.
+//
+// Three further tests pin down bugs the matrix found (fixed in tokensource): a call
+// rejected while the Source backs off after a failed forced refresh must see
+// the transient failure (TestFaultRejectedWhileBackingOffIsUnavailable); a
+// refresh ended by the refresh timeout must always match ErrRefreshTimeout
+// (TestFaultRefreshTimeoutMatchesErrRefreshTimeout); and a token the Source
+// refuses must not lose the rotated refresh token it came with
+// (TestFaultInvalidRefreshResultKeepsRotatedRefreshToken).
+//
+// Both the server and the client run on fake clocks, advanced by the tests,
+// so that backoff, rate limits and expiry are deterministic; only the refresh
+// timeout and the injected refresh latency use real time. The server's TLS
+// certificate is made once per test binary (rather than by testserver.TLS,
+// which makes one per endpoint) so that a restarted endpoint presents a
+// certificate the client still trusts.
+//
+// # Soak
+//
+// TestSoak runs mixed unary and streaming traffic from 32 workers for
+// -soak.duration (default 20 s) with 100 ms access tokens, random transient
+// and permanent refresh failures injected by the server, and random caller
+// cancellations, then checks its invariants: no call failed except those
+// whose own context ended or that met an injected permanent failure (the
+// client retries Unavailable, as a retry interceptor would); refresh
+// attempts ≤ token expiries + forced refreshes + failed attempts, and the
+// server saw exactly the Source's attempts (see the test for the precise
+// definitions); the goroutines are back to the baseline; the heap did not
+// grow beyond a generous bound. It logs its figures on "soak |" lines. Run
+// it longer with
+//
+//	go test -race -run TestSoak ./e2e/ -soak.duration=10m
+//
+// # Secrets and security defaults
+//
+// TestNoSecretsAnywhere drives every error path it can reach with every
+// component logging at Debug level into buffers, and asserts that no access
+// or refresh token ever issued appears in a log line, an error string or the
+// fmt rendering of a token or error; TestFileStoreMode checks the mode of the
+// token file. TestInsecureConnectionSendsNoToken and
+// TestRefreshTokenReuseRevokesFamily check the security defaults end to end.
+package e2e

@@ -476,11 +476,9 @@ func TestFaultMatrix(t *testing.T) {
 // Unauthenticated (which they do not retry and which, per the design, means
 // the user must log in again or the server rejects fresh tokens).
 //
-// It fails today: Source.Refresh applies the minimum interval between forced
-// refreshes before the backoff, and finish records a failed forced refresh
-// in lastForced, so within WithMinRefreshInterval of the failure Refresh
-// returns the rejected token unchanged and the interceptor returns the
-// server's Unauthenticated. See the report of issue 6.
+// It failed before the fix: a failed forced refresh armed the minimum
+// interval between forced refreshes, so within it Refresh returned the
+// rejected token unchanged and the caller saw the server's Unauthenticated.
 func TestFaultRejectedWhileBackingOffIsUnavailable(t *testing.T) {
 	r := newRig(t, rigConfig{})
 	r.srv.FailNextRefreshes(1, codes.Unavailable)
@@ -513,10 +511,10 @@ func TestFaultRejectedWhileBackingOffIsUnavailable(t *testing.T) {
 // = DeadlineExceeded desc = stream terminated by RST_STREAM with error code:
 // CANCEL").
 //
-// It fails today: callRefresher recognises a timeout only by ctx.Err(),
-// which is set by a timer that may not have run yet when the Refresher
-// returns. See the report of issue 6 for the proposed fix (also look at the
-// deadline, as grpc-go does for the same race).
+// It failed before the fix: the Source recognised a timeout only by
+// ctx.Err(), which is set by a timer that may not have run yet when the
+// Refresher returns; it now also looks at the deadline, as grpc-go does for
+// the same race.
 func TestFaultRefreshTimeoutMatchesErrRefreshTimeout(t *testing.T) {
 	const attempts = 20
 	missed := 0
@@ -546,8 +544,7 @@ func TestFaultRefreshTimeoutMatchesErrRefreshTimeout(t *testing.T) {
 // fault ("handled like any transient failure", says the package
 // documentation) forces the user to log in again.
 //
-// It fails today: the Source discards the whole token. See the report of
-// issue 6 for the proposed fix.
+// It failed before the fix, when the Source discarded the whole token.
 func TestFaultInvalidRefreshResultKeepsRotatedRefreshToken(t *testing.T) {
 	for _, tc := range []struct {
 		name         string

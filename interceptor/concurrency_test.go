@@ -25,7 +25,8 @@ import (
 func TestConcurrentCallsAcrossExpiry(t *testing.T) {
 	srv, creds := startServer(t, false)
 	r := &rotatingRefresher{srv: srv}
-	src := newSource(t, r)
+	// No rate limit: sharing alone must hold the count at one.
+	src := newSource(t, r, tokensource.WithMinRefreshInterval(0))
 	client := dial(t, srv, creds, dialOpts(src)...)
 	ctx := testCtx(t)
 

@@ -13,9 +13,8 @@
 //
 //	src := tokensource.New(refresher)
 //	defer src.Close()
-//	conn, err := grpc.NewClient(target,
-//		grpc.WithTransportCredentials(creds),
-//		interceptor.DialOptions(src)...)
+//	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+//	conn, err := grpc.NewClient(target, append(opts, interceptor.DialOptions(src)...)...)
 //
 // It chains the unary and the stream interceptor (sharing one configuration)
 // and installs the transport security check once for the connection.
@@ -37,15 +36,16 @@
 // order they are passed to grpc.NewClient. With go-grpc-middleware's
 // interceptors, the order that works is:
 //
-//	conn, err := grpc.NewClient(target,
+//	opts := []grpc.DialOption{
 //		grpc.WithTransportCredentials(creds),
 //		grpc.WithChainUnaryInterceptor(
 //			logging.UnaryClientInterceptor(logger), // 1. outermost
 //			timeout.UnaryClientInterceptor(5*time.Second),
 //			retry.UnaryClientInterceptor(retry.WithMax(3)),
 //		),
-//		interceptor.DialOptions(src)..., // 4. innermost, next to the transport
-//	)
+//	}
+//	opts = append(opts, interceptor.DialOptions(src)...) // 4. innermost, next to the transport
+//	conn, err := grpc.NewClient(target, opts...)
 //
 // Why this order:
 //
@@ -137,6 +137,12 @@
 // anything is written, and triggers no refresh. Calls without a token
 // (SkipAuth, skipped methods) still work on such a connection. AllowInsecure
 // turns the check off, for local testing.
+//
+// gRPC reveals a connection's security level only to the transport, after
+// the interceptor has obtained the token. So a source that holds no valid
+// token refreshes once for the first call on an insecure connection (the
+// token then stays in the process); the refusal itself never triggers a
+// refresh, however many calls are refused.
 //
 // # Errors
 //

@@ -88,3 +88,36 @@ func TestAllowInsecure(t *testing.T) {
 		t.Fatalf("attempts = %+v, want 2 ending with tok-2", calls)
 	}
 }
+
+// An empty source on an insecure connection: the first call needs a token
+// before the transport can tell that the connection is insecure, so the
+// Refresher runs once to obtain it; the refusal itself never triggers a
+// refresh, however many calls are refused, and no token reaches the server.
+func TestInsecureConnectionEmptySourceRefreshesNoMore(t *testing.T) {
+	srv, creds := startServer(t, true)
+	r := &rotatingRefresher{srv: srv}
+	// No rate limit, so a refresh caused by a refusal could not hide.
+	src := tokensource.New(r, tokensource.WithMinRefreshInterval(0))
+	t.Cleanup(func() { _ = src.Close() })
+	client := dial(t, srv, creds, dialOpts(src)...)
+	ctx := withID(testCtx(t), t.Name())
+
+	for range 3 {
+		_, err := client.Ping(ctx, &testpb.PingRequest{})
+		checkInsecure(t, err)
+	}
+	stream, err := client.PingList(ctx, &testpb.PingListRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	checkInsecure(t, err)
+
+	if n := r.n.Load(); n != 1 {
+		t.Fatalf("Refresher calls = %d, want 1 (the first token only)", n)
+	}
+	for _, c := range srv.allCalls() {
+		if c.testID == t.Name() {
+			t.Fatalf("server saw %s (authorization %q)", c.method, c.auth)
+		}
+	}
+}

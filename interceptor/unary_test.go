@@ -198,7 +198,8 @@ func TestRefreshAndRetryOnce(t *testing.T) {
 func TestStaleRejectionRetriesWithoutRefresh(t *testing.T) {
 	srv, creds := startServer(t, false)
 	r := &rotatingRefresher{srv: srv}
-	src := newSource(t, r)
+	// No rate limit: only the stale-token check may explain "no refresh".
+	src := newSource(t, r, tokensource.WithMinRefreshInterval(0))
 	stale, _ := src.Token(context.Background()) // tok-1
 	if _, err := src.Refresh(context.Background(), stale); err != nil {
 		t.Fatal(err)

@@ -1001,7 +1001,8 @@ func TestStatsCountBeforeHandingOut(t *testing.T) {
 	}}
 	// No rate limit and a negligible backoff: every Refresh of the current
 	// token runs the Refresher.
-	s := New(r, WithMinRefreshInterval(0), WithBackoff(time.Nanosecond, time.Nanosecond))
+	clk := &fakeClock{now: time.Now()}
+	s := New(r, WithClock(clk.Now), WithMinRefreshInterval(0), WithBackoff(time.Nanosecond, time.Nanosecond))
 	defer mustClose(t, s)
 	tok, err := s.Token(ctxBG)
 	if err != nil {
@@ -1019,7 +1020,7 @@ func TestStatsCountBeforeHandingOut(t *testing.T) {
 	}
 	fail = true // the Refresher runs only while this goroutine waits for it
 	for i := range 200 {
-		time.Sleep(time.Microsecond) // past the 1ns backoff
+		clk.Advance(time.Microsecond) // past the 1ns backoff
 		if _, err := s.Refresh(ctxBG, tok); !errors.Is(err, errBoom) {
 			t.Fatalf("Refresh = %v, want %v", err, errBoom)
 		}

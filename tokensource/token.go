@@ -34,6 +34,9 @@ type Token struct {
 // The Source calls Refresh from at most one goroutine at a time, on a context
 // that is detached from the callers' contexts and carries its own timeout.
 type Refresher interface {
+	// Refresh returns the token that replaces current (nil when there is
+	// none), or an error; see the type's documentation for what the error
+	// means to the Source.
 	Refresh(ctx context.Context, current *Token) (*Token, error)
 }
 

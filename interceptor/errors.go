@@ -66,13 +66,14 @@ func sourceError(ctx context.Context, err error) error {
 	return &statusError{code: code, msg: "interceptor: cannot obtain a token: " + err.Error(), causes: []error{err}}
 }
 
-// invalidTokenError reports a token the interceptor will not send. reason
-// describes the problem without quoting the token.
-func invalidTokenError(reason string) error {
+// invalidTokenError reports a token the interceptor will not send; err,
+// from tokensource's Sendable, describes the problem without quoting the
+// token and matches tokensource.ErrInvalidToken.
+func invalidTokenError(err error) error {
 	return &statusError{
 		code:   codes.Unavailable,
-		msg:    "interceptor: cannot use the token from the token source: " + reason,
-		causes: []error{tokensource.ErrInvalidToken},
+		msg:    "interceptor: cannot use the token from the token source: " + err.Error(),
+		causes: []error{err},
 	}
 }
 

@@ -224,16 +224,10 @@ func (i *interceptor) headerValue(tok *tokensource.Token) (*headerValue, error) 
 	if h := i.header.Load(); h != nil && h.tok == tok {
 		return h, nil
 	}
-	if tok == nil {
-		return nil, invalidTokenError("no token")
-	}
-	if tok.AccessToken == "" {
-		return nil, invalidTokenError("empty access token")
-	}
-	for j := 0; j < len(tok.AccessToken); j++ {
-		if c := tok.AccessToken[j]; c < 0x21 || c > 0x7e {
-			return nil, invalidTokenError("the access token contains a character that is not visible ASCII")
-		}
+	// Any TokenSource may be plugged in, not only a *tokensource.Source
+	// (which never hands out such a token): check once per token.
+	if err := tok.Sendable(); err != nil {
+		return nil, invalidTokenError(err)
 	}
 	value := tok.AccessToken
 	if i.opts.scheme != "" {

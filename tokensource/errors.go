@@ -41,13 +41,15 @@ func (e *invalidTokenError) Error() string { return "invalid token: " + e.proble
 
 func (e *invalidTokenError) Is(target error) bool { return target == ErrInvalidToken }
 
-// validateToken checks that t can be sent as "authorization: Bearer <t>" and
-// has not expired at now. The access token must consist of visible ASCII
-// (0x21–0x7E): that is the character set of an HTTP/2 (and gRPC) header value
+// Sendable reports whether t can be sent as "authorization: Bearer <t>": t
+// is not nil and its access token is not empty and consists of visible ASCII
+// (0x21–0x7E). That is the character set of an HTTP/2 (and gRPC) header value
 // minus space and tab, which a bearer token (RFC 6750's b64token) never
-// contains and which would be trimmed or split by intermediaries. The error
-// names the problem and, for a bad byte, its offset, never the token.
-func validateToken(t *Token, now time.Time) error {
+// contains and which would be trimmed or split by intermediaries. Sendable
+// does not look at Expiry: whether a token has expired depends on the
+// caller's clock. The error matches ErrInvalidToken and names the problem
+// and, for a bad byte, its offset, never the token.
+func (t *Token) Sendable() error {
 	if t == nil {
 		return &invalidTokenError{"the token is nil"}
 	}
@@ -59,6 +61,14 @@ func validateToken(t *Token, now time.Time) error {
 			return &invalidTokenError{"the access token has a byte outside visible ASCII (0x21-0x7E) at offset " +
 				strconv.Itoa(i) + " of " + strconv.Itoa(len(t.AccessToken)) + "; it cannot be sent in a header"}
 		}
+	}
+	return nil
+}
+
+// validateToken checks that t is Sendable and has not expired at now.
+func validateToken(t *Token, now time.Time) error {
+	if err := t.Sendable(); err != nil {
+		return err
 	}
 	if !t.Expiry.IsZero() && !now.Before(t.Expiry.Round(0)) { // wall clock, as in newState
 		return &invalidTokenError{fmt.Sprintf("the token expired at %s (now %s)",

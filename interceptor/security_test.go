@@ -56,6 +56,11 @@ func TestInsecureConnectionRefused(t *testing.T) {
 			if n := src.refreshes.Load(); n != 0 {
 				t.Fatalf("Refresh calls = %d, want 0", n)
 			}
+			// The recorder works (it saw the SkipAuth call), so the loop
+			// below cannot pass by seeing nothing.
+			if n := len(srv.callsFor(t.Name(), methodPingEmpty)); n != 1 {
+				t.Fatalf("server recorded %d SkipAuth calls, want 1", n)
+			}
 			for _, c := range srv.allCalls() {
 				if c.testID == t.Name() && (len(c.auth) != 0 || c.method != methodPingEmpty) {
 					t.Fatalf("server saw %s with authorization %q", c.method, c.auth)

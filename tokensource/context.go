@@ -13,7 +13,15 @@ func InRefresh(ctx context.Context) bool {
 	return ctx.Value(refreshMarkerKey{}) != nil
 }
 
-// withRefreshMarker marks ctx as a refresh context for InRefresh.
-func withRefreshMarker(ctx context.Context) context.Context {
-	return context.WithValue(ctx, refreshMarkerKey{}, true)
+// withRefreshMarker marks ctx as a refresh context of s, for InRefresh and
+// refreshingSource.
+func withRefreshMarker(ctx context.Context, s *Source) context.Context {
+	return context.WithValue(ctx, refreshMarkerKey{}, s)
+}
+
+// refreshingSource returns the Source whose refresh ctx belongs to (nil
+// outside a refresh), so that a Source can refuse to wait for itself.
+func refreshingSource(ctx context.Context) *Source {
+	s, _ := ctx.Value(refreshMarkerKey{}).(*Source)
+	return s
 }

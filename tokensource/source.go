@@ -31,7 +31,6 @@ type state struct {
 	// staleAt is where tok starts to count as expired: from then on it is no
 	// longer handed out.
 	staleAt time.Time
-	closed  bool
 }
 
 func (st *state) withFreshUntil(t time.Time) *state {
@@ -91,10 +90,6 @@ type Source struct {
 	inFlight      atomic.Bool
 	reauth        atomic.Bool
 }
-
-// sourceKey marks a refresh context with the Source that runs it, so the
-// Source can refuse to wait for itself.
-type sourceKey struct{}
 
 // New returns a Source that obtains tokens from r, configured by opts.
 // New does no I/O: the Store (if any) is loaded and the first token obtained
@@ -164,7 +159,6 @@ func (s *Source) newState(tok *Token, gen uint64, now time.Time) *state {
 // must be held.
 func (s *Source) installLocked(st *state) {
 	if s.closed {
-		st.closed = true
 		st.freshUntil = time.Time{}
 	}
 	s.cur.Store(st)
@@ -256,7 +250,7 @@ func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error)
 		s.mu.Unlock()
 		return nil, err
 	}
-	if ctx.Value(sourceKey{}) == s {
+	if refreshingSource(ctx) == s {
 		s.mu.Unlock()
 		return nil, errSelfWait
 	}
@@ -302,7 +296,7 @@ func (s *Source) backingOffLocked(now time.Time) bool {
 // but not its cancellation, carries the refresh marker for InRefresh, and
 // is cancelled by the refresh timeout or by Close. s.mu must be held.
 func (s *Source) startLocked(ctx context.Context, st *state, forced, background bool) *flight {
-	rctx := withRefreshMarker(context.WithValue(context.WithoutCancel(ctx), sourceKey{}, s))
+	rctx := withRefreshMarker(context.WithoutCancel(ctx), s)
 	rctx, cancel := context.WithCancelCause(rctx)
 	f := &flight{
 		done:       make(chan struct{}),
@@ -319,12 +313,7 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 	}
 	current := st.tok
 	if s.rotated != "" {
-		var c Token
-		if current != nil {
-			c = *current
-		}
-		c.RefreshToken = s.rotated
-		current = &c
+		current = withRefreshToken(current, s.rotated)
 	}
 	s.wg.Go(func() { s.run(rctx, f, current) })
 	return f
@@ -380,14 +369,7 @@ func (s *Source) run(ctx context.Context, f *flight, current *Token) {
 		out.rotated = refused.RefreshToken
 		if s.opts.store != nil {
 			// Persist the rotated refresh token with the current token.
-			var c Token
-			if current != nil {
-				c = *current
-			}
-			c.RefreshToken = out.rotated
-			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.refreshTimeout)
-			out.saveErr = s.opts.store.Save(sctx, &c)
-			scancel()
+			out.saveErr = s.save(ctx, withRefreshToken(current, out.rotated))
 		}
 	}
 	if out.err == nil {
@@ -395,13 +377,30 @@ func (s *Source) run(ctx context.Context, f *flight, current *Token) {
 		if s.opts.store != nil {
 			// Saved before any caller sees the token: with a rotating refresh
 			// token, the Store must not fall behind what servers have seen.
-			// The save gets a fresh timeout so a slow refresh does not starve it.
-			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.refreshTimeout)
-			out.saveErr = s.opts.store.Save(sctx, out.tok)
-			scancel()
+			out.saveErr = s.save(ctx, out.tok)
 		}
 	}
 	s.finish(f, start, out)
+}
+
+// save stores t. It gets a timeout of its own, and ignores the cancellation
+// of ctx (keeping its values), so neither a slow refresh nor a caller that
+// gives up can cut short the write of a rotated refresh token.
+func (s *Source) save(ctx context.Context, t *Token) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.refreshTimeout)
+	defer cancel()
+	return s.opts.store.Save(sctx, t)
+}
+
+// withRefreshToken returns a copy of t (of the zero Token when t is nil)
+// that holds the refresh token rt.
+func withRefreshToken(t *Token, rt string) *Token {
+	var c Token
+	if t != nil {
+		c = *t
+	}
+	c.RefreshToken = rt
+	return &c
 }
 
 // callRefresher calls the Refresher and checks its result. The returned
@@ -570,7 +569,7 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 
 	var saveErr error
 	if s.opts.store != nil {
-		saveErr = s.opts.store.Save(ctx, &c)
+		saveErr = s.save(ctx, &c)
 	}
 
 	now := s.now()

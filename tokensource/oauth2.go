@@ -74,8 +74,10 @@ func classifyOAuth2Error(err error) error {
 	if !errors.As(err, &re) {
 		return err
 	}
-	if re2, ok := err.(*oauth2.RetrieveError); ok && re2.ErrorCode == "" {
-		err = &retrieveError{re2}
+	if re.ErrorCode == "" {
+		// Also when a wrapper (a custom oauth2.TokenSource) carries it: the
+		// wrapper's text would quote the body too, so it is dropped.
+		err = &retrieveError{re}
 	}
 	if re.ErrorCode == "invalid_grant" {
 		return Permanent(err)

@@ -321,9 +321,13 @@ func TestOAuth2ErrorsOmitResponseBody(t *testing.T) {
 	const secret = "rt-s3cr3t"
 	e := &tokenEndpoint{valid: map[string]bool{secret: true}, echo: true}
 	cfg, ctx := startEndpoint(t, e)
+	upstream := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: secret, Expiry: time.Unix(1, 0)})
 	for name, r := range map[string]Refresher{
 		"OAuth2Refresher": OAuth2Refresher(cfg),
-		"FromOAuth2":      FromOAuth2(cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: secret, Expiry: time.Unix(1, 0)})),
+		"FromOAuth2":      FromOAuth2(upstream),
+		// A custom oauth2.TokenSource that wraps the RetrieveError: the
+		// wrapper's message quotes the body as well.
+		"FromOAuth2 wrapped": FromOAuth2(wrappingTokenSource{upstream}),
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := New(r, WithInitialToken(&Token{RefreshToken: secret}))
@@ -347,4 +351,15 @@ func TestOAuth2ErrorsOmitResponseBody(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wrappingTokenSource wraps the errors of ts, as custom token sources do.
+type wrappingTokenSource struct{ ts oauth2.TokenSource }
+
+func (w wrappingTokenSource) Token() (*oauth2.Token, error) {
+	t, err := w.ts.Token()
+	if err != nil {
+		return nil, fmt.Errorf("custom source: %w", err)
+	}
+	return t, nil
 }

@@ -202,6 +202,9 @@ func TestTokenTrackerCatchesExtraRefreshes(t *testing.T) {
 	if sum.valid != 3 || rep.pass || !strings.Contains(rep.verdict, "FAIL: 4 refreshes for 1 expiry") {
 		t.Errorf("storm: %+v, verdict %q; want 3 refreshes of valid tokens and a FAIL for 4 refreshes for 1 expiry", sum, rep.verdict)
 	}
+	if n := strings.Count(rep.verdict, "refreshes for 1 expiry"); n != 1 {
+		t.Errorf("storm verdict %q states the counts %d times, want once", rep.verdict, n)
+	}
 
 	// The current token expired before the end without being replaced: an
 	// expiry still waiting for its refresh.

@@ -68,8 +68,11 @@ func (r *report) judge() {
 		}
 	}
 	onDemand := t.refreshes - t.early
-	if diff := onDemand - t.expiries; diff < -1 || diff > 1 {
-		problems = append(problems, plural(onDemand, "refresh", "refreshes")+" for "+plural(t.expiries, "expiry", "expiries"))
+	counts := plural(onDemand, "refresh", "refreshes") + " for " + plural(t.expiries, "expiry", "expiries")
+	diff := onDemand - t.expiries
+	countOff := diff < -1 || diff > 1
+	if countOff {
+		problems = append(problems, counts)
 	}
 	if r.server != nil && r.server.RefreshesOK != int64(t.refreshes) {
 		problems = append(problems, fmt.Sprintf("the server granted %d refreshes but the source installed %d", r.server.RefreshesOK, t.refreshes))
@@ -81,7 +84,7 @@ func (r *report) judge() {
 		problems = append(problems, fmt.Sprintf("interrupted after %.1fs", r.elapsed.Seconds()))
 	}
 
-	what := plural(onDemand, "refresh", "refreshes") + " for " + plural(t.expiries, "expiry", "expiries")
+	what := counts
 	if t.early > 0 {
 		what = plural(t.early, "early refresh", "early refreshes") + " before expiry, " + what
 	}
@@ -91,7 +94,7 @@ func (r *report) judge() {
 		r.verdict = fmt.Sprintf("PASS: 0 failed RPCs, %s, %s rejected calls retried unseen by the application", what, group(absorbed))
 	} else {
 		r.verdict = "FAIL: " + strings.Join(problems, "; ")
-		if !strings.Contains(r.verdict, "expiries") {
+		if !countOff { // else the counts are already among the problems
 			r.verdict += " (" + what + ")"
 		}
 	}

@@ -121,15 +121,9 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if err == nil || !i.rejected(ctx, method, err) {
 		return err
 	}
-	fresh, hv, rerr := i.renew(ctx, tok)
+	_, hv, rerr := i.renew(ctx, method, tok, err)
 	if rerr != nil {
-		i.opts.logger.DebugContext(ctx, "interceptor: token rejected, refresh failed", "method", method, "error", rerr)
 		return rerr
-	}
-	if fresh == tok {
-		// The source has nothing newer (its rate limit for forced
-		// refreshes, say): the same token would be rejected again.
-		return err
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
 	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
@@ -151,12 +145,9 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 		if !i.rejected(ctx, method, err) {
 			return nil, err
 		}
-		fresh, hv, rerr := i.renew(ctx, tok)
+		fresh, hv, rerr := i.renew(ctx, method, tok, err)
 		if rerr != nil {
 			return nil, rerr
-		}
-		if fresh == tok {
-			return nil, err
 		}
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected at stream creation, retrying with a new token", "method", method)
 		if cs, err = streamer(i.attachAgain(ctx, hv), desc, cc, method, opts...); err != nil {
@@ -207,12 +198,19 @@ func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerVal
 	return tok, hv, err
 }
 
-// renew asks the source for the token that replaces stale. ctx must come
-// from outgoing.
-func (i *interceptor) renew(ctx context.Context, stale *tokensource.Token) (*tokensource.Token, *headerValue, error) {
+// renew asks the source for the token that replaces stale, which the server
+// rejected with rejection. The error is the one the caller should see: the
+// mapped refresh failure, or rejection itself when the source has nothing
+// newer (its rate limit for forced refreshes, say), since the same token
+// would be rejected again. ctx must come from outgoing.
+func (i *interceptor) renew(ctx context.Context, method string, stale *tokensource.Token, rejection error) (*tokensource.Token, *headerValue, error) {
 	tok, err := i.src.Refresh(ctx, stale)
 	if err != nil {
+		i.opts.logger.DebugContext(ctx, "interceptor: token rejected, refresh failed", "method", method, "error", err)
 		return nil, nil, sourceError(ctx, err)
+	}
+	if tok == stale {
+		return nil, nil, rejection
 	}
 	hv, err := i.headerValue(tok)
 	return tok, hv, err

@@ -391,10 +391,7 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	w.buf, w.bufBytes, w.replayable = nil, 0, false
 	w.mu.Unlock()
 
-	tok, hv, rerr := w.i.renew(w.ctx, a.tok)
-	if rerr == nil && tok == a.tok {
-		rerr = err // nothing newer to retry with
-	}
+	tok, hv, rerr := w.i.renew(w.ctx, w.method, a.tok, err)
 	var cs grpc.ClientStream
 	if rerr == nil {
 		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",

@@ -76,3 +76,13 @@ func validateToken(t *Token, now time.Time) error {
 	}
 	return nil
 }
+
+// ErrUnchangedToken is matched (errors.Is) by the error of a forced refresh
+// whose Refresher returned the very access token the server had just
+// rejected. Retrying with it cannot help, so the refresh counts as failed
+// (with backoff) and the interceptors return Unauthenticated. The usual
+// cause is a Refresher that caches, such as FromOAuth2 around an
+// oauth2.ReuseTokenSource (which clientcredentials.Config.TokenSource and
+// oauth2.Config.TokenSource return): use ClientCredentials or
+// OAuth2Refresher instead.
+var ErrUnchangedToken = errors.New("tokensource: the refresh returned the token the server had just rejected")

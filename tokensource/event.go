@@ -32,6 +32,21 @@ const (
 	// RefreshRateLimited: a forced refresh was skipped because the previous
 	// one finished less than the minimum refresh interval ago.
 	RefreshRateLimited
+	// RefreshUnchanged: a forced refresh returned the access token the
+	// server had just rejected (an oauth2.ReuseTokenSource handing back its
+	// cache, typically). It counts as a failed refresh: Err matches
+	// ErrUnchangedToken and the Source backs off.
+	RefreshUnchanged
+	// TokenAdopted: the Source took a token that another member of its
+	// fleet committed to the shared Store (a Coordinator) instead of
+	// calling its Refresher.
+	TokenAdopted
+	// LeaseWaited: the Source waited for another member of its fleet that
+	// held the refresh lease; Duration is how long.
+	LeaseWaited
+	// LeaseTakenOver: the Source took over a refresh lease whose holder had
+	// stopped renewing it (it died, hung or paused past the lease TTL).
+	LeaseTakenOver
 )
 
 var eventKindNames = [...]string{
@@ -43,6 +58,10 @@ var eventKindNames = [...]string{
 	TokenLoaded:        "TokenLoaded",
 	TokenSet:           "TokenSet",
 	RefreshRateLimited: "RefreshRateLimited",
+	RefreshUnchanged:   "RefreshUnchanged",
+	TokenAdopted:       "TokenAdopted",
+	LeaseWaited:        "LeaseWaited",
+	LeaseTakenOver:     "LeaseTakenOver",
 }
 
 // String returns the constant's name, such as "RefreshSucceeded".

@@ -53,6 +53,7 @@ type options struct {
 	observer           func(Event)
 	onReauth           func(error)
 	logger             *slog.Logger
+	uncoordinated      bool // refresh locally when the Coordinator is unavailable
 }
 
 func defaultOptions() options {
@@ -177,4 +178,16 @@ func WithOnReauthRequired(f func(err error)) Option {
 // never logged. The default discards everything.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
+}
+
+// WithUncoordinatedRefresh lets a Source whose Store is a Coordinator refresh
+// on its own, without the fleet's lease, when the Coordinator is unavailable
+// (errors matching ErrCoordinatorUnavailable, such as Redis being down). The
+// default is off: without the lease two members could present one rotating
+// refresh token twice, which authorization servers with reuse detection
+// answer by revoking the whole token family. Turn it on only for grants where
+// a second refresh is harmless, such as client credentials. A token obtained
+// this way is used at once and saved to the Store on a best-effort basis.
+func WithUncoordinatedRefresh() Option {
+	return func(o *options) { o.uncoordinated = true }
 }

@@ -1,0 +1,78 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrLeaseLost is matched (errors.Is) by the error of Lease.Commit when the
+// write was refused: the shared record has changed since the lease was taken
+// (another member committed a newer token), or another member holds the lease
+// now. Nothing was written.
+var ErrLeaseLost = errors.New("tokensource: refresh lease lost; a newer token may be in the store")
+
+// ErrCoordinatorUnavailable is matched (errors.Is) by the errors of a
+// Coordinator that cannot reach what it coordinates through (a Redis server,
+// say). A Source that cannot coordinate does not refresh on its own unless
+// WithUncoordinatedRefresh allows it; members with a valid token are not
+// affected.
+var ErrCoordinatorUnavailable = errors.New("tokensource: token coordinator unavailable")
+
+// Record is the shared token of a Coordinator with its version.
+type Record struct {
+	// Token is the shared token; nil when nothing has been stored yet.
+	Token *Token
+	// Version is 0 for an empty record and grows by at least one with
+	// every Save and every successful Commit. It fences commits: a Lease
+	// commits only over the version it read.
+	Version uint64
+}
+
+// Coordinator is an optional interface of a Store shared by several Sources,
+// in one process or many (FileStore on one host, redisstore across hosts).
+// A Source whose Store implements it makes one Refresher call per expiry (or
+// per rejected token) for all of them: it refreshes only under the fleet's
+// lease and only if the shared record still needs it, and otherwise adopts
+// the token a peer committed.
+//
+// Store's Load returns Record().Token; Store's Save writes unconditionally
+// (a login through SetToken is newer than anything stored), bumps the
+// version and wakes waiters. All methods are safe for concurrent use.
+type Coordinator interface {
+	Store
+	// LoadRecord returns the shared record.
+	LoadRecord(ctx context.Context) (Record, error)
+	// TryLease takes the refresh lease if no live member holds it, without
+	// waiting for one that does: it then returns (nil, nil). A lease whose
+	// holder died or stopped renewing expires after its TTL and is taken
+	// over. The Coordinator renews a lease it granted until Commit or
+	// Release.
+	TryLease(ctx context.Context) (Lease, error)
+	// Wait blocks until the record's version differs from version, the
+	// lease is released or expires, or ctx ends (returning ctx.Err()). It
+	// may return early (a timed re-read is the fallback for a lost
+	// notification), so callers re-read with LoadRecord and decide again.
+	Wait(ctx context.Context, version uint64) error
+}
+
+// Lease is the right, held by one member of a fleet at a time, to refresh the
+// shared token. Its methods are not required to be safe for concurrent use.
+type Lease interface {
+	// Record returns the shared record as read after the lease was taken:
+	// the newest token, whose refresh token the holder must present.
+	Record() Record
+	// Commit writes t as the shared token and gives up the lease. It is
+	// fenced: it writes only if the record still holds Record().Version and
+	// no other member holds the lease, so a member that lost its lease (it
+	// paused past the TTL, say) can never overwrite a newer token. A Commit
+	// after Release, or after the lease expired while nobody took it over,
+	// still succeeds on those terms, so a late result is not lost. A
+	// refused write returns an error matching ErrLeaseLost.
+	Commit(ctx context.Context, t *Token) error
+	// Release gives up the lease without writing. It is idempotent; it
+	// never releases a lease another member has taken since.
+	Release(ctx context.Context) error
+	// TakenOver reports whether the lease was taken over from a holder
+	// whose lease had expired (it died, hung or paused), for observability.
+	TakenOver() bool
+}

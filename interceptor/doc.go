@@ -150,7 +150,10 @@
 // When no token can be obtained: if the call's context ended, the error has
 // that context's code (Canceled, DeadlineExceeded) and matches its error;
 // if the source requires the user to log in again, the code is
-// Unauthenticated and the error matches tokensource.ErrReauthRequired; any
+// Unauthenticated and the error matches tokensource.ErrReauthRequired; if
+// the forced refresh handed back the very token the server had just
+// rejected, the call is not retried with it: the code is Unauthenticated and
+// the error matches tokensource.ErrUnchangedToken; any
 // other failure (a transient refresh failure, a closed source, an unusable
 // token) is Unavailable and matches its cause. Errors never contain token
 // text, and tokens are never logged.

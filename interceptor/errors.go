@@ -44,6 +44,8 @@ func (e *statusError) Unwrap() []error { return e.causes }
 //     DeadlineExceeded), still matching context.Canceled or
 //     context.DeadlineExceeded;
 //   - errors.Is(err, tokensource.ErrReauthRequired): Unauthenticated;
+//   - errors.Is(err, tokensource.ErrUnchangedToken): Unauthenticated, since
+//     the refresh handed back the token the server had just rejected;
 //   - anything else (a transient refresh failure, ErrClosed,
 //     ErrInvalidToken, a refresh that hit its own timeout): Unavailable.
 func sourceError(ctx context.Context, err error) error {
@@ -60,7 +62,7 @@ func sourceError(ctx context.Context, err error) error {
 		}
 	}
 	code := codes.Unavailable
-	if errors.Is(err, tokensource.ErrReauthRequired) {
+	if errors.Is(err, tokensource.ErrReauthRequired) || errors.Is(err, tokensource.ErrUnchangedToken) {
 		code = codes.Unauthenticated
 	}
 	return &statusError{code: code, msg: "interceptor: cannot obtain a token: " + err.Error(), causes: []error{err}}

@@ -104,7 +104,8 @@ type Event struct {
 // Stats is a snapshot of a Source's counters, cheap enough to read for every
 // metrics scrape.
 type Stats struct {
-	// Refreshes counts successful Refresher calls.
+	// Refreshes counts successful Refresher calls that changed the token
+	// (a Refresher handing back the token it was given is not counted).
 	Refreshes uint64
 	// Failures counts failed refreshes (including failed store loads and
 	// Permanent errors).
@@ -118,6 +119,12 @@ type Stats struct {
 	RateLimited uint64
 	// StoreFailures counts failed Store saves.
 	StoreFailures uint64
+	// Unchanged counts forced refreshes that returned the rejected token
+	// (ErrUnchangedToken); they are counted in Failures too.
+	Unchanged uint64
+	// Adopted counts tokens taken from the fleet's shared record (a peer's
+	// refresh) instead of calling the Refresher.
+	Adopted uint64
 	// InFlight reports whether a refresh is running now.
 	InFlight bool
 	// ReauthRequired reports whether the Source is waiting for SetToken.

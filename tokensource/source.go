@@ -2,7 +2,6 @@ package tokensource
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -40,19 +39,33 @@ func (st *state) withFreshUntil(t time.Time) *state {
 }
 
 // flight is one refresh (or SetToken) in progress. done is closed when tok
-// and err are final; every caller waiting for the refresh selects on done and
-// on its own ctx.Done(), which is why this is a broadcast channel rather than
-// a sync.Cond (see the package documentation).
+// and err are final for the callers waiting on it; every waiter selects on
+// done, on its own ctx.Done() and on Source.closing, which is why this is a
+// broadcast channel rather than a sync.Cond (see the design notes). done
+// can close before the refresh goroutine has finished: when the refresh
+// timeout releases the waiters of a Refresher that ignores its context. end
+// is closed when the goroutine is done with the flight.
 type flight struct {
 	done chan struct{}
+	end  chan struct{}
 	tok  *Token
 	err  error
 
-	waiters    int // guarded by Source.mu
+	waiters    int  // guarded by Source.mu
+	released   bool // done is closed; guarded by Source.mu
 	forced     bool
 	background bool
-	load       bool                    // load the Store before refreshing
-	cancel     context.CancelCauseFunc // nil for SetToken
+	load       bool      // load the Store before refreshing
+	gen        uint64    // generation of the token being replaced
+	deadline   time.Time // when the refresh timeout cuts the Refresher off
+	// stopWaiting cancels the flight's work that has not reached the
+	// authorization server yet (loading the Store, waiting for a peer's
+	// lease); Close calls it. The Refresher's own context is not cancelled
+	// by Close, only by the refresh timeout. nil for SetToken.
+	stopWaiting context.CancelCauseFunc
+	// refDone is closed when the Refresher call has returned (or was never
+	// made), so that Close knows whether a result is on its way to the Store.
+	refDone chan struct{}
 }
 
 // Source is a concurrency-safe cache of one token that shares a single
@@ -62,11 +75,17 @@ type Source struct {
 	refresher Refresher
 	opts      options
 	log       *slog.Logger
+	coord     Coordinator // the Store, when it coordinates a fleet; else nil
 
 	cur atomic.Pointer[state]
 
-	mu         sync.Mutex
-	flight     *flight   // the refresh in progress, or nil
+	mu     sync.Mutex
+	flight *flight // the refresh whose waiters are pending, or nil
+	// running is the flight whose refresh goroutine is still at work. It
+	// outlives flight when the refresh timeout has released the waiters of
+	// a Refresher that ignores its context; no other refresh starts until
+	// that Refresher returns.
+	running    *flight
 	loaded     bool      // the Store has been loaded (or there is none)
 	closed     bool      // Close was called
 	failures   int       // consecutive failed refreshes, for the backoff
@@ -79,13 +98,18 @@ type Source struct {
 	// one, so the next refresh must present this one.
 	rotated string
 
-	wg sync.WaitGroup // refresh goroutines
+	closing chan struct{}  // closed by Close: releases every waiter
+	wg      sync.WaitGroup // refresh goroutines
+
+	unchangedWarned atomic.Bool // the ErrUnchangedToken warning was logged
 
 	refreshes     atomic.Uint64
 	failed        atomic.Uint64
 	waited        atomic.Uint64
 	rateLimited   atomic.Uint64
 	storeFailures atomic.Uint64
+	unchanged     atomic.Uint64
+	adopted       atomic.Uint64
 	waiting       atomic.Int64
 	inFlight      atomic.Bool
 	reauth        atomic.Bool
@@ -108,7 +132,8 @@ func New(r Refresher, opts ...Option) *Source {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
-	s := &Source{refresher: r, opts: o, log: l}
+	s := &Source{refresher: r, opts: o, log: l, closing: make(chan struct{})}
+	s.coord, _ = o.store.(Coordinator)
 	st := &state{}
 	if o.store == nil {
 		s.loaded = true
@@ -155,6 +180,12 @@ func (s *Source) newState(tok *Token, gen uint64, now time.Time) *state {
 	return st
 }
 
+// usable reports whether tok, received now, would be handed out: valid and
+// not yet inside its expiry leeway.
+func (s *Source) usable(tok *Token, now time.Time) bool {
+	return tok != nil && now.Before(s.newState(tok, 0, now).staleAt)
+}
+
 // installLocked publishes st (which the caller has just allocated); s.mu
 // must be held.
 func (s *Source) installLocked(st *state) {
@@ -195,7 +226,7 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 	if now.Before(st.staleAt) {
 		// Still valid: either inside the early window, or another caller
 		// installed a new token since the hot path looked.
-		if !now.Before(st.refreshAt) && s.flight == nil && s.reauthErr == nil && !s.backingOffLocked(now) {
+		if !now.Before(st.refreshAt) && s.flight == nil && s.running == nil && s.reauthErr == nil && !s.backingOffLocked(now) {
 			s.startLocked(ctx, st, false, true)
 		}
 		s.mu.Unlock()
@@ -212,9 +243,11 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // and returns its result. A forced refresh is rate-limited: if the previous
 // forced refresh finished less than the minimum refresh interval ago
 // (WithMinRefreshInterval), Refresh returns the current token unchanged so a
-// server that rejects every token cannot drive a refresh storm. Errors are
-// as for Token; in the re-authentication-required state Refresh of the
-// current token fails at once with an error matching ErrReauthRequired.
+// server that rejects every token cannot drive a refresh storm. If the
+// Refresher hands back the rejected access token, the refresh fails with an
+// error matching ErrUnchangedToken. Other errors are as for Token; in the
+// re-authentication-required state Refresh of the current token fails at
+// once with an error matching ErrReauthRequired.
 func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 	s.mu.Lock()
 	if s.closed {
@@ -243,8 +276,9 @@ func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 }
 
 // acquireLocked returns the result of a refresh: the one in flight, or a new
-// one unless the Source is in the reauth state or backing off. s.mu must be
-// held; acquireLocked releases it.
+// one unless the Source is in the reauth state, backing off, or still
+// waiting for a Refresher the refresh timeout gave up on. s.mu must be held;
+// acquireLocked releases it.
 func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error) {
 	if err := s.reauthErr; err != nil {
 		s.mu.Unlock()
@@ -257,7 +291,10 @@ func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error)
 	f := s.flight
 	if f == nil {
 		now := s.now()
-		if s.backingOffLocked(now) {
+		if s.running != nil || s.backingOffLocked(now) {
+			// While a timed-out Refresher is still running no second call
+			// starts (it could present the same refresh token twice), so
+			// callers fail fast with its timeout error.
 			err := s.lastErr
 			s.mu.Unlock()
 			return nil, err
@@ -282,6 +319,8 @@ func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error)
 	select {
 	case <-f.done:
 		return f.tok, f.err
+	case <-s.closing:
+		return nil, ErrClosed
 	case <-ctx.Done():
 		return nil, fmt.Errorf("tokensource: waiting for a token refresh: %w", ctx.Err())
 	}
@@ -294,18 +333,24 @@ func (s *Source) backingOffLocked(now time.Time) bool {
 // startLocked starts a refresh goroutine. Its context keeps the values of
 // the initiator's ctx (trace IDs, credentials for the Refresher's own RPCs)
 // but not its cancellation, carries the refresh marker for InRefresh, and
-// is cancelled by the refresh timeout or by Close. s.mu must be held.
+// ends at the refresh timeout. s.mu must be held.
 func (s *Source) startLocked(ctx context.Context, st *state, forced, background bool) *flight {
-	rctx := withRefreshMarker(context.WithoutCancel(ctx), s)
-	rctx, cancel := context.WithCancelCause(rctx)
+	rctx, cancel := context.WithTimeoutCause(withRefreshMarker(context.WithoutCancel(ctx), s),
+		s.opts.refreshTimeout, ErrRefreshTimeout)
+	wctx, stopWaiting := context.WithCancelCause(rctx)
+	deadline, _ := rctx.Deadline()
 	f := &flight{
-		done:       make(chan struct{}),
-		forced:     forced,
-		background: background,
-		load:       !s.loaded,
-		cancel:     cancel,
+		done:        make(chan struct{}),
+		end:         make(chan struct{}),
+		refDone:     make(chan struct{}),
+		forced:      forced,
+		background:  background,
+		load:        !s.loaded,
+		gen:         st.gen,
+		deadline:    deadline,
+		stopWaiting: stopWaiting,
 	}
-	s.flight = f
+	s.flight, s.running = f, f
 	s.inFlight.Store(true)
 	if background {
 		// Keep serving the valid token from the hot path while it refreshes.
@@ -315,209 +360,12 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 	if s.rotated != "" {
 		current = withRefreshToken(current, s.rotated)
 	}
-	s.wg.Go(func() { s.run(rctx, f, current) })
+	s.wg.Go(func() {
+		defer cancel()
+		defer stopWaiting(nil)
+		s.run(rctx, wctx, f, st.tok, current)
+	})
 	return f
-}
-
-// outcome is what a refresh goroutine produced.
-type outcome struct {
-	tok       *Token
-	err       error
-	permanent bool   // err is a Permanent failure of the Refresher
-	refreshed bool   // tok came from the Refresher
-	loadOK    bool   // the Store was loaded successfully
-	candidate *Token // the token the load produced (from the Store or WithInitialToken)
-	fromStore bool   // candidate came from the Store
-	saveErr   error
-	rotated   string // the refresh token of a refused result
-}
-
-func (s *Source) run(ctx context.Context, f *flight, current *Token) {
-	defer f.cancel(nil)
-	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.refreshTimeout, ErrRefreshTimeout)
-	defer cancel()
-	start := s.now()
-	var out outcome
-	if f.load {
-		loaded, err := s.opts.store.Load(ctx)
-		if err != nil {
-			out.err = fmt.Errorf("tokensource: loading the token store: %w", err)
-			s.finish(f, start, out)
-			return
-		}
-		out.loadOK = true
-		out.fromStore = loaded != nil
-		if loaded == nil {
-			loaded = s.opts.initial
-		} else {
-			c := *loaded
-			loaded = &c
-		}
-		out.candidate, current = loaded, loaded
-		if !f.forced && validateToken(loaded, s.now()) == nil {
-			out.tok = loaded
-			s.finish(f, start, out)
-			return
-		}
-	}
-
-	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
-	s.emit(Event{Kind: RefreshStarted, Time: start, Forced: f.forced, Background: f.background, Generation: s.cur.Load().gen})
-	var refused *Token
-	out.tok, refused, out.err, out.permanent = s.callRefresher(ctx, current)
-	if refused != nil && refused.RefreshToken != "" && (current == nil || refused.RefreshToken != current.RefreshToken) {
-		out.rotated = refused.RefreshToken
-		if s.opts.store != nil {
-			// Persist the rotated refresh token with the current token.
-			out.saveErr = s.save(ctx, withRefreshToken(current, out.rotated))
-		}
-	}
-	if out.err == nil {
-		out.refreshed = true
-		if s.opts.store != nil {
-			// Saved before any caller sees the token: with a rotating refresh
-			// token, the Store must not fall behind what servers have seen.
-			out.saveErr = s.save(ctx, out.tok)
-		}
-	}
-	s.finish(f, start, out)
-}
-
-// save stores t. It gets a timeout of its own, and ignores the cancellation
-// of ctx (keeping its values), so neither a slow refresh nor a caller that
-// gives up can cut short the write of a rotated refresh token.
-func (s *Source) save(ctx context.Context, t *Token) error {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.refreshTimeout)
-	defer cancel()
-	return s.opts.store.Save(sctx, t)
-}
-
-// withRefreshToken returns a copy of t (of the zero Token when t is nil)
-// that holds the refresh token rt.
-func withRefreshToken(t *Token, rt string) *Token {
-	var c Token
-	if t != nil {
-		c = *t
-	}
-	c.RefreshToken = rt
-	return &c
-}
-
-// callRefresher calls the Refresher and checks its result. The returned
-// error is the one every waiter receives.
-func (s *Source) callRefresher(ctx context.Context, current *Token) (tok, refused *Token, err error, permanent bool) {
-	t, err := s.refresher.Refresh(ctx, current)
-	if err != nil {
-		switch {
-		case IsPermanent(err):
-			return nil, nil, fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, err), true
-		case ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrClosed):
-			return nil, nil, fmt.Errorf("%w: refresh cancelled: %v", ErrClosed, err), false
-		case refreshTimedOut(ctx):
-			return nil, nil, &timeoutError{after: s.opts.refreshTimeout, err: err}, false
-		}
-		return nil, nil, fmt.Errorf("tokensource: refresh failed: %w", err), false
-	}
-	if err := validateToken(t, s.now()); err != nil {
-		return nil, t, fmt.Errorf("tokensource: refresh failed: %w", err), false
-	}
-	c := *t // the Source's own copy: handed-out tokens must not change
-	return &c, nil, nil, false
-}
-
-// finish publishes the outcome of f, releases its waiters, then reports it.
-func (s *Source) finish(f *flight, start time.Time, out outcome) {
-	now := s.now()
-	s.mu.Lock()
-	s.flight = nil
-	s.inFlight.Store(false)
-	st := s.cur.Load()
-	if out.loadOK {
-		s.loaded = true
-		if out.err != nil && out.candidate != nil {
-			// Keep the loaded token even though it is unusable: the next
-			// refresh needs its RefreshToken.
-			st = s.newState(out.candidate, st.gen+1, now)
-			s.installLocked(st)
-		}
-	}
-	switch {
-	case out.err == nil:
-		st = s.newState(out.tok, st.gen+1, now)
-		s.installLocked(st)
-		s.failures, s.lastErr, s.retryAt = 0, nil, time.Time{}
-		s.rotated = ""
-		if f.forced {
-			s.lastForced = now
-		}
-		f.tok = out.tok
-	case out.permanent:
-		s.reauthErr = out.err
-		s.reauth.Store(true)
-		// No more refreshes: serve the still-valid token (if any) from the
-		// hot path until it goes stale.
-		s.installLocked(st.withFreshUntil(st.staleAt))
-		f.err = out.err
-	default:
-		s.failures++
-		s.retryAt = now.Add(s.backoff(s.failures))
-		s.lastErr = out.err
-		if out.rotated != "" {
-			s.rotated = out.rotated
-		}
-		// A still-valid token is served from the hot path until the backoff
-		// ends (then one more background attempt) or it goes stale.
-		s.installLocked(st.withFreshUntil(minTime(st.staleAt, maxTime(st.refreshAt, s.retryAt))))
-		f.err = out.err
-	}
-	waiters, gen, retryIn := f.waiters, st.gen, s.retryAt.Sub(now)
-	// Counted before the waiters are released, so that a caller holding the
-	// result already sees it in Stats.
-	if out.err == nil && out.refreshed {
-		s.refreshes.Add(1)
-	}
-	if out.err != nil {
-		s.failed.Add(1)
-	}
-	if out.saveErr != nil {
-		s.storeFailures.Add(1)
-	}
-	s.mu.Unlock()
-	close(f.done)
-
-	expiry := time.Time{}
-	if out.tok != nil {
-		expiry = out.tok.Expiry
-	}
-	if out.fromStore {
-		s.log.Debug("tokensource: loaded token from store", "expiry", expiryString(out.candidate.Expiry))
-		s.emit(Event{Kind: TokenLoaded, Time: now, Expiry: out.candidate.Expiry, Generation: gen})
-	}
-	if out.saveErr != nil {
-		s.log.Error("tokensource: saving the refreshed token failed; using it anyway", "error", out.saveErr)
-		s.emit(Event{Kind: StoreFailed, Time: now, Err: out.saveErr, Generation: gen})
-	}
-	ev := Event{Time: now, Duration: now.Sub(start), Err: out.err, Waiters: waiters,
-		Forced: f.forced, Background: f.background, Expiry: expiry, Generation: gen}
-	switch {
-	case out.err == nil && out.refreshed:
-		s.log.Debug("tokensource: token refreshed", "expiry", expiryString(expiry), "duration", ev.Duration,
-			"waiters", waiters, "forced", f.forced, "background", f.background)
-		ev.Kind = RefreshSucceeded
-		s.emit(ev)
-	case out.permanent:
-		s.log.Error("tokensource: re-authentication required", "error", out.err, "waiters", waiters)
-		ev.Kind = ReauthRequired
-		s.emit(ev)
-		if s.opts.onReauth != nil {
-			s.opts.onReauth(out.err)
-		}
-	case out.err != nil:
-		s.log.Warn("tokensource: token refresh failed", "error", out.err, "retry_in", retryIn,
-			"waiters", waiters, "background", f.background)
-		ev.Kind = RefreshFailed
-		s.emit(ev)
-	}
 }
 
 // backoff returns the wait after the n-th consecutive failure: the initial
@@ -536,10 +384,11 @@ func (s *Source) backoff(n int) time.Duration {
 // in again, and leaves the re-authentication-required state and any backoff.
 // t is validated first (an error matching ErrInvalidToken; nothing changes)
 // and copied. If a refresh is in progress SetToken waits for it (or for ctx)
-// and then replaces its result. With a Store, t is saved before it is handed
-// out; if that save fails, t is installed anyway (calls can proceed) and
-// SetToken returns the save error, so the caller knows t is not persisted.
-// After Close it returns ErrClosed.
+// and then replaces its result; a Refresher that the refresh timeout already
+// gave up on is not waited for, and its late result is discarded. With a
+// Store, t is saved before it is handed out; if that save fails, t is
+// installed anyway (calls can proceed) and SetToken returns the save error,
+// so the caller knows t is not persisted. After Close it returns ErrClosed.
 func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	if err := validateToken(t, s.now()); err != nil {
 		return fmt.Errorf("tokensource: SetToken: %w", err)
@@ -550,7 +399,8 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 		f := s.flight
 		s.mu.Unlock()
 		select {
-		case <-f.done:
+		case <-f.end:
+		case <-s.closing:
 		case <-ctx.Done():
 			return fmt.Errorf("tokensource: SetToken: waiting for the refresh in progress: %w", ctx.Err())
 		}
@@ -562,7 +412,7 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	}
 	// Occupy the flight slot so no refresh starts while t is saved, and
 	// callers that need a token wait for t.
-	f := &flight{done: make(chan struct{})}
+	f := &flight{done: make(chan struct{}), end: make(chan struct{})}
 	s.flight = f
 	s.loaded = true // t is newer than anything the Store holds
 	s.mu.Unlock()
@@ -587,6 +437,7 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	}
 	s.mu.Unlock()
 	close(f.done)
+	close(f.end)
 
 	s.log.Debug("tokensource: token set", "expiry", expiryString(c.Expiry))
 	s.emit(Event{Kind: TokenSet, Time: now, Expiry: c.Expiry, Generation: st.gen})
@@ -598,25 +449,67 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	return nil
 }
 
-// Close stops the Source: it cancels a refresh in progress (its waiters get
-// an error matching ErrClosed unless the Refresher still succeeds) and waits
-// for the refresh goroutine, including its observer and hook calls, to
-// return. A Refresher must therefore return when its context is cancelled,
-// and neither it nor an observer or hook may call Close.
-// Afterwards Token, Refresh and SetToken return ErrClosed. Close is
+// Close stops the Source. It returns once nothing it started can still
+// change the Store, or once the refresh timeout has passed:
+//
+//   - Callers waiting for a token are released at once with ErrClosed, and
+//     Token, Refresh and SetToken return ErrClosed from then on.
+//   - Work that has not reached the authorization server yet (loading the
+//     Store, waiting for a peer's refresh) is abandoned.
+//   - A Refresher call in flight is not cancelled: it may already have been
+//     answered with a rotated refresh token. Close waits for it, bounded by
+//     the refresh timeout (after which the Refresher's context is
+//     cancelled), and for the save of its result to the Store, so a
+//     rotation answered during shutdown survives a restart.
+//   - A Refresher that ignores its context past the refresh timeout is not
+//     waited for; its goroutine's late result is still saved when it
+//     arrives.
+//
+// Close also waits for the observer and hook calls of the refresh, so
+// neither a Refresher, an observer nor a hook may call Close. Close is
 // idempotent and always returns nil.
 func (s *Source) Close() error {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
+		close(s.closing)
 		c := *s.cur.Load()
 		s.installLocked(&c)
-		if f := s.flight; f != nil && f.cancel != nil {
-			f.cancel(ErrClosed)
+		if f := s.flight; f != nil && f.stopWaiting != nil {
+			f.stopWaiting(ErrClosed)
 		}
 	}
+	r := s.running
 	s.mu.Unlock()
-	s.wg.Wait()
+
+	idle := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(idle)
+	}()
+	if r == nil {
+		<-idle
+		return nil
+	}
+	timer := time.NewTimer(time.Until(r.deadline))
+	defer timer.Stop()
+	select {
+	case <-idle:
+		return nil
+	case <-r.refDone:
+		// A result may be on its way to the Store: the save has a timeout
+		// of its own.
+		<-idle
+		return nil
+	case <-timer.C:
+	}
+	select {
+	case <-r.refDone:
+		<-idle
+	default:
+		s.log.Warn("tokensource: Close is not waiting for a Refresher that ignores its context past the refresh timeout; its result will still be saved if it arrives",
+			"refresh_timeout", s.opts.refreshTimeout)
+	}
 	return nil
 }
 
@@ -629,6 +522,8 @@ func (s *Source) Stats() Stats {
 		Waited:         s.waited.Load(),
 		RateLimited:    s.rateLimited.Load(),
 		StoreFailures:  s.storeFailures.Load(),
+		Unchanged:      s.unchanged.Load(),
+		Adopted:        s.adopted.Load(),
 		InFlight:       s.inFlight.Load(),
 		ReauthRequired: s.reauth.Load(),
 		Generation:     s.cur.Load().gen,
@@ -653,16 +548,4 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// refreshTimedOut reports whether the refresh timeout of ctx has elapsed. It
-// looks at the deadline too: a Refresher can return before ctx's timer has
-// fired, with the error of a server that enforced the same deadline (gRPC
-// propagates it).
-func refreshTimedOut(ctx context.Context) bool {
-	if ctx.Err() != nil {
-		return context.Cause(ctx) == ErrRefreshTimeout
-	}
-	d, ok := ctx.Deadline()
-	return ok && !time.Now().Before(d)
 }

@@ -806,7 +806,7 @@ func TestClose(t *testing.T) {
 			errc <- err
 		}()
 		synctest.Wait()
-		mustClose(t, s) // cancels the hung refresh and waits for it
+		mustClose(t, s) // releases the waiter at once, waits for the Refresher until the refresh timeout cancels it
 		if err := <-errc; !errors.Is(err, ErrClosed) {
 			t.Errorf("waiter got %v, want ErrClosed", err)
 		}

@@ -30,11 +30,18 @@ type Store interface {
 var errNilToken = errors.New("tokensource: cannot save a nil token")
 
 // MemoryStore is a Store that keeps the token in memory, for tests and for
-// sharing one token between Sources in a process. It is safe for concurrent
-// use. The zero value is an empty store.
+// sharing one token between Sources in a process. It is a Coordinator: the
+// Sources sharing it make one Refresher call per expiry between them and
+// adopt each other's results. Its lease has no TTL, since its holder cannot
+// die without the whole process; a Source gives up a lease whose Refresher
+// outlives the refresh timeout. It is safe for concurrent use. The zero value
+// is an empty store.
 type MemoryStore struct {
-	mu  sync.Mutex
-	tok *Token
+	mu      sync.Mutex
+	tok     *Token
+	version uint64
+	holder  *memoryLease  // nil: the lease is free
+	changed chan struct{} // closed and replaced on every change; lazily made
 }
 
 // NewMemoryStore returns an empty MemoryStore.
@@ -42,19 +49,12 @@ func NewMemoryStore() *MemoryStore { return &MemoryStore{} }
 
 // Load returns a copy of the stored token, or (nil, nil) if there is none.
 func (m *MemoryStore) Load(ctx context.Context) (*Token, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.tok == nil {
-		return nil, nil
-	}
-	c := *m.tok
-	return &c, nil
+	rec, err := m.LoadRecord(ctx)
+	return rec.Token, err
 }
 
-// Save stores a copy of t.
+// Save stores a copy of t unconditionally and wakes the Sources waiting for
+// a change.
 func (m *MemoryStore) Save(ctx context.Context, t *Token) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -62,9 +62,125 @@ func (m *MemoryStore) Save(ctx context.Context, t *Token) error {
 	if t == nil {
 		return errNilToken
 	}
-	c := *t
 	m.mu.Lock()
-	m.tok = &c
+	m.writeLocked(t)
 	m.mu.Unlock()
 	return nil
 }
+
+// LoadRecord returns a copy of the stored token with its version.
+func (m *MemoryStore) LoadRecord(ctx context.Context) (Record, error) {
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.recordLocked(), nil
+}
+
+// TryLease takes the lease if it is free; it returns (nil, nil) if another
+// Source holds it.
+func (m *MemoryStore) TryLease(ctx context.Context) (Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.holder != nil {
+		return nil, nil
+	}
+	l := &memoryLease{m: m, rec: m.recordLocked()}
+	m.holder = l
+	return l, nil
+}
+
+// Wait blocks until the version differs from version, the lease is free, or
+// ctx ends.
+func (m *MemoryStore) Wait(ctx context.Context, version uint64) error {
+	for {
+		m.mu.Lock()
+		if m.version != version || m.holder == nil {
+			m.mu.Unlock()
+			return nil
+		}
+		ch := m.changedLocked()
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (m *MemoryStore) recordLocked() Record {
+	rec := Record{Version: m.version}
+	if m.tok != nil {
+		c := *m.tok
+		rec.Token = &c
+	}
+	return rec
+}
+
+func (m *MemoryStore) writeLocked(t *Token) {
+	c := *t
+	m.tok = &c
+	m.version++
+	m.notifyLocked()
+}
+
+func (m *MemoryStore) changedLocked() chan struct{} {
+	if m.changed == nil {
+		m.changed = make(chan struct{})
+	}
+	return m.changed
+}
+
+func (m *MemoryStore) notifyLocked() {
+	if m.changed != nil {
+		close(m.changed)
+		m.changed = nil
+	}
+}
+
+// memoryLease is the lease of a MemoryStore.
+type memoryLease struct {
+	m   *MemoryStore
+	rec Record
+}
+
+func (l *memoryLease) Record() Record  { return l.rec }
+func (l *memoryLease) TakenOver() bool { return false }
+
+func (l *memoryLease) Commit(ctx context.Context, t *Token) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t == nil {
+		return errNilToken
+	}
+	m := l.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.version != l.rec.Version || (m.holder != nil && m.holder != l) {
+		return ErrLeaseLost
+	}
+	if m.holder == l {
+		m.holder = nil
+	}
+	m.writeLocked(t)
+	return nil
+}
+
+func (l *memoryLease) Release(context.Context) error {
+	m := l.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.holder == l {
+		m.holder = nil
+		m.notifyLocked()
+	}
+	return nil
+}
+
+var _ Coordinator = (*MemoryStore)(nil)

@@ -37,16 +37,20 @@
 // # Soak
 //
 // TestSoak runs mixed unary and streaming traffic from 32 workers for
-// -soak.duration (default 20 s) with 100 ms access tokens, random transient
-// and permanent refresh failures injected by the server, and random caller
-// cancellations, then checks its invariants: no call failed except those
-// whose own context ended or that met an injected permanent failure (the
-// client retries Unavailable, as a retry interceptor would); refresh
-// attempts ≤ token expiries + forced refreshes + failed attempts, and the
-// server saw exactly the Source's attempts (see the test for the precise
-// definitions); the goroutines are back to the baseline; the heap did not
-// grow beyond a generous bound. It logs its figures on "soak |" lines. Run
-// it longer with
+// -soak.duration (default 20 s) with 2 s access tokens (about fifteen
+// expiries; lifetimes of seconds, because a token served until shortly before
+// its expiry must still be valid when an RPC slowed down by load reaches the
+// server), random transient and permanent refresh failures injected by the
+// server, and random caller cancellations, then checks its invariants: no
+// call failed except those whose own context ended or that met an injected
+// permanent failure (the client retries Unavailable, as a retry interceptor
+// would); refresh attempts ≤ token expiries + forced refreshes + failed
+// attempts (with at least one expiry per two token lifetimes, so the run is
+// not vacuous), and the server saw exactly the Source's attempts (see the
+// test for the precise definitions); the goroutines are back to the baseline;
+// the heap did not grow beyond a generous bound. It logs its figures,
+// including the RPC latency it measured, on "soak |" lines. Run it longer
+// with
 //
 //	go test -race -run TestSoak ./e2e/ -soak.duration=10m
 //

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
+	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
@@ -130,8 +131,8 @@ func faultRows() []faultRow {
 			wantAfter: counts{Logins: 1, Echo: 1},
 		},
 		{
-			name: "refresh slower than the refresh timeout (300 ms)",
-			cfg:  rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(300 * time.Millisecond)}},
+			name: "refresh slower than the refresh timeout (2 s)",
+			cfg:  rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(shortRefreshTimeout)}},
 			fault: func(_ *testing.T, r *rig) error {
 				r.srv.SetRefreshLatency(time.Minute)
 				r.srv.ForceExpire()
@@ -150,16 +151,22 @@ func faultRows() []faultRow {
 		},
 		func() faultRow {
 			var other error // a second caller waiting for the same refresh
+			// The refresh is held until the caller has given up, so its
+			// deadline ends during the refresh however slow load makes
+			// the RPCs; the deadline itself is long against an RPC.
+			gate := newRefreshGate()
 			return faultRow{
-				name: "caller's deadline (300 ms) ends during a slow refresh (1.5 s)",
+				name: "caller's deadline (2 s) ends during a refresh (held until then)",
+				cfg:  rigConfig{srvOpts: []testserver.Option{gate.option()}},
 				fault: func(_ *testing.T, r *rig) error {
-					r.srv.SetRefreshLatency(1500 * time.Millisecond)
+					defer gate.release()
 					r.srv.ForceExpire()
 					done := make(chan struct{})
 					go func() { defer close(done); other = r.ping(r.ctx) }()
-					ctx, cancel := context.WithTimeout(r.ctx, 300*time.Millisecond)
+					ctx, cancel := context.WithTimeout(r.ctx, 2*time.Second)
 					defer cancel()
 					err := r.ping(ctx)
+					gate.release()
 					<-done
 					return err
 				},
@@ -173,37 +180,45 @@ func faultRows() []faultRow {
 					}
 				},
 				recovery:  "none needed, the refresh finished for the others",
-				recover:   func(_ *testing.T, r *rig) { r.srv.SetRefreshLatency(0) },
+				recover:   func(*testing.T, *rig) {},
 				wantAfter: counts{RefreshOK: 1, Unauthenticated: 2, Echo: 4},
 			}
 		}(),
-		{
-			name: "caller cancelled while the refresh it started runs",
-			fault: func(t *testing.T, r *rig) error {
-				r.srv.SetRefreshLatency(500 * time.Millisecond)
-				r.srv.ForceExpire()
-				ctx, cancel := context.WithCancel(r.ctx)
-				defer cancel()
-				go func() {
-					// Cancel once the forced refresh (the second after the
-					// warm-up login) has started.
-					if r.events.waitCount(ctx, tokensource.RefreshStarted, 2) == nil {
-						cancel()
+		func() faultRow {
+			// The refresh is held until the caller has returned, so that
+			// the cancellation lands while it runs, however late load
+			// makes the cancelling goroutine run.
+			gate := newRefreshGate()
+			return faultRow{
+				name: "caller cancelled while the refresh it started runs",
+				cfg:  rigConfig{srvOpts: []testserver.Option{gate.option()}},
+				fault: func(t *testing.T, r *rig) error {
+					defer gate.release()
+					r.srv.ForceExpire()
+					ctx, cancel := context.WithCancel(r.ctx)
+					defer cancel()
+					go func() {
+						// Cancel once the forced refresh (the second after the
+						// warm-up login) has started.
+						if r.events.waitCount(ctx, tokensource.RefreshStarted, 2) == nil {
+							cancel()
+						}
+					}()
+					err := r.ping(ctx)
+					gate.release()
+					if werr := r.events.waitCount(r.ctx, tokensource.RefreshSucceeded, 2); werr != nil {
+						t.Errorf("the refresh did not complete: %v", werr)
 					}
-				}()
-				err := r.ping(ctx)
-				if werr := r.events.waitCount(r.ctx, tokensource.RefreshSucceeded, 2); werr != nil {
-					t.Errorf("the refresh did not complete: %v", werr)
-				}
-				return err
-			},
-			wantCode:   codes.Canceled,
-			wantIs:     []error{context.Canceled},
-			wantServer: counts{RefreshOK: 1, Unauthenticated: 1, Echo: 1},
-			recovery:   "none needed, the refresh completed",
-			recover:    func(_ *testing.T, r *rig) { r.srv.SetRefreshLatency(0) },
-			wantAfter:  counts{RefreshOK: 1, Unauthenticated: 1, Echo: 2},
-		},
+					return err
+				},
+				wantCode:   codes.Canceled,
+				wantIs:     []error{context.Canceled},
+				wantServer: counts{RefreshOK: 1, Unauthenticated: 1, Echo: 1},
+				recovery:   "none needed, the refresh completed",
+				recover:    func(*testing.T, *rig) {},
+				wantAfter:  counts{RefreshOK: 1, Unauthenticated: 1, Echo: 2},
+			}
+		}(),
 		{
 			name: "refresh answered Unavailable 3 times, then OK",
 			fault: func(t *testing.T, r *rig) error {

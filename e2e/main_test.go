@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"flag"
+	"os"
 	"testing"
 	"time"
 
@@ -12,5 +13,9 @@ var soakDuration = flag.Duration("soak.duration", 20*time.Second,
 	"how long TestSoak sends traffic (it also needs a few seconds to set up and check)")
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envWorker) != "" {
+		// A worker process of a fleet test (fleet_test.go), not a test run.
+		os.Exit(runFleetWorker())
+	}
 	goleak.VerifyTestMain(m)
 }

@@ -110,6 +110,40 @@ func tlsCreds(t testing.TB) (server, client credentials.TransportCredentials) {
 	return serverCreds, clientCreds
 }
 
+// shortRefreshTimeout is the refresh timeout of the tests that make a refresh
+// outlast it. It is short for a test but long against a loopback RPC under
+// load: the same timeout bounds the warm-up login and the refreshes that must
+// succeed (TLS handshake included, under -race on two busy cores).
+const shortRefreshTimeout = 2 * time.Second
+
+// refreshGate holds every Refresh call at the server (after the server has
+// received it, before it rotates the token) until the test releases the gate,
+// so that "the caller gives up while the refresh runs" is ordered by the test
+// rather than by a latency that load can stretch past the caller's deadline.
+// A held call also ends when its own context does.
+type refreshGate struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func newRefreshGate() *refreshGate { return &refreshGate{ch: make(chan struct{})} }
+
+// option installs the gate in a test server.
+func (g *refreshGate) option() testserver.Option {
+	return testserver.WithRefreshFailureFunc(func(ctx context.Context, _ string) error {
+		select {
+		case <-g.ch:
+			return nil
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	})
+}
+
+// release lets the held and all later Refresh calls through. It is
+// idempotent.
+func (g *refreshGate) release() { g.once.Do(func() { close(g.ch) }) }
+
 // fastReconnect makes a client reconnect within milliseconds once a server
 // is back, instead of grpc-go's default backoff of a second or more.
 var fastReconnect = grpc.WithConnectParams(grpc.ConnectParams{

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"math/bits"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -26,12 +28,25 @@ import (
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
-// Soak parameters, sized for -race on 2 cores.
+// Soak parameters, sized for -race on a loaded 2-core machine.
 const (
-	soakWorkers     = 32
-	soakTokenTTL    = 100 * time.Millisecond
-	soakTransient   = 0.15 // share of refreshes the server fails with Unavailable
-	soakPermanent   = 0.01 // share it fails with PermissionDenied (re-login needed)
+	soakWorkers = 32
+	// soakTokenTTL is the access tokens' lifetime. It is sized against RPC
+	// latency under load, not for speed: the Source serves a token until
+	// its leeway (a tenth of the lifetime, 200 ms) before the expiry, so a
+	// call whose RPC takes longer than that reaches the server with an
+	// expired token; its one retry then carries a fresh token and fails only
+	// if it takes longer than 1.8 s. With 100 ms tokens, 10 ms and 90 ms,
+	// which -race on two busy cores exceeds: 131 calls failed that way.
+	// Refreshed at about two thirds of their lifetime, 2 s tokens still
+	// expire about fifteen times in the default 20 s (soakMinExpiries checks
+	// that the run crossed several).
+	soakTokenTTL  = 2 * time.Second
+	soakTransient = 0.15 // share of refreshes the server fails with Unavailable
+	// soakPermanent is the share of refreshes the server fails with
+	// PermissionDenied (re-login needed): with one refresh per expiry, about
+	// twenty refreshes, about every other run goes through a re-login.
+	soakPermanent   = 0.05
 	soakCancelShare = 0.05 // share of calls whose context the test cancels at random
 	soakCallTimeout = 10 * time.Second
 	// soakMaxRetries bounds the application's retries of Unavailable, 1 ms
@@ -45,6 +60,12 @@ const (
 	soakHeapSlack = 8 << 20
 )
 
+// soakMinExpiries is the fewest token expiries a run of length d must cross:
+// one per two token lifetimes, half of what the Source's refresh at about two
+// thirds of each lifetime gives, so that it holds under any load and proves
+// the run was not vacuous.
+func soakMinExpiries(d time.Duration) int { return int(d / (2 * soakTokenTTL)) }
+
 // soakStats are the figures of one soak run.
 type soakStats struct {
 	calls     [4]atomic.Int64 // successful calls by kind
@@ -52,6 +73,8 @@ type soakStats struct {
 	cancelled atomic.Int64    // calls the test cancelled that failed
 	reauth    atomic.Int64    // calls failed with ErrReauthRequired
 	bad       atomic.Int64    // calls that failed otherwise: violations
+
+	latency latencyHistogram // of every RPC attempt (soakOp), retries by the interceptor included
 
 	mu       sync.Mutex
 	samples  []string       // the first violations
@@ -76,7 +99,38 @@ func (s *soakStats) failed(cause string, err error) {
 	s.mu.Unlock()
 }
 
-// TestSoak runs mixed traffic with 100 ms tokens, injected refresh failures
+// latencyHistogram counts durations in power-of-two buckets of microseconds,
+// lock-free, so that measuring every call neither serialises the workers nor
+// grows the heap the soak checks.
+type latencyHistogram struct {
+	buckets [32]atomic.Int64 // bucket i: [2^(i-1), 2^i) µs; bucket 0: under 1 µs
+	max     atomic.Int64     // nanoseconds
+}
+
+func (h *latencyHistogram) record(d time.Duration) {
+	us := uint64(max(d.Microseconds(), 0))
+	h.buckets[min(bits.Len64(us), len(h.buckets)-1)].Add(1)
+	for cur := h.max.Load(); int64(d) > cur && !h.max.CompareAndSwap(cur, int64(d)); cur = h.max.Load() {
+	}
+}
+
+// quantile returns the upper bound of the bucket that holds quantile q, or
+// the maximum if that is lower.
+func (h *latencyHistogram) quantile(q float64) time.Duration {
+	var total int64
+	for i := range h.buckets {
+		total += h.buckets[i].Load()
+	}
+	want, seen := int64(math.Ceil(q*float64(total))), int64(0)
+	for i := range h.buckets {
+		if seen += h.buckets[i].Load(); seen >= want && seen > 0 {
+			return min(time.Duration(uint64(1)<<i)*time.Microsecond, time.Duration(h.max.Load()).Round(time.Millisecond))
+		}
+	}
+	return 0
+}
+
+// TestSoak runs mixed traffic with 2 s tokens, injected refresh failures
 // and random cancellations for -soak.duration, then checks the invariants
 // listed in the package documentation.
 func TestSoak(t *testing.T) {
@@ -112,11 +166,11 @@ func TestSoak(t *testing.T) {
 			return refresher.Load().Refresh(ctx, cur)
 		}),
 		tokensource.WithObserver(events.observe),
-		// Backoff well under the token lifetime, so that transient failures
-		// are retried before the next expiry.
+		// Backoff well under the early-refresh window (500 ms), so that
+		// transient failures are retried before the token goes stale.
 		tokensource.WithBackoff(5*time.Millisecond, 50*time.Millisecond),
 		// A short minimum interval between forced refreshes. The default
-		// (1 s) is ten token lifetimes here: a token rejected in transit
+		// (1 s) is half a token lifetime here: a token rejected in transit
 		// within a second of a forced refresh could not be replaced.
 		tokensource.WithMinRefreshInterval(10*time.Millisecond),
 		// The user logs in again at once: a new token family.
@@ -270,11 +324,14 @@ func TestSoak(t *testing.T) {
 		stats.cancelled.Load(), stats.reauth.Load(), stats.bad.Load(), stats.byCode)
 	t.Logf("soak | refreshes: %d attempts (%d forced, %d background), %d succeeded, %d failed (%d needing re-login); %d re-logins (SetToken)",
 		attempts, forced, background, succeeded, failedAttempts, reauthEvents, sets)
-	t.Logf("soak | bound: attempts %d <= expiries %d + forced %d + failed %d = %d",
-		attempts, expiries, forced, failedAttempts, bound)
+	t.Logf("soak | bound: attempts %d <= expiries %d (at least %d required) + forced %d + failed %d = %d",
+		attempts, expiries, soakMinExpiries(elapsed), forced, failedAttempts, bound)
 	t.Logf("soak | server: logins %d, refreshes ok %d failed %d (injected: %d transient, %d permanent), Unauthenticated answers %d, RPCs %d; source: waited %d, rate-limited %d",
 		counters.Logins, counters.RefreshesOK, counters.RefreshesFailed, stats.injected.transient.Load(),
 		stats.injected.permanent.Load(), counters.Unauthenticated, rpcs, sstats.Waited, sstats.RateLimited)
+	t.Logf("soak | RPC latency (one attempt, the interceptor's retry included; bucket bounds): p50 <= %v, p99 <= %v, p99.9 <= %v, max %v; the token's leeway is %v",
+		stats.latency.quantile(0.5), stats.latency.quantile(0.99), stats.latency.quantile(0.999),
+		time.Duration(stats.latency.max.Load()).Round(time.Millisecond), soakTokenTTL/10)
 	t.Logf("soak | live heap: %s at the start, %s at the end; goroutines: %d at the start, %d at the end of the traffic",
 		mib(heapStart), mib(heapEnd), goroutinesStart, goroutinesEnd)
 
@@ -285,6 +342,9 @@ func TestSoak(t *testing.T) {
 	}
 	if calls < soakWorkers {
 		t.Errorf("only %d calls succeeded", calls)
+	}
+	if want := soakMinExpiries(elapsed); expiries < want {
+		t.Errorf("the run crossed %d token expiries, want at least %d", expiries, want)
 	}
 	if attempts > bound {
 		t.Errorf("%d refresh attempts > expiries %d + forced %d + failed %d", attempts, expiries, forced, failedAttempts)
@@ -344,7 +404,9 @@ func soakCall(parent context.Context, echo echov1.EchoServiceClient, stats *soak
 	kind := rand.IntN(len(soakKinds))
 	var err error
 	for attempt := 0; ; attempt++ {
+		began := time.Now()
 		err = soakOp(ctx, echo, kind, id)
+		stats.latency.record(time.Since(began))
 		if status.Code(err) != codes.Unavailable || ctx.Err() != nil || attempt == soakMaxRetries {
 			break
 		}

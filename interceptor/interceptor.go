@@ -199,7 +199,8 @@ func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerVal
 }
 
 // renew asks the source for the token that replaces stale, which the server
-// rejected with rejection. The error is the one the caller should see: the
+// rejected with rejection, and tells the retry observer (WithRetryObserver)
+// when the caller is about to retry with it. The error is the one the caller should see: the
 // mapped refresh failure, or rejection itself when the source has nothing
 // newer (its rate limit for forced refreshes, say), since the same token
 // would be rejected again. ctx must come from outgoing.
@@ -213,6 +214,11 @@ func (i *interceptor) renew(ctx context.Context, method string, stale *tokensour
 		return nil, nil, rejection
 	}
 	hv, err := i.headerValue(tok)
+	if err == nil && i.opts.retried != nil {
+		// Every caller of renew retries when it succeeds: this is the one
+		// place that sees all three retry sites.
+		i.opts.retried(ctx, method, rejection)
+	}
 	return tok, hv, err
 }
 

@@ -26,6 +26,7 @@ type options struct {
 	allowInsecure  bool
 	maxReplayBytes int
 	logger         *slog.Logger
+	retried        func(ctx context.Context, method string, rejection error) // nil: none
 
 	// guardInstalled is set by DialOptions, which installs the transport
 	// security guard once for the whole connection.
@@ -130,6 +131,38 @@ func WithMaxReplayBytes(n int) Option {
 // token ever appears in a log record. By default nothing is logged.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
+}
+
+// WithRetryObserver registers f to be told of every call that is retried
+// with a new token after the server rejected its token (a unary call sent
+// again, a stream reopened and replayed). ctx is the call's context, so f can
+// find the call's span in it; method is the full method name
+// ("/package.Service/Method"); rejection is the error with which the server
+// rejected the token. f is never given a token.
+//
+// f is called on the goroutine that retries (for a stream, the one whose
+// SendMsg, RecvMsg or Header came upon the rejection), after the new token
+// was obtained and just before the retry goes out, at most once per call. It
+// must be quick and safe for concurrent use. It is not called for a rejection
+// that is not retried (the refresh failed, there was no newer token, a
+// stream had already received a response). The option may be given several
+// times; every f is called, in order. nil is ignored.
+//
+// Calls whose token is accepted never reach f: the hook costs nothing on the
+// hot path.
+func WithRetryObserver(f func(ctx context.Context, method string, rejection error)) Option {
+	return func(o *options) {
+		switch prev := o.retried; {
+		case f == nil:
+		case prev == nil:
+			o.retried = f
+		default:
+			o.retried = func(ctx context.Context, method string, rejection error) {
+				prev(ctx, method, rejection)
+				f(ctx, method, rejection)
+			}
+		}
+	}
 }
 
 // reservedHeader reports keys grpc-go sets itself and silently drops or

@@ -37,8 +37,9 @@ func (a authService) Login(ctx context.Context, req *authv1.LoginRequest) (*auth
 	match := subtle.ConstantTimeCompare([]byte(want), []byte(req.GetPassword())) == 1
 	if !ok || !match {
 		s.counters.loginsFailed.Add(1)
-		s.logger.InfoContext(ctx, "login failed", "user", req.GetUser())
-		return nil, status.Error(codes.Unauthenticated, "testserver: invalid user or password")
+		method, _ := grpc.Method(ctx)
+		s.logger.InfoContext(ctx, "login failed", "method", method, "user", req.GetUser())
+		return nil, status.Error(codes.Unauthenticated, messagePrefix+"invalid user or password")
 	}
 	p := s.newFamily(req.GetUser())
 	s.counters.logins.Add(1)
@@ -51,7 +52,6 @@ func (a authService) Refresh(ctx context.Context, req *authv1.RefreshRequest) (*
 	p, err := s.refreshToken(ctx, req.GetRefreshToken())
 	if err != nil {
 		s.counters.refreshesFailed.Add(1)
-		s.logger.InfoContext(ctx, "refresh failed", "code", status.Code(err).String())
 		return nil, err
 	}
 	s.counters.refreshesOK.Add(1)
@@ -60,9 +60,11 @@ func (a authService) Refresh(ctx context.Context, req *authv1.RefreshRequest) (*
 
 // refreshToken applies the injected faults, then rotates the refresh token.
 // Injected faults leave the refresh token unused, so a client may retry it.
+// It logs every failure once: a rejected refresh token through reject, any
+// other failure as "refresh failed" at Info level.
 func (s *Server) refreshToken(ctx context.Context, refreshToken string) (pair, error) {
 	if refreshToken == "" {
-		return pair{}, status.Error(codes.InvalidArgument, "testserver: refresh_token is required")
+		return pair{}, s.refreshFailed(ctx, status.Error(codes.InvalidArgument, messagePrefix+"refresh_token is required"))
 	}
 	if latency := s.refreshLatency(); latency > 0 {
 		t := time.NewTimer(latency)
@@ -70,33 +72,36 @@ func (s *Server) refreshToken(ctx context.Context, refreshToken string) (pair, e
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return pair{}, status.FromContextError(ctx.Err()).Err()
+			return pair{}, s.refreshFailed(ctx, status.FromContextError(ctx.Err()).Err())
 		}
 	}
 	if code, fail := s.takeInjectedFailure(); fail {
-		return pair{}, status.Errorf(code, "testserver: injected refresh failure (%v)", code)
+		return pair{}, s.refreshFailed(ctx, status.Errorf(code, messagePrefix+"injected refresh failure (%v)", code))
 	}
 	if s.failFunc != nil {
 		if err := s.failFunc(ctx, refreshToken); err != nil {
-			return pair{}, err
+			return pair{}, s.refreshFailed(ctx, err)
 		}
 	}
 	p, famID, why := s.rotate(refreshToken)
 	if why != "" {
-		if why == rejectReused {
-			s.logger.WarnContext(ctx, "refresh token reused; family revoked", "family", famID)
-		} else {
-			s.logger.DebugContext(ctx, "refresh token rejected", "reason", string(why), "family", famID)
-		}
-		return pair{}, status.Error(codes.Unauthenticated, "testserver: "+string(why))
+		return pair{}, s.reject(ctx, "refresh token", why, "family", famID)
 	}
 	s.logger.DebugContext(ctx, "refresh", "family", famID, "expiry", p.expiry)
 	return p, nil
 }
 
+// refreshFailed logs a Refresh call that failed for a reason other than its
+// refresh token, and returns err.
+func (s *Server) refreshFailed(ctx context.Context, err error) error {
+	method, _ := grpc.Method(ctx)
+	s.logger.InfoContext(ctx, "refresh failed", "method", method, "code", status.Code(err).String())
+	return err
+}
+
 func (a authService) Revoke(ctx context.Context, req *authv1.RevokeRequest) (*authv1.RevokeResponse, error) {
 	if req.GetToken() == "" {
-		return nil, status.Error(codes.InvalidArgument, "testserver: token is required")
+		return nil, status.Error(codes.InvalidArgument, messagePrefix+"token is required")
 	}
 	a.s.counters.revokes.Add(1)
 	a.s.RevokeToken(req.GetToken())

@@ -27,13 +27,24 @@
 // # Authentication
 //
 // Every service except AuthService and server reflection requires
-// "authorization: Bearer <access token>". The check runs in a
-// go-grpc-middleware auth interceptor, selected with its selector
-// interceptor, before the handler: a missing, unknown, expired or revoked
-// token gets codes.Unauthenticated in a trailers-only response. Expiry is
-// judged by the clock given to WithClock, so a test can expire tokens without
-// waiting, or at once with ForceExpire; RevokeAll revokes everything, and
-// SetRejectAccessTokens makes the server reject every access token.
+// "authorization: Bearer <access token>" (the scheme in any case, one
+// header). The check runs in a go-grpc-middleware auth interceptor, selected
+// with its selector interceptor, before the handler: a missing or malformed
+// header and an unknown, expired or revoked token get codes.Unauthenticated
+// in a trailers-only response.
+//
+// Every error the server itself answers with reads "testserver: <reason>",
+// such as "testserver: token expired" or "testserver: malformed
+// authorization header, want ..." (errors a WithRefreshFailureFunc predicate
+// returns are passed on as they are). Each rejected access or refresh token is
+// logged at Info level (a reused refresh token at Warn) as "access token
+// rejected" or "refresh token rejected", with the method and the same
+// reason, so the default level shows why a client was turned away.
+//
+// Expiry is judged by the clock given to WithClock, so a test can expire
+// tokens without waiting, or at once with ForceExpire; RevokeAll revokes
+// everything, and SetRejectAccessTokens makes the server reject every access
+// token.
 //
 // # Fault injection
 //

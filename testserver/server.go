@@ -256,18 +256,6 @@ func (s *Server) maybePruneLocked() {
 	s.pruneThreshold = max(minPruneThreshold, len(s.access)+len(s.refresh))
 }
 
-// rejection says why a token was not accepted. Its text is safe to send to
-// the client and to log: it never contains the token.
-type rejection string
-
-const (
-	rejectUnknown rejection = "unknown token"
-	rejectExpired rejection = "token expired"
-	rejectRevoked rejection = "token revoked"
-	rejectReused  rejection = "refresh token reuse detected; token family revoked"
-	rejectAll     rejection = "access tokens are not accepted"
-)
-
 // checkAccess returns the user an access token was issued to, or why it is
 // not accepted.
 func (s *Server) checkAccess(token string) (string, rejection) {

@@ -120,8 +120,9 @@ func (s *Source) refreshUnderLease(ctx context.Context, f *flight, lease Lease, 
 	// A Refresher still running at the refresh timeout gives up the lease,
 	// so that a hung call cannot stall the fleet; a late result may still
 	// be committed (Lease.Commit allows it while nobody else has).
-	tok, refused, err, permanent, late := s.callRefresher(ctx, f, prev, current, func() { s.releaseLease(ctx, lease) })
-	out.err, out.permanent, out.unchanged = err, permanent, errors.Is(err, ErrUnchangedToken)
+	rc := s.callRefresher(ctx, f, prev, current, func() { s.releaseLease(ctx, lease) })
+	tok, refused, err, late := rc.tok, rc.refused, rc.err, rc.late
+	out.err, out.permanent, out.unchanged = err, rc.permanent, errors.Is(err, ErrUnchangedToken)
 	if late && !s.reoccupy(f) {
 		out.superseded = true
 		s.releaseLease(ctx, lease)
@@ -192,8 +193,9 @@ func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, cu
 		return out
 	}
 	s.log.Warn("tokensource: coordinator unavailable; refreshing locally (WithUncoordinatedRefresh)", "error", err)
-	tok, _, rerr, permanent, late := s.callRefresher(ctx, f, prev, current, nil)
-	out.err, out.permanent, out.unchanged = rerr, permanent, errors.Is(rerr, ErrUnchangedToken)
+	rc := s.callRefresher(ctx, f, prev, current, nil)
+	tok, rerr, late := rc.tok, rc.err, rc.late
+	out.err, out.permanent, out.unchanged = rerr, rc.permanent, errors.Is(rerr, ErrUnchangedToken)
 	if late && !s.reoccupy(f) {
 		out.superseded = true
 		return out

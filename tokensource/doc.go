@@ -45,8 +45,12 @@
 // refresh completes for the others; cancelling the caller that started it
 // cancels nothing. A refresh cut off by the timeout fails with an error
 // matching ErrRefreshTimeout (and, deliberately, not
-// context.DeadlineExceeded, which belongs to callers' own deadlines). Close
-// cancels a running refresh and waits for its goroutine.
+// context.DeadlineExceeded, which belongs to callers' own deadlines), even
+// when the Refresher ignores its context: its waiters are released at the
+// timeout, no second call starts while it runs, and its late result is still
+// validated, installed and saved. Close releases waiters at once but lets a
+// Refresher call in flight finish (bounded by the refresh timeout) and saves
+// its result, since the authorization server may already have rotated.
 //
 // # Expiry leeway and the early window
 //
@@ -146,23 +150,19 @@
 //
 // # Coordination across processes
 //
-// A Source coordinates the goroutines of one process. Several processes (or
-// a fleet) sharing one rotating refresh token must also perform one refresh
-// per expiry and pick up each other's results. Store will not grow methods
-// for that; instead a store may implement a second, optional interface that
-// the Source detects with a type assertion, along the lines of
-//
-//	type Locker interface {
-//		// Lock acquires a lease on the token for a refresh and returns
-//		// its release function.
-//		Lock(ctx context.Context) (unlock func(), err error)
-//	}
-//
-// Around a refresh the Source would then take the lock, Load again (another
-// process may have refreshed meanwhile; if so, use its token), refresh only
-// if still needed, Save, and unlock. A file store would use a lock file, a
-// Redis store a lease with a TTL. Nothing in Source assumes a single process
-// beyond the absence of that step.
+// A Source coordinates the goroutines of one process. Replicas sharing one
+// credential must also make one refresh per expiry between them and pick up
+// each other's results: give them a Store that implements Coordinator
+// (MemoryStore within a process, FileStore across the processes of a host,
+// the redisstore package across hosts). The Source detects it with a type
+// assertion; Store itself does not change. Under a Coordinator a Source
+// refreshes only while it holds the fleet's Lease and only if the shared
+// Record still holds the token that needed replacing (expired, in its early
+// window, or rejected); otherwise it adopts the token a peer committed.
+// Commits are fenced by the Record's version, so a member that lost its lease
+// never overwrites a newer token. When the Coordinator is unavailable, the
+// Source does not refresh without the lease unless WithUncoordinatedRefresh
+// allows it.
 //
 // # Observability
 //
@@ -194,8 +194,27 @@
 //
 // # OAuth 2
 //
-// OAuth2Refresher performs the refresh-token grant with an oauth2.Config and
-// keeps the rotated refresh token; FromOAuth2 adapts any oauth2.TokenSource;
-// Source.OAuth2 presents a Source as an oauth2.TokenSource. An invalid_grant
-// response is a Permanent error.
+// Choose the adapter by grant:
+//
+//   - Client credentials: ClientCredentials(cfg) with a
+//     clientcredentials.Config. Each refresh is one new grant on the refresh
+//     context, so the refresh timeout and cancellation reach the HTTP request,
+//     and a forced refresh after a server revoked a still-valid token obtains a
+//     new one. Error codes that refuse the client or its request
+//     (invalid_client, unauthorized_client, invalid_grant, invalid_scope,
+//     unsupported_grant_type) are Permanent.
+//   - Refresh token: OAuth2Refresher(cfg) with an oauth2.Config and the
+//     login's token in WithInitialToken. It runs the refresh-token grant on
+//     the refresh context and keeps the rotated refresh token for the Store.
+//     invalid_grant is Permanent.
+//   - Any other oauth2.TokenSource: FromOAuth2(ts). oauth2.TokenSource.Token
+//     takes no context. The refresh timeout is still enforced by the Source:
+//     it releases the waiters and starts no second refresh. But the call
+//     itself is not interrupted. Also, a caching ts, such as the
+//     oauth2.ReuseTokenSource that oauth2.Config.TokenSource and
+//     clientcredentials.Config.TokenSource return, hands back the token the
+//     server has just rejected. The Source reports that as ErrUnchangedToken.
+//
+// Source.OAuth2 presents a Source as an oauth2.TokenSource. Error messages
+// never contain the token endpoint's response body.
 package tokensource

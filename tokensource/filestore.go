@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -22,36 +21,145 @@ import (
 // problem but never its contents.
 var ErrCorruptStore = errors.New("tokensource: token store is corrupt")
 
-// fileFormatVersion is written to every file; Load refuses other versions
-// rather than guess.
-const fileFormatVersion = 1
+// fileFormatVersion is written to every file. Version 2 added the revision;
+// Load reads versions 1 and 2 and refuses others rather than guess.
+const fileFormatVersion = 2
 
 type fileToken struct {
-	Version      int       `json:"version"`
+	Version int `json:"version"`
+	// Revision is the record's version (Record.Version): at least 1 in a
+	// version-2 file, absent from a version-1 file (which counts as 1).
+	Revision     uint64    `json:"revision,omitempty"`
 	AccessToken  string    `json:"access_token"`
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
 }
 
+// Defaults of the FileStore options.
+const (
+	defaultFileLeaseTTL     = 10 * time.Second
+	defaultFilePollInterval = 10 * time.Millisecond
+)
+
 // FileStore is a Store that keeps the token in a JSON file, readable only by
 // its owner (mode 0600). Save replaces the file atomically: it writes a
 // temporary file in the same directory, syncs it, renames it over the old
 // file and syncs the directory, so a crash at any point leaves either the
-// old or the new token, never a mix. It is safe for concurrent use within a
-// process; it does not coordinate several processes.
+// old or the new token, never a mix, and readers never need a lock.
+//
+// FileStore is a Coordinator for every Source that uses a FileStore on the
+// same path, in one process or in several processes on one host: they make
+// one Refresher call per expiry between them and adopt each other's results
+// (see Coordinator). It coordinates through a second file beside the token
+// file, path+".lock", which it creates with mode 0600 and never removes:
+//
+//   - An exclusive lock on that file (flock on Unix) guards short critical
+//     sections only: taking, renewing and giving up the refresh lease, and
+//     the read-compare-write of Save and Lease.Commit. It is never held
+//     while a Refresher runs. flock is used rather than fcntl (POSIX) record
+//     locks because flock locks belong to an open file description: every
+//     critical section opens the file anew, so two FileStores (or two
+//     goroutines) of one process exclude each other just as two processes
+//     do, whereas fcntl locks belong to the process and would let them all
+//     in at once (and are dropped when any descriptor of the file is
+//     closed). The kernel drops a flock when its process dies, so a crash
+//     inside a critical section blocks nobody; a process stopped (SIGSTOP)
+//     inside one delays the others' critical sections, within their ctx,
+//     until it continues.
+//   - The file's contents are the lease: a random owner per lease and its
+//     expiry, now plus the lease TTL (WithFileLeaseTTL, default 10 s). The
+//     holder renews it every TTL/3 until Commit or Release. A holder that
+//     dies, hangs or is paused stops renewing, and after the TTL the next
+//     member takes the lease over. Expiry is judged by the wall clock,
+//     which all processes of a host share; a clock step can shorten or
+//     lengthen a lease, never unfence a commit.
+//   - The token file carries a revision (Record.Version), raised by every
+//     Save and Commit. A Commit writes only over the revision its lease
+//     read, and only if no other live member holds the lease, so a holder
+//     that lost its lease cannot overwrite a newer token.
+//
+// Waiters (Wait) poll: every poll interval (WithFilePollInterval, default
+// 10 ms) they stat the token file, read its revision when the file was
+// replaced, and read the lease. Polling was chosen over inotify and its
+// kin because it works the same on every platform and filesystem, costs a
+// few system calls per interval for each waiting Source (not each waiting
+// goroutine), and is only done while a peer refreshes.
+//
+// On Windows the lock is a LockFileEx lock, which like flock belongs to one
+// open handle, so the semantics are the same. Windows locks are mandatory,
+// though, and would make locked bytes unreadable to the waiters that read
+// the lease without a lock; the lock therefore covers one byte far beyond
+// the end of the lock file, which nobody reads. Windows also cannot replace
+// a file that another process has open, so a Save or Commit that meets a
+// concurrent reader retries its rename for up to a second. On platforms
+// with neither flock nor LockFileEx (AIX, Solaris, Plan 9, js, WASI) the
+// lock excludes only the FileStores of one process.
+//
+// Keep the file on a local filesystem: on NFS, Linux emulates flock with
+// POSIX locks, which do not exclude two FileStores of one process. A
+// process of an earlier release of this package writes the token file
+// without the lock and a revision (version 1); it is read, and counts as
+// revision 1, but is not fenced.
+//
+// All methods are safe for concurrent use.
 type FileStore struct {
-	path string
-	mu   sync.Mutex
+	path     string
+	lockPath string
+	ttl      time.Duration
+	poll     time.Duration
 
-	// rename is os.Rename; tests replace it to simulate a crash before the
-	// rename.
+	// rename replaces newpath by oldpath (os.Rename, retried on Windows);
+	// tests replace it to simulate a crash before the rename.
 	rename func(oldpath, newpath string) error
+	// now is the wall clock that judges lease expiry; tests shift it to
+	// see a lease expire without waiting.
+	now func() time.Time
 }
 
-// NewFileStore returns a FileStore for the file at path. Nothing is read or
-// created until the first Load or Save; the directory must exist.
-func NewFileStore(path string) *FileStore {
-	return &FileStore{path: path, rename: os.Rename}
+// FileStoreOption configures a FileStore.
+type FileStoreOption func(*FileStore)
+
+// WithFileLeaseTTL sets how long a refresh lease lasts without renewal,
+// default 10 s: how long a holder that died or hangs (or a process that is
+// paused) stalls the other members before one takes over. The holder renews
+// it every d/3 while its Refresher runs, so d does not bound the refresh.
+// A d that is not positive keeps the default.
+func WithFileLeaseTTL(d time.Duration) FileStoreOption {
+	return func(f *FileStore) {
+		if d > 0 {
+			f.ttl = d
+		}
+	}
+}
+
+// WithFilePollInterval sets how often Wait looks at the files while a peer
+// holds the lease, default 10 ms: the delay between a peer's commit (or the
+// lease's expiry) and the waiters noticing it. A d that is not positive
+// keeps the default.
+func WithFilePollInterval(d time.Duration) FileStoreOption {
+	return func(f *FileStore) {
+		if d > 0 {
+			f.poll = d
+		}
+	}
+}
+
+// NewFileStore returns a FileStore for the file at path, with the lock file
+// path+".lock" beside it. Nothing is read or created until first use; the
+// directory must exist.
+func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
+	f := &FileStore{
+		path:     path,
+		lockPath: path + ".lock",
+		ttl:      defaultFileLeaseTTL,
+		poll:     defaultFilePollInterval,
+		rename:   replaceFile,
+		now:      time.Now,
+	}
+	for _, o := range opts {
+		o(f)
+	}
+	return f
 }
 
 // Path returns the file's path.
@@ -59,36 +167,69 @@ func (f *FileStore) Path() string { return f.path }
 
 // Load reads the token. A missing file is an empty store: (nil, nil). A file
 // that cannot be parsed yields an error matching ErrCorruptStore, and the
-// file is not modified.
+// file is not modified. Load takes no lock.
 func (f *FileStore) Load(ctx context.Context) (*Token, error) {
+	rec, err := f.LoadRecord(ctx)
+	return rec.Token, err
+}
+
+// LoadRecord reads the token with its revision; a missing file is the empty
+// record. It fails like Load, and like Load takes no lock: the file is only
+// ever replaced whole.
+func (f *FileStore) LoadRecord(ctx context.Context) (Record, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return Record{}, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	return f.readRecord()
+}
+
+// readRecord reads and parses the token file.
+func (f *FileStore) readRecord() (Record, error) {
 	data, err := os.ReadFile(f.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return Record{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tokensource: reading token file: %w", err)
+		return Record{}, fmt.Errorf("tokensource: reading token file: %w", err)
 	}
+	return parseTokenFile(f.path, data)
+}
+
+// parseTokenFile parses the contents of the token file at path. Its errors
+// never quote data.
+func parseTokenFile(path string, data []byte) (Record, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var ft fileToken
 	if err := dec.Decode(&ft); err != nil {
-		return nil, fmt.Errorf("%w: %s: %s", ErrCorruptStore, f.path, describeJSONError(err))
+		return Record{}, fmt.Errorf("%w: %s: %s", ErrCorruptStore, path, describeJSONError(err))
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%w: %s: unexpected data after the token", ErrCorruptStore, f.path)
+		return Record{}, fmt.Errorf("%w: %s: unexpected data after the token", ErrCorruptStore, path)
 	}
-	if ft.Version != fileFormatVersion {
-		return nil, fmt.Errorf("%w: %s: unsupported format version %d (want %d)", ErrCorruptStore, f.path, ft.Version, fileFormatVersion)
+	rev := ft.Revision
+	switch ft.Version {
+	case 1:
+		if rev != 0 {
+			return Record{}, fmt.Errorf("%w: %s: a format version 1 file has no revision", ErrCorruptStore, path)
+		}
+		rev = 1
+	case 2:
+		if rev == 0 {
+			return Record{}, fmt.Errorf("%w: %s: missing revision", ErrCorruptStore, path)
+		}
+	default:
+		// The number is not quoted: any text of the file stays out of the
+		// error.
+		return Record{}, fmt.Errorf("%w: %s: unsupported format version (want 1 or 2)", ErrCorruptStore, path)
 	}
 	if ft.AccessToken == "" && ft.RefreshToken == "" {
-		return nil, fmt.Errorf("%w: %s: neither an access token nor a refresh token", ErrCorruptStore, f.path)
+		return Record{}, fmt.Errorf("%w: %s: neither an access token nor a refresh token", ErrCorruptStore, path)
 	}
-	return &Token{AccessToken: ft.AccessToken, RefreshToken: ft.RefreshToken, Expiry: ft.Expiry}, nil
+	return Record{
+		Token:   &Token{AccessToken: ft.AccessToken, RefreshToken: ft.RefreshToken, Expiry: ft.Expiry},
+		Version: rev,
+	}, nil
 }
 
 // describeJSONError explains a decoding failure without quoting the input:
@@ -108,9 +249,13 @@ func describeJSONError(err error) string {
 	}
 }
 
-// Save writes t atomically with mode 0600. If it fails, the previous file is
-// intact and no temporary file is left behind (a crash can leave one, named
-// ".<name>.tmp-*"; it is ignored by Load and harmless).
+// Save writes t atomically with mode 0600, unconditionally (a login is newer
+// than anything stored), under the lock: it raises the revision, which
+// fences the Commit of any lease taken before, and wakes the waiters. It
+// replaces a corrupt file too. If it fails, the previous file is intact and
+// no temporary file is left behind (a crash can leave one, named
+// ".<name>.tmp-*"; it is ignored by Load and harmless). It blocks only for
+// the lock's short critical sections, within ctx.
 func (f *FileStore) Save(ctx context.Context, t *Token) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -118,26 +263,61 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 	if t == nil {
 		return errNilToken
 	}
+	err := f.locked(ctx, func(lf *os.File) error {
+		lr, err := readLeaseRecord(lf)
+		if err != nil {
+			return err
+		}
+		cur := uint64(0)
+		if rec, err := f.readRecord(); err == nil {
+			cur = rec.Version
+		}
+		return f.writeLocked(lf, lr, max(cur, lr.Revision)+1, t)
+	})
+	if err != nil {
+		return fmt.Errorf("tokensource: saving token: %w", err)
+	}
+	return nil
+}
+
+// writeLocked writes t as revision rev, then records rev in the lock file,
+// whose lease record lr was read under the same lock.
+func (f *FileStore) writeLocked(lf *os.File, lr leaseRecord, rev uint64, t *Token) error {
+	if err := f.writeTokenFile(rev, t); err != nil {
+		return err
+	}
+	// The lock file keeps the highest revision written, so that a Save
+	// over a corrupt or deleted token file still moves past every revision
+	// a lease may have read. Failing to record it loses nothing that has
+	// been written: it is a floor, and the token file holds rev.
+	lr.Revision = max(lr.Revision, rev)
+	_ = writeLeaseRecord(lf, lr)
+	return nil
+}
+
+// writeTokenFile replaces the token file with t at revision rev: a
+// temporary file in the same directory, fsync, rename, fsync of the
+// directory.
+func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 	data, err := json.Marshal(fileToken{
 		Version:      fileFormatVersion,
+		Revision:     rev,
 		AccessToken:  t.AccessToken,
 		RefreshToken: t.RefreshToken,
 		Expiry:       t.Expiry,
 	})
 	if err != nil {
-		return fmt.Errorf("tokensource: encoding token: %w", err)
+		return fmt.Errorf("encoding token: %w", err)
 	}
 	data = append(data, '\n')
 
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	dir, base := filepath.Split(f.path)
 	if dir == "" {
 		dir = "."
 	}
 	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	tmpName := tmp.Name()
 	committed := false
@@ -149,19 +329,19 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 	}()
 	// CreateTemp already uses 0600; Chmod makes that independent of it.
 	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	if err := f.rename(tmpName, f.path); err != nil {
-		return fmt.Errorf("tokensource: saving token: %w", err)
+		return err
 	}
 	committed = true
 	// Sync the directory so the rename itself survives a power loss.
@@ -170,13 +350,15 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 	if runtime.GOOS != "windows" {
 		d, err := os.Open(dir)
 		if err != nil {
-			return fmt.Errorf("tokensource: saving token: syncing directory: %w", err)
+			return fmt.Errorf("syncing directory: %w", err)
 		}
 		err = d.Sync()
 		_ = d.Close()
 		if err != nil {
-			return fmt.Errorf("tokensource: saving token: syncing directory: %w", err)
+			return fmt.Errorf("syncing directory: %w", err)
 		}
 	}
 	return nil
 }
+
+var _ Coordinator = (*FileStore)(nil)

@@ -207,6 +207,10 @@ func FuzzFileStoreLoad(f *testing.F) {
 		`{"version":1,"access_token":"at bad\n","refresh_token":"rt_stored"}`,
 		`{"version":1,"access_token":"at_stored","expiry":"2030-01-02T04:04:05.123456789123+23:59"}`,
 		`{"version":2,"access_token":"SECRET-ACCESS-123456","refresh_token":"SECRET-REFRESH-654321"}`,
+		`{"version":2,"revision":7,"access_token":"at_stored","refresh_token":"rt_stored","expiry":"2030-01-02T04:04:05Z"}`,
+		`{"version":2,"revision":3,"refresh_token":"rt_stored"}`,
+		`{"version":3,"revision":1,"access_token":"SECRET-ACCESS-123456"}`,
+		`{"version":1,"revision":2,"access_token":"SECRET-ACCESS-123456"}`,
 		`{"version":1,"access_token":"SECRET-ACCESS-123456","extra":"SECRET-EXTRA-000000"}`,
 		`{"version":1,"access_token":"SECRET-ACCESS-1234`,
 		`{"version":1,"access_token":["SECRET-ACCESS-123456"]}`,
@@ -360,6 +364,8 @@ func corruptMessages(f *testing.F) string {
 	var msgs []string
 	for _, data := range []string{
 		``, `{`, `x`, `null`, `[]`, `{"version":1}`, `{"version":2,"access_token":"a"}`, `{"x":1}`,
+		`{"version":3,"revision":1,"access_token":"a"}`, `{"version":1,"revision":2,"access_token":"a"}`,
+		`{"version":2,"revision":"1"}`,
 		`{"version":"1"}`, `{"version":1,"access_token":1}`, `{"version":1,"refresh_token":1}`,
 		`{"version":1,"expiry":1}`, `{"version":1,"expiry":"x"}`, `{"version":1,"access_token":"a"} {}`,
 	} {

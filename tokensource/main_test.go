@@ -2,6 +2,7 @@ package tokensource
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The test binary re-executed as a worker process of a FileStore test
+	// (filestore_proc_test.go) runs that role instead of the tests.
+	if role := os.Getenv(fileStoreHelperEnv); role != "" {
+		os.Exit(runFileStoreHelper(role))
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -3,29 +3,45 @@ package tokensource
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 
 	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
 )
 
 // errNoRefreshToken is the Permanent error of OAuth2Refresher when there is
 // no refresh token to use: only a new login can help.
 var errNoRefreshToken = errors.New("tokensource: no refresh token to refresh with")
 
-// FromOAuth2 adapts an oauth2.TokenSource to a Refresher: each refresh calls
-// ts.Token once. An OAuth 2 error response with the code "invalid_grant"
-// (the refresh credential was revoked or has expired) is returned as a
-// Permanent error, so the Source asks for re-authentication instead of
-// retrying. An error response without an OAuth 2 error code is reported by
-// its HTTP status, without its body (which may quote credentials); errors.As
-// still reaches the *oauth2.RetrieveError, body included.
+// FromOAuth2 adapts any other oauth2.TokenSource to a Refresher, one for
+// which this package has no adapter of its own (for the client-credentials
+// grant use ClientCredentials, for the refresh-token grant OAuth2Refresher).
+// Each refresh calls ts.Token once. An OAuth 2 error response with the code
+// "invalid_grant" (the refresh credential was revoked or has expired) is
+// returned as a Permanent error, so the Source asks for re-authentication
+// instead of retrying. An error response without an OAuth 2 error code is
+// reported by its HTTP status, without its body (which may quote
+// credentials); errors.As still reaches the *oauth2.RetrieveError, body
+// included.
 //
-// oauth2.TokenSource.Token takes no context, so the refresh timeout cannot
-// interrupt it: give ts an HTTP client with a timeout. ts should fetch a new
-// token on every call; an oauth2.ReuseTokenSource would hand back its cached
-// token even after a server rejected it. The current token is not passed to
-// ts; use OAuth2Refresher for the refresh-token grant.
+// What FromOAuth2 cannot do:
+//
+//   - Pass a context. oauth2.TokenSource.Token takes none, so neither the
+//     refresh timeout nor Close can interrupt the call, and values of the
+//     refresh context (an *http.Client under oauth2.HTTPClient, trace IDs)
+//     do not reach it. The Source still releases its waiters at the refresh
+//     timeout (ErrRefreshTimeout) and starts no second refresh while the call
+//     runs, but the HTTP request goes on until ts gives up: give ts an
+//     *http.Client with a Timeout.
+//   - Obtain a new token on demand. ts decides whether to fetch; the
+//     current token is not passed to it. A caching source, such as the
+//     oauth2.ReuseTokenSource that oauth2.Config.TokenSource and
+//     clientcredentials.Config.TokenSource return, hands back its cached
+//     token even after a server rejected it. The Source then reports the
+//     forced refresh as failed with ErrUnchangedToken, and the call fails
+//     with Unauthenticated until the cached token expires.
 func FromOAuth2(ts oauth2.TokenSource) Refresher {
 	return RefresherFunc(func(ctx context.Context, _ *Token) (*Token, error) {
 		if err := ctx.Err(); err != nil {
@@ -33,7 +49,45 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 		}
 		ot, err := ts.Token()
 		if err != nil {
-			return nil, classifyOAuth2Error(err)
+			return nil, classifyOAuth2Error(err, refreshPermanent)
+		}
+		return fromOAuth2Token(ot, ""), nil
+	})
+}
+
+// ClientCredentials returns a Refresher that performs the OAuth 2
+// client-credentials grant (RFC 6749, section 4.4) at cfg's token endpoint:
+// every refresh is one new token request, with nothing cached in between, so
+// a forced refresh after a server rejected a still-valid token obtains a
+// different token. (FromOAuth2(cfg.TokenSource(ctx)) would not: that is an
+// oauth2.ReuseTokenSource.) The HTTP request uses the refresh context: it is
+// cancelled by the refresh timeout, and an *http.Client stored in the context
+// under oauth2.HTTPClient (for example in the ctx of the Token call that
+// started the refresh) is used for it. cfg must not be modified while the
+// Refresher is in use.
+//
+// The OAuth 2 error codes "invalid_client" (the client ID or secret is not
+// accepted), "unauthorized_client" (the client may not use this grant),
+// "invalid_grant", "invalid_scope" and "unsupported_grant_type" are Permanent
+// errors: the same request with the same cfg will be refused again, and
+// repeating a rejected client secret every backoff period can trip an
+// authorization server's lockout. The Source then reports ErrReauthRequired
+// (codes.Unauthenticated through the interceptors) until its owner fixes the
+// client's registration or secret and calls SetToken or builds a new Source.
+// Other failures (HTTP errors without an OAuth 2 code, "server_error",
+// "temporarily_unavailable", a network error) are transient and retried with
+// backoff. Error messages never contain the response body; errors.As reaches
+// the *oauth2.RetrieveError.
+//
+// The token endpoint's response normally carries no refresh token; one that
+// does is kept in the Token (and the Store) but never used.
+func ClientCredentials(cfg *clientcredentials.Config) Refresher {
+	return RefresherFunc(func(ctx context.Context, _ *Token) (*Token, error) {
+		// Config.Token builds a new token source on each call, so nothing is
+		// reused, and sends the request with ctx.
+		ot, err := cfg.Token(ctx)
+		if err != nil {
+			return nil, classifyOAuth2Error(err, clientCredentialsPermanent)
 		}
 		return fromOAuth2Token(ot, ""), nil
 	})
@@ -61,15 +115,26 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 		ts := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: current.RefreshToken, Expiry: time.Unix(1, 0)})
 		ot, err := ts.Token()
 		if err != nil {
-			return nil, classifyOAuth2Error(err)
+			return nil, classifyOAuth2Error(err, refreshPermanent)
 		}
 		return fromOAuth2Token(ot, current.RefreshToken), nil
 	})
 }
 
-// classifyOAuth2Error marks invalid_grant as Permanent and keeps the
-// response body of an *oauth2.RetrieveError out of the error text.
-func classifyOAuth2Error(err error) error {
+// The OAuth 2 error codes (RFC 6749, section 5.2) that make a refresh
+// Permanent. For the refresh-token grant only invalid_grant says that the
+// refresh credential is gone and a new login is needed. For the
+// client-credentials grant the request is built from the configuration
+// alone, so every code that refuses the client or its request means the
+// same request will be refused again.
+var (
+	refreshPermanent           = []string{"invalid_grant"}
+	clientCredentialsPermanent = []string{"invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "unsupported_grant_type"}
+)
+
+// classifyOAuth2Error marks the error codes in permanent as Permanent and
+// keeps the response body of an *oauth2.RetrieveError out of the error text.
+func classifyOAuth2Error(err error, permanent []string) error {
 	var re *oauth2.RetrieveError
 	if !errors.As(err, &re) {
 		return err
@@ -79,7 +144,7 @@ func classifyOAuth2Error(err error) error {
 		// wrapper's text would quote the body too, so it is dropped.
 		err = &retrieveError{re}
 	}
-	if re.ErrorCode == "invalid_grant" {
+	if slices.Contains(permanent, re.ErrorCode) {
 		return Permanent(err)
 	}
 	return err

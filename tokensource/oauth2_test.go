@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,10 +25,12 @@ type tokenEndpoint struct {
 	valid    map[string]bool // refresh tokens it accepts
 	rotate   bool            // issue a new refresh token on every refresh and revoke the old one
 	issued   int
-	status   int  // non-zero: answer every request with this status
-	hang     bool // never answer (until the client gives up)
-	echo     bool // answer 502 with a body that quotes the request, as a debugging proxy might
+	status   int    // non-zero: answer every request with this status
+	hang     bool   // never answer (until the client gives up)
+	echo     bool   // answer 502 with a body that quotes the request, as a debugging proxy might
+	code     string // non-empty: answer every request with this OAuth 2 error code
 	requests int
+	arrived  chan struct{} // if set, told of every request that hangs
 	stop     chan struct{} // closed before the server shuts down
 }
 
@@ -40,6 +43,9 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Read the body first: only then does net/http notice that the
 		// client hung up and cancel r.Context().
 		_, _ = io.Copy(io.Discard, r.Body)
+		if e.arrived != nil {
+			e.arrived <- struct{}{}
+		}
 		select {
 		case <-r.Context().Done():
 		case <-e.stop:
@@ -48,7 +54,21 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if id, secret, ok := r.BasicAuth(); !ok || id != "client" || secret != "client-secret" {
+	if err := r.ParseForm(); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request"})
+		return
+	}
+	if e.echo {
+		// A proxy in front of the server, quoting the request before the
+		// server could check anything.
+		http.Error(w, "<html>upstream failed; request was "+r.PostForm.Encode()+"</html>", http.StatusBadGateway)
+		return
+	}
+	id, secret, ok := r.BasicAuth()
+	if !ok {
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	}
+	if id != "client" || secret != "client-secret" {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_client"})
 		return
 	}
@@ -56,12 +76,8 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "try again later", e.status)
 		return
 	}
-	if err := r.ParseForm(); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request"})
-		return
-	}
-	if e.echo {
-		http.Error(w, "<html>upstream failed; request was "+r.PostForm.Encode()+"</html>", http.StatusBadGateway)
+	if e.code != "" {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": e.code, "error_description": "refused by the test"})
 		return
 	}
 	e.issued++
@@ -313,6 +329,168 @@ func TestSourceOAuth2View(t *testing.T) {
 	}
 }
 
+// countingTransport counts the requests that go through it.
+type countingTransport struct {
+	rt http.RoundTripper
+	n  atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+// clientCredentialsConfig is a clientcredentials.Config for e's server, and
+// a context carrying an HTTP client that counts its requests.
+func clientCredentialsConfig(t *testing.T, e *tokenEndpoint) (*clientcredentials.Config, context.Context, *countingTransport) {
+	t.Helper()
+	cfg, ctx := startEndpoint(t, e)
+	client := ctx.Value(oauth2.HTTPClient).(*http.Client)
+	tr := &countingTransport{rt: client.Transport}
+	ctx = context.WithValue(ctxBG, oauth2.HTTPClient, &http.Client{Transport: tr})
+	return &clientcredentials.Config{ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret,
+		TokenURL: cfg.Endpoint.TokenURL, AuthStyle: oauth2.AuthStyleInHeader}, ctx, tr
+}
+
+// Every refresh is one token request, also a forced one while the cached
+// token is still valid: nothing is reused.
+func TestClientCredentialsOneRequestPerRefresh(t *testing.T) {
+	e := &tokenEndpoint{valid: map[string]bool{}}
+	cfg, ctx, tr := clientCredentialsConfig(t, e)
+	s := New(ClientCredentials(cfg), WithMinRefreshInterval(0))
+	defer mustClose(t, s)
+
+	tok, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.AccessToken != "cc-1" || tok.RefreshToken != "" || time.Until(tok.Expiry) < 59*time.Minute {
+		t.Fatalf("first token = %q (refresh %q) expiring %v, want cc-1 for about 1h", tok.AccessToken, tok.RefreshToken, tok.Expiry)
+	}
+	for range 3 {
+		if again, err := s.Token(ctx); err != nil || again != tok {
+			t.Fatalf("Token = (%v, %v), want the cached token", again, err)
+		}
+	}
+	for i := 2; i <= 4; i++ {
+		// The server rejected the still-valid token.
+		next, err := s.Refresh(ctx, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("cc-%d", i); next.AccessToken != want {
+			t.Fatalf("forced refresh %d = %q, want %q", i-1, next.AccessToken, want)
+		}
+		tok = next
+	}
+	e.mu.Lock()
+	requests := e.requests
+	e.mu.Unlock()
+	if requests != 4 || tr.n.Load() != 4 {
+		t.Errorf("%d requests at the endpoint, %d through the ctx's client; want 4 each (one per refresh)", requests, tr.n.Load())
+	}
+	if st := s.Stats(); st.Refreshes != 4 {
+		t.Errorf("Stats().Refreshes = %d, want 4", st.Refreshes)
+	}
+}
+
+// The request runs on the refresh context: cancelling it aborts the HTTP
+// request, and the Source's refresh timeout does the same.
+func TestClientCredentialsHonoursContext(t *testing.T) {
+	// Room for both requests' notices: the second is not waited for.
+	e := &tokenEndpoint{valid: map[string]bool{}, hang: true, arrived: make(chan struct{}, 2)}
+	cfg, ctx, _ := clientCredentialsConfig(t, e)
+	r := ClientCredentials(cfg)
+
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Refresh(cctx, nil)
+		done <- err
+	}()
+	<-e.arrived // the request reached the server
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) || IsPermanent(err) {
+		t.Fatalf("Refresh after cancel = %v, want a transient error matching context.Canceled", err)
+	}
+
+	s := New(r, WithRefreshTimeout(200*time.Millisecond))
+	defer mustClose(t, s)
+	if _, err := s.Token(ctx); !errors.Is(err, ErrRefreshTimeout) {
+		t.Fatalf("Token = %v, want ErrRefreshTimeout", err)
+	}
+}
+
+// Error codes that refuse the client or its request are Permanent (the same
+// request would be refused again); the others are transient.
+func TestClientCredentialsErrorClassification(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		e         *tokenEndpoint
+		secret    string
+		permanent bool
+	}{
+		{"wrong secret: invalid_client", &tokenEndpoint{}, "wrong", true},
+		{"unauthorized_client", &tokenEndpoint{code: "unauthorized_client"}, "", true},
+		{"invalid_grant", &tokenEndpoint{code: "invalid_grant"}, "", true},
+		{"invalid_scope", &tokenEndpoint{code: "invalid_scope"}, "", true},
+		{"unsupported_grant_type", &tokenEndpoint{code: "unsupported_grant_type"}, "", true},
+		{"server_error", &tokenEndpoint{code: "server_error"}, "", false},
+		{"temporarily_unavailable", &tokenEndpoint{code: "temporarily_unavailable"}, "", false},
+		{"HTTP 503 without a code", &tokenEndpoint{status: http.StatusServiceUnavailable}, "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.e.valid = map[string]bool{}
+			cfg, ctx, _ := clientCredentialsConfig(t, tc.e)
+			if tc.secret != "" {
+				cfg.ClientSecret = tc.secret
+			}
+			s := New(ClientCredentials(cfg))
+			defer mustClose(t, s)
+			_, err := s.Token(ctx)
+			if err == nil {
+				t.Fatal("Token succeeded")
+			}
+			if got := errors.Is(err, ErrReauthRequired); got != tc.permanent {
+				t.Errorf("errors.Is(err, ErrReauthRequired) = %v, want %v (err: %v)", got, tc.permanent, err)
+			}
+			var re *oauth2.RetrieveError
+			if !errors.As(err, &re) {
+				t.Errorf("the oauth2 error is not reachable with errors.As: %v", err)
+			}
+			if strings.Contains(err.Error(), cfg.ClientSecret) {
+				t.Errorf("error quotes the client secret: %q", err)
+			}
+		})
+	}
+}
+
+// FromOAuth2 around an oauth2.ReuseTokenSource (what
+// clientcredentials.Config.TokenSource returns) cannot obtain a new token on
+// demand: a forced refresh gets the cached, rejected token back, which the
+// Source reports as ErrUnchangedToken. ClientCredentials does not have this
+// problem (TestClientCredentialsOneRequestPerRefresh).
+func TestFromOAuth2ReuseTokenSourceReportsUnchangedToken(t *testing.T) {
+	e := &tokenEndpoint{valid: map[string]bool{}}
+	cfg, ctx, tr := clientCredentialsConfig(t, e)
+	s := New(FromOAuth2(cfg.TokenSource(ctx)), WithMinRefreshInterval(0))
+	defer mustClose(t, s)
+	tok, err := s.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Refresh(ctx, tok)
+	if !errors.Is(err, ErrUnchangedToken) {
+		t.Fatalf("forced refresh = %v, want ErrUnchangedToken", err)
+	}
+	if n := tr.n.Load(); n != 1 {
+		t.Errorf("%d token requests, want 1: the ReuseTokenSource answered the forced refresh from its cache", n)
+	}
+	if st := s.Stats(); st.Refreshes != 1 {
+		t.Errorf("Stats().Refreshes = %d, want 1 (the unchanged result is not a refresh)", st.Refreshes)
+	}
+}
+
 // oauth2's RetrieveError quotes the whole response body when the server sent
 // no OAuth 2 error code. That body can echo the request, refresh token
 // included (and is often a whole HTML page): the Source's errors leave it
@@ -322,9 +500,13 @@ func TestOAuth2ErrorsOmitResponseBody(t *testing.T) {
 	e := &tokenEndpoint{valid: map[string]bool{secret: true}, echo: true}
 	cfg, ctx := startEndpoint(t, e)
 	upstream := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: secret, Expiry: time.Unix(1, 0)})
+	// The client secret in the form, where the proxy's echo quotes it.
+	cc := &clientcredentials.Config{ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret,
+		TokenURL: cfg.Endpoint.TokenURL, AuthStyle: oauth2.AuthStyleInParams}
 	for name, r := range map[string]Refresher{
-		"OAuth2Refresher": OAuth2Refresher(cfg),
-		"FromOAuth2":      FromOAuth2(upstream),
+		"OAuth2Refresher":   OAuth2Refresher(cfg),
+		"ClientCredentials": ClientCredentials(cc),
+		"FromOAuth2":        FromOAuth2(upstream),
 		// A custom oauth2.TokenSource that wraps the RetrieveError: the
 		// wrapper's message quotes the body as well.
 		"FromOAuth2 wrapped": FromOAuth2(wrappingTokenSource{upstream}),
@@ -336,14 +518,17 @@ func TestOAuth2ErrorsOmitResponseBody(t *testing.T) {
 			if err == nil {
 				t.Fatal("Token succeeded")
 			}
-			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "<html>") {
-				t.Fatalf("error quotes the response body: %q", err)
+			for _, sec := range []string{secret, cfg.ClientSecret, "<html>"} {
+				if strings.Contains(err.Error(), sec) {
+					t.Fatalf("error quotes the response body: %q", err)
+				}
 			}
 			if !strings.Contains(err.Error(), "502") {
 				t.Errorf("error %q does not name the HTTP status", err)
 			}
 			var re *oauth2.RetrieveError
-			if !errors.As(err, &re) || re.Response.StatusCode != http.StatusBadGateway || !strings.Contains(string(re.Body), secret) {
+			if !errors.As(err, &re) || re.Response.StatusCode != http.StatusBadGateway ||
+				!(strings.Contains(string(re.Body), secret) || strings.Contains(string(re.Body), cfg.ClientSecret)) {
 				t.Fatalf("errors.As(err, *oauth2.RetrieveError) does not reach the original error: %v", err)
 			}
 			if errors.Is(err, ErrReauthRequired) {

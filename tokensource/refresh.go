@@ -80,8 +80,9 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 		}
 	}
 
-	tok, refused, err, permanent, late := s.callRefresher(ctx, f, prev, current, nil)
-	out.err, out.permanent, out.unchanged = err, permanent, errors.Is(err, ErrUnchangedToken)
+	rc := s.callRefresher(ctx, f, prev, current, nil)
+	tok, refused, err, late := rc.tok, rc.refused, rc.err, rc.late
+	out.err, out.permanent, out.unchanged = err, rc.permanent, errors.Is(err, ErrUnchangedToken)
 	if late && !s.reoccupy(f) {
 		out.superseded = true
 		return out
@@ -144,7 +145,7 @@ type refResult struct {
 // onTimeout runs (to give up a fleet lease), and callRefresher goes on
 // waiting for the late result, which it reports with late set. A panic in
 // the Refresher becomes the error of the refresh.
-func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *Token, onTimeout func()) (tok, refused *Token, err error, permanent, late bool) {
+func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *Token, onTimeout func()) refCall {
 	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
 	s.emit(Event{Kind: RefreshStarted, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
 
@@ -164,6 +165,7 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 		ch <- refResult{t, err}
 	}()
 	var r refResult
+	late := false
 	select {
 	case r = <-ch:
 	case <-ctx.Done():
@@ -194,20 +196,32 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 	if r.err != nil {
 		switch {
 		case IsPermanent(r.err):
-			return nil, nil, fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, r.err), true, late
+			return refCall{err: fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, r.err), permanent: true, late: late}
 		case refreshTimedOut(ctx):
-			return nil, nil, &timeoutError{after: s.opts.refreshTimeout, err: r.err}, false, late
+			return refCall{err: &timeoutError{after: s.opts.refreshTimeout, err: r.err}, late: late}
 		}
-		return nil, nil, fmt.Errorf("tokensource: refresh failed: %w", r.err), false, late
+		return refCall{err: fmt.Errorf("tokensource: refresh failed: %w", r.err), late: late}
 	}
 	if err := validateToken(r.tok, s.now()); err != nil {
-		return nil, r.tok, fmt.Errorf("tokensource: refresh failed: %w", err), false, late
+		return refCall{refused: r.tok, err: fmt.Errorf("tokensource: refresh failed: %w", err), late: late}
 	}
 	if f.forced && prev != nil && r.tok.AccessToken == prev.AccessToken {
-		return nil, r.tok, ErrUnchangedToken, false, late
+		return refCall{refused: r.tok, err: ErrUnchangedToken, late: late}
 	}
 	c := *r.tok // the Source's own copy: handed-out tokens must not change
-	return &c, nil, nil, false, late
+	return refCall{tok: &c, late: late}
+}
+
+// refCall is the checked result of one Refresher call. err is the one every
+// waiter receives; refused is a result the Source will not hand out
+// (invalid, or the rejected token again), which may still carry a rotated
+// refresh token; late reports a result that arrived after the refresh
+// timeout had released the waiters.
+type refCall struct {
+	tok, refused *Token
+	err          error
+	permanent    bool
+	late         bool
 }
 
 // errRefresherPanicked is wrapped by the error of a refresh whose Refresher

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -56,14 +57,15 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	assertOnlyFile(t, path)
 }
 
-// assertOnlyFile checks that path is the only file in its directory: no
-// temporary file was left behind.
+// assertOnlyFile checks that path is the only file in its directory besides
+// its lock file: no temporary file was left behind.
 func assertOnlyFile(t *testing.T, path string) {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Dir(path))
 	if err != nil {
 		t.Fatal(err)
 	}
+	entries = slices.DeleteFunc(entries, func(e os.DirEntry) bool { return e.Name() == filepath.Base(path)+".lock" })
 	if len(entries) != 1 || entries[0].Name() != filepath.Base(path) {
 		var names []string
 		for _, e := range entries {
@@ -101,7 +103,10 @@ func TestFileStoreRefusesCorruptFile(t *testing.T) {
 		"bad expiry":      `{"version":1,"access_token":"` + secret + `","expiry":"tomorrow"}`,
 		"unknown field":   `{"version":1,"access_token":"` + secret + `","token":"` + secret + `"}`,
 		"no version":      `{"access_token":"` + secret + `"}`,
-		"future version":  `{"version":2,"access_token":"` + secret + `"}`,
+		"future version":  `{"version":3,"revision":1,"access_token":"` + secret + `"}`,
+		"v2 no revision":  `{"version":2,"access_token":"` + secret + `"}`,
+		"v1 revision":     `{"version":1,"revision":5,"access_token":"` + secret + `"}`,
+		"bad revision":    `{"version":2,"revision":-1,"access_token":"` + secret + `"}`,
 		"no tokens":       `{"version":1}`,
 		"trailing data":   `{"version":1,"access_token":"a"} {"version":1}`,
 		"array":           `["` + secret + `"]`,

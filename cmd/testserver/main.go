@@ -6,13 +6,24 @@
 //
 //	testserver [flags]
 //
-// It prints "listening on ADDR" on standard output once it accepts
-// connections, logs to standard error, and stops gracefully on SIGINT or
-// SIGTERM. Run it with -h for the flags. For example, to serve TLS with
-// access tokens that live ten seconds and write the certificate clients must
-// trust:
+// Once it accepts connections it prints one line on standard output,
+// "listening on ADDR (...)", the parentheses saying what a client needs to
+// know (TLS and the certificate file, the user, the token lifetimes, the
+// injected faults). It logs to standard error: at the default level (info)
+// logins, every rejected token with the method and the reason, and failed
+// refreshes; at debug level every refresh as well. On SIGINT or SIGTERM it
+// stops gracefully: it lets RPCs in flight finish (for at most
+// testserver.DefaultStopTimeout), releases its port and exits with status 0.
+//
+// Run it with -h for the flags. For example, to serve TLS with access tokens
+// that live ten seconds and write the certificate clients must trust:
 //
 //	testserver -access-ttl 10s -tls -tls-cert-out /tmp/testserver.pem
+//
+// `make testserver` builds it into bin/ and runs it in place of the shell
+// (no `go run` between make and the server, which would leave the server
+// running when it is signalled), serving TLS on 127.0.0.1:50051 with its
+// certificate in bin/testserver.pem.
 package main
 
 import (
@@ -171,13 +182,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := writeFileAtomic(c.tlsCertOut, ep.CertificatePEM()); err != nil {
 			return fmt.Errorf("writing the certificate: %w", err)
 		}
-		logger.Info("wrote the TLS certificate", "file", c.tlsCertOut)
 	}
-	logger.Info("serving",
-		"addr", ep.Addr(), "tls", c.tls, "user", c.user,
-		"access_ttl", c.accessTTL, "refresh_ttl", c.refreshTTL,
-		"refresh_latency", c.refreshLatency, "fail_refreshes", c.failRefreshes, "fail_code", c.failCode.String())
-	if _, err := fmt.Fprintf(stdout, "listening on %s\n", ep.Addr()); err != nil {
+	if _, err := fmt.Fprintln(stdout, startLine(c, ep.Addr())); err != nil {
 		return err
 	}
 
@@ -190,6 +196,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case <-ep.Done():
 		return fmt.Errorf("server stopped: %w", ep.Err())
 	}
+}
+
+// startLine is the one line the program prints once it serves: "listening
+// on ADDR", which scripts read, followed by what a client needs to know, in
+// parentheses.
+func startLine(c config, addr string) string {
+	var about []string
+	switch {
+	case c.tlsCertOut != "":
+		about = append(about, "TLS, certificate in "+c.tlsCertOut)
+	case c.tls:
+		about = append(about, "TLS")
+	default:
+		about = append(about, "plaintext")
+	}
+	about = append(about, "user "+c.user,
+		fmt.Sprintf("access tokens %v, refresh tokens %v", c.accessTTL, c.refreshTTL))
+	if c.refreshLatency > 0 {
+		about = append(about, fmt.Sprintf("refresh latency %v", c.refreshLatency))
+	}
+	if c.failRefreshes > 0 {
+		about = append(about, fmt.Sprintf("first %d refreshes fail with %v", c.failRefreshes, c.failCode))
+	}
+	return "listening on " + addr + " (" + strings.Join(about, "; ") + ")"
 }
 
 // writeFileAtomic writes data to a temporary file next to name and renames

@@ -1,0 +1,44 @@
+package e2e_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource/redisstore"
+)
+
+// fleetKey is the Redis key of the fleet tests' shared record.
+const fleetKey = "tokenrefresh-e2e:fleet"
+
+// openFleetStore opens the store a worker process was given: "file:<path>"
+// or "redis:<unix socket>".
+func openFleetStore(spec string, leaseTTL time.Duration) (tokensource.Store, func(), error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "file":
+		var opts []tokensource.FileStoreOption
+		if leaseTTL > 0 {
+			opts = append(opts, tokensource.WithFileLeaseTTL(leaseTTL))
+		}
+		return tokensource.NewFileStore(arg, opts...), func() {}, nil
+	case "redis":
+		c := redis.NewClient(&redis.Options{Network: "unix", Addr: arg})
+		var opts []redisstore.Option
+		if leaseTTL > 0 {
+			opts = append(opts, redisstore.WithLeaseTTL(leaseTTL))
+		}
+		return redisstore.New(c, fleetKey, opts...), func() { _ = c.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("unknown store spec %q", spec)
+}
+
+func redisFleetStore(t *testing.T) (string, tokensource.Store) {
+	srv := redistest.Start(t)
+	return "redis:" + srv.Socket, redisstore.New(srv.Client(), fleetKey)
+}

@@ -1,0 +1,51 @@
+package tokenrefreshotel
+
+import (
+	"context"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
+)
+
+// InterceptorOption returns the interceptor option that reports retried
+// calls to o: give it to interceptor.DialOptions (or to
+// UnaryClientInterceptor and StreamClientInterceptor) next to the Source
+// that o observes.
+//
+//	conn, err := grpc.NewClient(target, append(creds,
+//		interceptor.DialOptions(src, obs.InterceptorOption())...)...)
+//
+// Each call retried with a new token after the server rejected its token
+// adds one to tokenrefresh.rpc.retries and marks the span found in the
+// call's context (see the package documentation). Calls whose token is
+// accepted never reach o.
+func (o *Observer) InterceptorOption() interceptor.Option {
+	return interceptor.WithRetryObserver(o.retried)
+}
+
+// retried is the interceptor's retry observer.
+func (o *Observer) retried(ctx context.Context, method string, rejection error) {
+	code := semconv.RPCResponseStatusCodeKey.String(codeName(uint32(status.Code(rejection))))
+	rpcMethod := semconv.RPCMethod(strings.TrimPrefix(method, "/"))
+	o.retries.Add(ctx, 1, o.with(semconv.RPCSystemNameGRPC, rpcMethod, code))
+
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(RetriedKey.Bool(true))
+	span.AddEvent("tokenrefresh.retry", trace.WithAttributes(rpcMethod, code))
+	o.mu.Lock()
+	last := o.last
+	o.mu.Unlock()
+	if last.IsValid() {
+		span.AddLink(trace.Link{SpanContext: last, Attributes: []attribute.KeyValue{
+			attribute.String("tokenrefresh.link", "refresh"),
+		}})
+	}
+}

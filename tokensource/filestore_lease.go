@@ -1,0 +1,392 @@
+package tokensource
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"time"
+)
+
+// leaseRecord is the contents of a FileStore's lock file.
+type leaseRecord struct {
+	// Owner is the random id of the lease's holder; empty: the lease is
+	// free.
+	Owner string `json:"owner,omitempty"`
+	// Expires is when the lease ends unless renewed, in Unix nanoseconds
+	// of the wall clock.
+	Expires int64 `json:"expires,omitempty"`
+	// Revision is the highest revision written to the token file.
+	Revision uint64 `json:"revision,omitempty"`
+}
+
+// leaseRecordSize is the fixed size of the lock file's contents: JSON padded
+// with spaces. Every write replaces all of it with one write at offset 0, so
+// the file never needs truncating and a reader without the lock sees a
+// whole record far more often than not (and otherwise a record it cannot
+// parse, which Wait treats as a reason to look again).
+const leaseRecordSize = 128
+
+func (lr leaseRecord) live(now time.Time) bool {
+	return lr.Owner != "" && now.UnixNano() < lr.Expires
+}
+
+// parseLeaseRecord parses the lock file's contents. Empty or unparseable
+// contents (there is no writer that leaves them so, short of a crash of
+// the host) count as a free lease.
+func parseLeaseRecord(data []byte) (leaseRecord, bool) {
+	var lr leaseRecord
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return lr, true
+	}
+	if err := json.Unmarshal(data, &lr); err != nil {
+		return leaseRecord{}, false
+	}
+	return lr, true
+}
+
+// readLeaseRecord reads the lease record of the locked lock file lf.
+func readLeaseRecord(lf *os.File) (leaseRecord, error) {
+	buf := make([]byte, 4*leaseRecordSize)
+	n, err := lf.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return leaseRecord{}, fmt.Errorf("%w: reading the lock file: %w", ErrCoordinatorUnavailable, err)
+	}
+	lr, _ := parseLeaseRecord(buf[:n])
+	return lr, nil
+}
+
+// writeLeaseRecord replaces the contents of the locked lock file lf by lr.
+func writeLeaseRecord(lf *os.File, lr leaseRecord) error {
+	data, err := json.Marshal(lr)
+	if err != nil || len(data) >= leaseRecordSize {
+		return fmt.Errorf("%w: encoding the lease record", ErrCoordinatorUnavailable)
+	}
+	buf := bytes.Repeat([]byte{' '}, leaseRecordSize)
+	copy(buf, data)
+	buf[leaseRecordSize-1] = '\n'
+	if _, err := lf.WriteAt(buf, 0); err != nil {
+		return fmt.Errorf("%w: writing the lock file: %w", ErrCoordinatorUnavailable, err)
+	}
+	if fi, err := lf.Stat(); err == nil && fi.Size() > leaseRecordSize {
+		_ = lf.Truncate(leaseRecordSize)
+	}
+	return nil
+}
+
+// locked runs fn while holding the exclusive lock on the lock file, which
+// it opens (creating it) for this critical section alone: a flock belongs
+// to the open file description, so a fresh one per section is what makes
+// two FileStores, or two goroutines of one, exclude each other. It waits for
+// the lock within ctx, trying without blocking and sleeping in between
+// (from 100 µs up to 5 ms), because a blocking flock cannot be cancelled.
+func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) error {
+	lf, err := os.OpenFile(f.lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: opening the lock file: %w", ErrCoordinatorUnavailable, err)
+	}
+	defer lf.Close()
+	var timer *time.Timer
+	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 5*time.Millisecond) {
+		ok, err := tryLockFile(lf)
+		if err != nil {
+			return fmt.Errorf("%w: locking %s: %w", ErrCoordinatorUnavailable, f.lockPath, err)
+		}
+		if ok {
+			break
+		}
+		if timer == nil {
+			timer = time.NewTimer(delay)
+			defer timer.Stop()
+		} else {
+			timer.Reset(delay)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("tokensource: waiting for the lock on %s: %w", f.lockPath, ctx.Err())
+		case <-timer.C:
+		}
+	}
+	defer unlockFile(lf)
+	return fn(lf)
+}
+
+// TryLease takes the refresh lease if no live member holds it (in this
+// process or another) and returns it with the record read under the lock;
+// it returns (nil, nil) at once if a live member holds it. A lease whose
+// holder stopped renewing it is taken over after its TTL (TakenOver
+// reports it). The lease is renewed every TTL/3 until Commit or Release,
+// one of which must be called. Errors of the lock file match
+// ErrCoordinatorUnavailable; a corrupt token file fails with ErrCorruptStore
+// and leaves the lease alone.
+func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var l *fileLease
+	err := f.locked(ctx, func(lf *os.File) error {
+		lr, err := readLeaseRecord(lf)
+		if err != nil {
+			return err
+		}
+		now := f.now()
+		if lr.live(now) {
+			return nil
+		}
+		rec, err := f.readRecord()
+		if err != nil {
+			return err
+		}
+		takenOver := lr.Owner != ""
+		lr.Owner, lr.Expires = rand.Text(), now.Add(f.ttl).UnixNano()
+		if err := writeLeaseRecord(lf, lr); err != nil {
+			return err
+		}
+		l = &fileLease{f: f, owner: lr.Owner, rec: rec, takenOver: takenOver}
+		return nil
+	})
+	if err != nil || l == nil {
+		return nil, err
+	}
+	l.startRenewing()
+	return l, nil
+}
+
+// Wait blocks until the token file's revision differs from version, the
+// lease is free or has expired, or ctx ends (returning ctx.Err()). It polls
+// every poll interval (see FileStore) and may return early, for instance
+// when it reads the lock file in the middle of a write.
+func (f *FileStore) Wait(ctx context.Context, version uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var w fileWatch
+	ticker := time.NewTicker(f.poll)
+	defer ticker.Stop()
+	for !f.changed(&w, version) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+	return nil
+}
+
+// fileWatch remembers the token file Wait last read, so that a poll reads
+// it again only when it was replaced.
+type fileWatch struct{ last fs.FileInfo }
+
+// changed reports whether Wait should return: the revision is no longer
+// version, or the lease is not live. Anything it cannot read is a reason to
+// return, so that the caller's LoadRecord or TryLease reports it.
+func (f *FileStore) changed(w *fileWatch, version uint64) bool {
+	fi, err := os.Stat(f.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if version != 0 {
+			return true
+		}
+	case err != nil:
+		return true
+	case w.last == nil || !os.SameFile(w.last, fi) || !fi.ModTime().Equal(w.last.ModTime()) || fi.Size() != w.last.Size():
+		rec, err := f.readRecord()
+		if err != nil || rec.Version != version {
+			return true
+		}
+		w.last = fi
+	}
+	data, err := os.ReadFile(f.lockPath)
+	if err != nil {
+		return true // no lock file: nobody has taken the lease
+	}
+	lr, ok := parseLeaseRecord(data)
+	return !ok || !lr.live(f.now())
+}
+
+// fileLease is a lease of a FileStore.
+type fileLease struct {
+	f         *FileStore
+	owner     string
+	rec       Record
+	takenOver bool
+
+	mu       sync.Mutex // serializes Commit and Release
+	released bool       // the lock file no longer names this lease; guarded by mu
+
+	stop     context.CancelFunc
+	done     chan struct{} // closed when the renewing goroutine has ended
+	stopOnce sync.Once
+}
+
+func (l *fileLease) Record() Record {
+	rec := l.rec
+	if rec.Token != nil {
+		c := *rec.Token
+		rec.Token = &c
+	}
+	return rec
+}
+
+func (l *fileLease) TakenOver() bool { return l.takenOver }
+
+// startRenewing starts the goroutine that renews the lease every TTL/3. It
+// ends when stopRenewing is called or when it finds the lease taken over by
+// another member (this one was paused past the TTL, say).
+func (l *fileLease) startRenewing() {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stop, l.done = cancel, make(chan struct{})
+	every := max(l.f.ttl/3, time.Millisecond)
+	go func() {
+		defer close(l.done)
+		ticker := time.NewTicker(every)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+			// A renewal that cannot get the lock in time is retried at
+			// the next tick; two missed in a row still leave a third of
+			// the TTL.
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			held, err := l.renew(rctx)
+			rcancel()
+			if err == nil && !held {
+				return
+			}
+		}
+	}()
+}
+
+// stopRenewing stops the renewing goroutine and waits for it to end.
+func (l *fileLease) stopRenewing() {
+	l.stopOnce.Do(func() {
+		l.stop()
+		<-l.done
+	})
+}
+
+// renew extends the lease by the TTL if this lease still holds it, even
+// after it expired while nobody took it over.
+func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
+	f := l.f
+	err = f.locked(ctx, func(lf *os.File) error {
+		lr, err := readLeaseRecord(lf)
+		if err != nil || lr.Owner != l.owner {
+			return err
+		}
+		held = true
+		lr.Expires = f.now().Add(f.ttl).UnixNano()
+		return writeLeaseRecord(lf, lr)
+	})
+	return held, err
+}
+
+// Commit writes t as revision Record().Version+1 (or higher) if the token
+// file still holds Record().Version and no other live member holds the
+// lease, and gives up the lease. It gives the lease up on failure too: it
+// frees it in the lock file when it gets the lock, and otherwise stops
+// renewing it, so that it expires after the TTL. A refused write matches
+// ErrLeaseLost and writes nothing; a corrupt token file matches
+// ErrCorruptStore and is not replaced.
+func (l *fileLease) Commit(ctx context.Context, t *Token) error {
+	l.stopRenewing()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t == nil {
+		_ = l.releaseLocked(ctx)
+		return errNilToken
+	}
+	f := l.f
+	err := f.locked(ctx, func(lf *os.File) error {
+		lr, err := readLeaseRecord(lf)
+		if err != nil {
+			return err
+		}
+		mine := lr.Owner == l.owner
+		if mine {
+			lr.Owner, lr.Expires = "", 0
+		} else {
+			l.released = true // the lock file does not name this lease
+		}
+		// giveUp frees the lease when this Commit writes nothing.
+		giveUp := func() {
+			if mine && writeLeaseRecord(lf, lr) == nil {
+				l.released = true
+			}
+		}
+		rec, err := f.readRecord()
+		if err != nil {
+			giveUp()
+			return err
+		}
+		if rec.Version != l.rec.Version {
+			giveUp()
+			return fmt.Errorf("%w: the token file is at revision %d, the lease read %d",
+				ErrLeaseLost, rec.Version, l.rec.Version)
+		}
+		if lr.live(f.now()) { // another member's lease (this one's was cleared above)
+			return fmt.Errorf("%w: another member holds the lease", ErrLeaseLost)
+		}
+		// writeLocked writes the token file before it frees the lease, so
+		// that waiters see the new revision no later than the free lease.
+		if err := f.writeLocked(lf, lr, max(rec.Version, lr.Revision)+1, t); err != nil {
+			giveUp()
+			return err
+		}
+		l.released = true
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			return err
+		}
+		return fmt.Errorf("tokensource: committing token: %w", err)
+	}
+	return nil
+}
+
+// Release gives up the lease without writing, unless another member has
+// taken it over since (then it leaves that member's lease alone). It is
+// idempotent. If it cannot get the lock within ctx, the lease is no longer
+// renewed and expires after the TTL.
+func (l *fileLease) Release(ctx context.Context) error {
+	l.stopRenewing()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.releaseLocked(ctx)
+}
+
+func (l *fileLease) releaseLocked(ctx context.Context) error {
+	if l.released {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := l.f.locked(ctx, func(lf *os.File) error {
+		lr, err := readLeaseRecord(lf)
+		if err != nil || lr.Owner != l.owner {
+			return err
+		}
+		lr.Owner, lr.Expires = "", 0
+		return writeLeaseRecord(lf, lr)
+	})
+	if err != nil {
+		return fmt.Errorf("tokensource: releasing the refresh lease: %w", err)
+	}
+	l.released = true
+	return nil
+}

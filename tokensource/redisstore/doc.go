@@ -1,0 +1,133 @@
+// Package redisstore is a token Store kept in Redis that coordinates the
+// refreshes of a fleet: Sources in any number of processes and hosts that
+// share one credential (a rotating refresh token, or a client-credentials
+// grant whose issuance is rate-limited or billed) make one Refresher call per
+// expiry between them. A Store implements tokensource.Coordinator, which a
+// tokensource.Source finds on its own:
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379", Username: "svc-a", Password: pw})
+//	store := redisstore.New(rdb, "token", redisstore.WithKeyPrefix("svc-a:"))
+//	src := tokensource.New(refresher, tokensource.WithStore(store))
+//
+// It is built on github.com/redis/go-redis/v9 and works with any
+// redis.UniversalClient: a single server, Sentinel, or Cluster (see Keys).
+// It is tested against redis-server 7.0; ACL users need Redis 6.0 or newer.
+//
+// # What it guarantees
+//
+// Together with a Source it provides items 16–20 of the project's behaviour
+// contract:
+//
+//   - One refresh per need, fleet-wide (16). A member refreshes only under the
+//     fleet's lease, and only if the record it read under that lease still
+//     needs it; the others Wait and adopt the token it commits.
+//   - Nothing is lost (17). The holder reads the newest record (and so the
+//     newest refresh token) atomically with taking the lease, and its Commit
+//     is fenced: a Lua script writes only if the record still has the version
+//     read with the lease and no other member holds the lease. A member that
+//     lost its lease (it paused past the TTL and another took over) is refused
+//     with tokensource.ErrLeaseLost and overwrites nothing. A Commit after the
+//     lease expired or was released while nobody took it over still succeeds,
+//     so a late result is not lost.
+//   - A dead or paused holder cannot stall the fleet (18). The lease has a TTL
+//     (WithLeaseTTL, default 10 s), renewed every third of it while the
+//     holder's Refresher runs; when the holder dies, hangs or is stopped, the
+//     lease expires and the next member takes over (Lease.TakenOver reports
+//     it). Waiters learn of a commit or release by pub/sub within a
+//     millisecond or so, and re-read every poll interval (WithPollInterval,
+//     default 250 ms) as the fallback for a lost notification and for a lease
+//     that expired (Redis announces no expiry).
+//   - The hot path stays local (19). The Store is touched only when a Source
+//     refreshes, loads or waits; a Source with a valid token does no I/O.
+//   - Redis down (20): see the section below.
+//
+// A Store that read a record it cannot decode (ErrCorruptRecord,
+// ErrSealMismatch; both also match tokensource.ErrCorruptStore) fails the
+// operation and writes nothing over it.
+//
+// # Keys
+//
+// For New(client, key, WithKeyPrefix(prefix)) with base = prefix+key:
+//
+//	base           a hash: version (an integer bumped by every write),
+//	               payload (the token), holder (the owner of the lease
+//	               granted last and not yet ended by its Commit or Release)
+//	base:lease     a string holding the lease owner (128 random bits from
+//	               crypto/rand), with a PX expiry of the lease TTL
+//	base:events    the pub/sub channel of commits, releases and saves
+//
+// No key has an expiry except the lease. TryLease, the renewal, Commit,
+// Release and Save are Lua scripts (EVALSHA, falling back to EVAL after a
+// restart emptied the script cache), each atomic in Redis. Takeover is
+// detected with the holder field: a holder recorded in the hash while the
+// lease key is gone is one whose lease expired before it committed or
+// released. The scripts are idempotent for their owner, so go-redis's retry
+// of a command whose reply was lost neither refuses a commit by its own write
+// nor blocks the fleet with a lease its taker never learnt of.
+//
+// With Redis Cluster the record and the lease must live in one hash slot:
+// put a hash tag in the key ("{svc-a}:token"); the scripts fail with
+// CROSSSLOT otherwise.
+//
+// # Sealing
+//
+// Tokens at rest are secrets. Without options the payload is plain JSON,
+// readable by anyone who can read the key. WithSealKey seals it with AES-GCM
+// from the standard library under the caller's 128-, 192- or 256-bit key,
+// with a random nonce per write and the record's full key name as additional
+// data: Redis, its replicas, backups and RDB files then hold only
+// ciphertext, and a sealed record copied under another key does not open.
+// A record that does not open (another key, tampering, a plain record while
+// a key is set, a sealed one while none is) fails with ErrSealMismatch;
+// previous keys given to WithSealKey allow rotation. Sealing protects the
+// token from readers of Redis, not from writers: anyone who can write the
+// key can still delete it or block the lease, so restrict writes with ACLs
+// as well.
+//
+// # Security
+//
+// Authentication, ACLs and TLS come through the caller's client; the Store
+// adds nothing and needs nothing else. A least-privilege ACL user for key
+// "token" with prefix "svc-a:", used over TLS:
+//
+//	ACL SETUSER svc-a on >PASSWORD resetkeys ~svc-a:* resetchannels &svc-a:* -@all
+//	    +evalsha +eval +hmget +hget +exists +subscribe
+//	    +get +set +pexpire +del +hset +hdel +hincrby +publish
+//
+//	rdb := redis.NewClient(&redis.Options{
+//		Addr:      "redis.internal:6380",
+//		Username:  "svc-a",
+//		Password:  os.Getenv("REDIS_PASSWORD"),
+//		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: "redis.internal"},
+//	})
+//
+// Commands called from scripts are checked against the ACL too, hence the
+// second line; AUTH and HELLO need no rule. On Redis 7.2 and newer go-redis
+// also sends CLIENT SETINFO when it connects and ignores a denial; add
+// +client|setinfo to let it name itself. The package's tests run with
+// exactly these rules. No error or log line of this package contains a
+// token: decoding errors describe the problem without quoting the record,
+// and Redis and go-redis do not put command arguments in their errors.
+//
+// # When Redis is down
+//
+// Every operation that cannot reach Redis (dial errors, timeouts, a broken
+// connection, redis.ErrClosed, a server that is loading or failing over)
+// fails with an error matching tokensource.ErrCoordinatorUnavailable that
+// also wraps the cause; replies that mean misconfiguration (a wrong password,
+// NOPERM, WRONGTYPE) do not match it. What a Source does then is item 20:
+// members with a valid token go on serving it without noticing; a member
+// whose token expired does not refresh without the lease, because two members
+// presenting one rotating refresh token look like token theft to an
+// authorization server with reuse detection, and its callers fail with a
+// clear Unavailable cause. tokensource.WithUncoordinatedRefresh allows local
+// refreshes for grants where that is safe (client credentials).
+//
+// A holder whose lease renewal fails keeps refreshing and renews again at the
+// next tick; if the lease expired meanwhile its Commit succeeds unless another
+// member took over. After a restart without persistence the record and the
+// lease are gone: a holder's Commit is then refused (its version no longer
+// matches), waiters are woken by their resubscription and re-read, and the
+// fleet starts over from the tokens its members hold. The Store itself needs
+// no reconnecting: go-redis does it.
+package redisstore

@@ -1,0 +1,71 @@
+package redisstore_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource/redisstore"
+)
+
+// Every replica of a service builds its Source on the same Redis key: they
+// then make one refresh per expiry between them and never present a rotated
+// refresh token twice. Authentication and TLS are the client's; the record is
+// sealed with a key only the service holds.
+func Example() {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:      "redis.internal:6380",
+		Username:  "svc-a",                     // an ACL user limited to ~svc-a:* and &svc-a:*
+		Password:  os.Getenv("REDIS_PASSWORD"), // never in code
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: "redis.internal"},
+	})
+	defer rdb.Close()
+
+	sealKey := make([]byte, 32) // in production: 32 random bytes from a secret manager
+	store := redisstore.New(rdb, "token",
+		redisstore.WithKeyPrefix("svc-a:"),
+		redisstore.WithSealKey(sealKey),
+		redisstore.WithLeaseTTL(10*time.Second))
+
+	refresher := tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
+		// Exchange cur.RefreshToken at the authorization server.
+		return &tokensource.Token{AccessToken: "new", RefreshToken: "rotated", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	src := tokensource.New(refresher, tokensource.WithStore(store))
+	defer src.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := src.Token(ctx); err != nil {
+		fmt.Println("no token:", err)
+	}
+}
+
+// A Store can be used directly as a tokensource.Coordinator: take the lease,
+// refresh the record's token, commit it for the fleet; or, when a peer holds
+// the lease, wait for its commit.
+func ExampleStore_TryLease() {
+	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"})
+	defer rdb.Close()
+	store := redisstore.New(rdb, "token")
+	ctx := context.Background()
+
+	lease, err := store.TryLease(ctx)
+	switch {
+	case err != nil:
+		fmt.Println(err) // matches tokensource.ErrCoordinatorUnavailable if Redis is down
+	case lease == nil:
+		rec, _ := store.LoadRecord(ctx)
+		_ = store.Wait(ctx, rec.Version) // then read the record again
+	default:
+		next := &tokensource.Token{AccessToken: "new", Expiry: time.Now().Add(time.Hour)}
+		if err := lease.Commit(ctx, next); err != nil {
+			fmt.Println(err) // matches tokensource.ErrLeaseLost if a peer committed first
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package redisstore
+
+import "github.com/redis/go-redis/v9"
+
+// The record is a hash at KEYS[1] with the fields
+//
+//	version  an integer, bumped by every write (absent: 0)
+//	payload  the token (absent: none stored yet)
+//	holder   the owner of the lease granted last and not yet ended by a
+//	         Commit or Release of that owner
+//
+// The lease is a string at KEYS[2] holding its owner, with a PX expiry. The
+// scripts run atomically in Redis, which is what makes the lease exclusive
+// and the commit fenced; redis.Script sends EVALSHA and falls back to EVAL
+// when the server's script cache is empty (after a restart).
+
+// acquireScript takes the lease if nobody holds it.
+// ARGV: owner, ttl in ms. Returns nil when the lease is held; otherwise
+// {taken over (0/1), version, payload}. A recorded holder without a live
+// lease key is one whose lease expired before it committed or released: a
+// takeover.
+//
+// The script is idempotent for its owner, because go-redis retries a command
+// whose reply was lost: a retry finds its own lease and returns it instead of
+// reporting the lease as held (by itself) until the TTL ends.
+var acquireScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] then
+	return false
+end
+local prev = redis.call('HGET', KEYS[1], 'holder')
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+local r = redis.call('HMGET', KEYS[1], 'version', 'payload')
+local taken = 0
+if prev and prev ~= ARGV[1] then taken = 1 end
+return {taken, r[1] or '0', r[2] or ''}
+`)
+
+// renewScript extends the lease if it is still ours.
+// ARGV: owner, ttl in ms. Returns 1 when renewed, 0 when the lease is gone.
+var renewScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+	redis.call('PEXPIRE', KEYS[2], ARGV[2])
+	return 1
+end
+return 0
+`)
+
+// commitScript is the fenced write: only if nobody else holds the lease
+// (ours, or none at all: it expired or was released and nobody took it) and
+// the version is still the one read with the lease.
+// ARGV: owner, expected version, payload, channel, expected version + 1.
+// Returns {1, new version}, or {0, reason}. A commit refused for the version
+// still deletes our lease. A retry of a commit that was applied (its reply
+// lost) finds its own payload at the next version and succeeds again, rather
+// than being refused by its own write.
+var commitScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[1] then
+	return {0, 'held'}
+end
+local v = redis.call('HGET', KEYS[1], 'version') or '0'
+if v == ARGV[5] and redis.call('HGET', KEYS[1], 'payload') == ARGV[3] then
+	return {1, v}
+end
+if v ~= ARGV[2] then
+	-- Refused, but the lease ends here all the same: waiters need not
+	-- wait out its TTL.
+	if cur then
+		redis.call('DEL', KEYS[2])
+		redis.call('PUBLISH', ARGV[4], 'released')
+	end
+	if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+		redis.call('HDEL', KEYS[1], 'holder')
+	end
+	return {0, 'version'}
+end
+local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'payload', ARGV[3])
+if cur then
+	redis.call('DEL', KEYS[2])
+end
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+	redis.call('HDEL', KEYS[1], 'holder')
+end
+redis.call('PUBLISH', ARGV[4], nv)
+return {1, nv}
+`)
+
+// releaseScript gives up the lease if it is still ours, and forgets us as the
+// holder (so that the next member does not report a takeover).
+// ARGV: owner, channel. Returns 1 when a live lease was deleted.
+var releaseScript = redis.NewScript(`
+local n = 0
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+	redis.call('DEL', KEYS[2])
+	n = 1
+end
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+	redis.call('HDEL', KEYS[1], 'holder')
+end
+if n == 1 then
+	redis.call('PUBLISH', ARGV[2], 'released')
+end
+return n
+`)
+
+// saveScript is the unconditional write of Store.Save. It leaves the lease
+// alone; the version bump refuses the holder's commit.
+// ARGV: payload, channel. Returns the new version.
+var saveScript = redis.NewScript(`
+local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'payload', ARGV[1])
+redis.call('PUBLISH', ARGV[2], nv)
+return nv
+`)

@@ -1,0 +1,153 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+)
+
+// Store is a tokensource.Store kept in Redis that coordinates the Sources of
+// a fleet: it implements tokensource.Coordinator. It is safe for concurrent
+// use by any number of Sources and goroutines, in any number of processes
+// that use the same key. A Store starts no goroutine of its own except while
+// a lease is held (its renewal) and while someone waits in Wait (the shared
+// subscription), so it needs no Close; the caller owns and closes the client.
+type Store struct {
+	client    redis.UniversalClient
+	recordKey string
+	leaseKey  string
+	channel   string
+	opts      options
+	notify    notifier
+}
+
+var _ tokensource.Coordinator = (*Store)(nil)
+
+// New returns a Store for the record named key (with WithKeyPrefix's prefix
+// in front) on client. Nothing is sent to Redis until the first call. The
+// keys are described in the package documentation. New panics if client is
+// nil, key is empty or WithSealKey was given a key of the wrong size: each
+// is a configuration error that must not degrade into running uncoordinated
+// or unsealed.
+func New(client redis.UniversalClient, key string, opts ...Option) *Store {
+	if client == nil {
+		panic("redisstore: New: nil client")
+	}
+	if key == "" {
+		panic("redisstore: New: empty key")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.sealErr != "" {
+		panic(o.sealErr)
+	}
+	base := o.prefix + key
+	s := &Store{
+		client:    client,
+		recordKey: base,
+		leaseKey:  base + ":lease",
+		channel:   base + ":events",
+		opts:      o,
+	}
+	s.notify.store = s
+	return s
+}
+
+// Key returns the name of the record's key; the lease is Key()+":lease" and
+// the notification channel Key()+":events".
+func (s *Store) Key() string { return s.recordKey }
+
+// Load returns the shared token, or (nil, nil) when none is stored. See
+// LoadRecord for the errors.
+func (s *Store) Load(ctx context.Context) (*tokensource.Token, error) {
+	rec, err := s.LoadRecord(ctx)
+	return rec.Token, err
+}
+
+// Save stores t unconditionally (a login through Source.SetToken is newer
+// than anything stored), bumps the version and wakes waiters. A lease holder
+// that read the previous version can no longer commit over it. Errors from
+// Redis match tokensource.ErrCoordinatorUnavailable when Redis could not be
+// reached.
+func (s *Store) Save(ctx context.Context, t *tokensource.Token) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t == nil {
+		return errNilToken
+	}
+	data, err := s.encode(t)
+	if err != nil {
+		return err
+	}
+	err = saveScript.Run(ctx, s.client, []string{s.recordKey}, data, s.channel).Err()
+	return wrap(ctx, "saving the token", err)
+}
+
+// LoadRecord returns the shared token and its version with one round trip.
+// A record that cannot be decoded yields an error matching ErrCorruptRecord
+// or ErrSealMismatch (and tokensource.ErrCorruptStore); a failure to reach
+// Redis one matching tokensource.ErrCoordinatorUnavailable.
+func (s *Store) LoadRecord(ctx context.Context) (tokensource.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return tokensource.Record{}, err
+	}
+	vals, err := s.client.HMGet(ctx, s.recordKey, "version", "payload").Result()
+	if err != nil {
+		return tokensource.Record{}, wrap(ctx, "loading the record", err)
+	}
+	version, _ := vals[0].(string)
+	payload, _ := vals[1].(string)
+	return s.record(version, payload)
+}
+
+// record decodes the version and payload fields ("" when absent).
+func (s *Store) record(version, payload string) (tokensource.Record, error) {
+	var rec tokensource.Record
+	if version != "" {
+		v, err := strconv.ParseUint(version, 10, 64)
+		if err != nil {
+			return rec, s.recordErr(ErrCorruptRecord, "the version field is not an unsigned integer")
+		}
+		rec.Version = v
+	}
+	if payload == "" {
+		return rec, nil
+	}
+	t, err := s.decode([]byte(payload))
+	if err != nil {
+		return tokensource.Record{}, err
+	}
+	rec.Token = t
+	return rec, nil
+}
+
+// probe reads what Wait watches: the version and whether a lease is live.
+func (s *Store) probe(ctx context.Context) (version uint64, leased bool, err error) {
+	var vcmd *redis.StringCmd
+	var ecmd *redis.IntCmd
+	_, _ = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		vcmd = p.HGet(ctx, s.recordKey, "version")
+		ecmd = p.Exists(ctx, s.leaseKey)
+		return nil
+	})
+	v, verr := vcmd.Result()
+	if verr != nil && !errors.Is(verr, redis.Nil) {
+		return 0, false, wrap(ctx, "reading the record's version", verr)
+	}
+	if err := ecmd.Err(); err != nil {
+		return 0, false, wrap(ctx, "reading the lease", err)
+	}
+	if verr == nil {
+		if version, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return 0, false, s.recordErr(ErrCorruptRecord, "the version field is not an unsigned integer")
+		}
+	}
+	return version, ecmd.Val() > 0, nil
+}

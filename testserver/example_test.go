@@ -4,13 +4,19 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"os"
+	"path/filepath"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // Example starts the test server, logs in through AuthService and makes an
@@ -111,4 +117,66 @@ func ExampleWithRefreshFailures() {
 	// first refresh: Unavailable
 	// second refresh: OK
 	// ok: 1 failed: 1
+}
+
+// Example_quickStart is the Quick start of README.md, run against the same
+// server in process instead of `make testserver`: TLS, its certificate in a
+// file, a Source whose Refresher logs in over a connection of its own, and a
+// call through the interceptors. The lines between the markers are the
+// README's main function line for line (TestReadmeQuickStartIsExample checks
+// it), so the README's program compiles and works as printed.
+func Example_quickStart() {
+	// What `make testserver` does: serve TLS and write the certificate
+	// clients must trust to a file.
+	ep, err := testserver.New().Start(context.Background(), testserver.TLS())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ep.Stop()
+	dir, err := os.MkdirTemp("", "quickstart")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.WriteFile(filepath.Join(dir, "testserver.pem"), ep.CertificatePEM(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	addr, caFile := ep.Addr(), filepath.Join(dir, "testserver.pem")
+
+	// README.md Quick start: from here.
+	ctx := context.Background()
+
+	// The server's self-signed certificate is the CA to trust (for a public API: credentials.NewTLS(nil)).
+	creds, err := credentials.NewClientTLSFromFile(caFile, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The Refresher logs in, then rotates the refresh token, over a connection of its own without the
+	// interceptors: it exists before the Source that calls it.
+	authConn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer authConn.Close()
+	src := tokensource.New(testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword))
+	defer src.Close()
+
+	// Every call on conn carries the token. It is renewed before it expires; a call the server rejects
+	// waits for one shared refresh and is retried once.
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)},
+		interceptor.DialOptions(src)...)...)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	resp, err := echov1.NewEchoServiceClient(conn).Echo(ctx, &echov1.EchoRequest{Message: "hello"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(resp.GetMessage(), "from", resp.GetUser())
+	// README.md Quick start: to here.
+
+	// Output:
+	// hello from demo
 }

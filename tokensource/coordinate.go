@@ -29,6 +29,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		out.loadOK = true
 		cand, seed, need := s.decide(rec, prev)
 		if !need && !seed {
+			s.leaseWaited(f, waitStart)
 			return s.adopt(out, cand, prev)
 		}
 		lease, err := c.TryLease(wctx)
@@ -47,12 +48,8 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			}
 			continue
 		}
-		if !waitStart.IsZero() {
-			now := s.now()
-			s.emit(Event{Kind: LeaseWaited, Time: now, Duration: now.Sub(waitStart), Forced: f.forced,
-				Background: f.background, Generation: f.gen})
-			waitStart = time.Time{}
-		}
+		s.leaseWaited(f, waitStart)
+		waitStart = time.Time{}
 		if lease.TakenOver() {
 			s.log.Warn("tokensource: took over the fleet's refresh lease from a holder that stopped renewing it")
 			s.emit(Event{Kind: LeaseTakenOver, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
@@ -83,6 +80,17 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		}
 		return s.refreshUnderLease(ctx, f, lease, prev, current, out)
 	}
+}
+
+// leaseWaited reports a wait for a peer's lease that began at start (zero:
+// there was none), whether it ended in adoption or in this Source's lease.
+func (s *Source) leaseWaited(f *flight, start time.Time) {
+	if start.IsZero() {
+		return
+	}
+	now := s.now()
+	s.emit(Event{Kind: LeaseWaited, Time: now, Duration: now.Sub(start), Forced: f.forced,
+		Background: f.background, Generation: f.gen})
 }
 
 // decide looks at the shared record for a flight that replaces prev. cand is

@@ -42,7 +42,8 @@ const (
 	// calling its Refresher.
 	TokenAdopted
 	// LeaseWaited: the Source waited for another member of its fleet that
-	// held the refresh lease; Duration is how long.
+	// held the refresh lease, until it adopted that member's token or took
+	// the lease itself; Duration is how long.
 	LeaseWaited
 	// LeaseTakenOver: the Source took over a refresh lease whose holder had
 	// stopped renewing it (it died, hung or paused past the lease TTL).

@@ -79,11 +79,13 @@ const (
 //     that lost its lease cannot overwrite a newer token.
 //
 // Waiters (Wait) poll: every poll interval (WithFilePollInterval, default
-// 10 ms) they stat the token file, read its revision when the file was
-// replaced, and read the lease. Polling was chosen over inotify and its
-// kin because it works the same on every platform and filesystem, costs a
-// few system calls per interval for each waiting Source (not each waiting
-// goroutine), and is only done while a peer refreshes.
+// 10 ms) they read the token file's revision and the lease. Polling was
+// chosen over inotify and its kin because it works the same on every
+// platform and filesystem (inotify misses changes made through NFS and
+// other network filesystems, and needs a watch on the directory, since
+// every write replaces the file), costs a few system calls per interval for
+// each waiting Source (not each waiting goroutine), and is only done while
+// a peer refreshes.
 //
 // On Windows the lock is a LockFileEx lock, which like flock belongs to one
 // open handle, so the semantics are the same. Windows locks are mandatory,

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"sync"
 	"time"
@@ -167,10 +166,9 @@ func (f *FileStore) Wait(ctx context.Context, version uint64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var w fileWatch
 	ticker := time.NewTicker(f.poll)
 	defer ticker.Stop()
-	for !f.changed(&w, version) {
+	for !f.changed(version) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -180,28 +178,18 @@ func (f *FileStore) Wait(ctx context.Context, version uint64) error {
 	return nil
 }
 
-// fileWatch remembers the token file Wait last read, so that a poll reads
-// it again only when it was replaced.
-type fileWatch struct{ last fs.FileInfo }
-
 // changed reports whether Wait should return: the revision is no longer
 // version, or the lease is not live. Anything it cannot read is a reason to
 // return, so that the caller's LoadRecord or TryLease reports it.
-func (f *FileStore) changed(w *fileWatch, version uint64) bool {
-	fi, err := os.Stat(f.path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		if version != 0 {
-			return true
-		}
-	case err != nil:
+//
+// It reads the token file on every poll rather than only when a stat shows
+// it replaced: a replacement can reuse the inode number of the file it
+// replaced a moment before, with the same size and, at the kernel's timer
+// granularity, the same mtime. The file is small, and only the Sources
+// waiting for a peer's refresh poll it.
+func (f *FileStore) changed(version uint64) bool {
+	if rec, err := f.readRecord(); err != nil || rec.Version != version {
 		return true
-	case w.last == nil || !os.SameFile(w.last, fi) || !fi.ModTime().Equal(w.last.ModTime()) || fi.Size() != w.last.Size():
-		rec, err := f.readRecord()
-		if err != nil || rec.Version != version {
-			return true
-		}
-		w.last = fi
 	}
 	data, err := os.ReadFile(f.lockPath)
 	if err != nil {

@@ -352,6 +352,9 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 		s.storeFailures.Add(1)
 	}
 	released := f.released
+	if released {
+		waiters = 0 // the timeout already reported them, with its failure
+	}
 	s.mu.Unlock()
 	if !released {
 		close(f.done)

@@ -5,13 +5,20 @@
 // expiry between them. A Store implements tokensource.Coordinator, which a
 // tokensource.Source finds on its own:
 //
-//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379", Username: "svc-a", Password: pw})
+//	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379", Username: "svc-a", Password: pw,
+//		ContextTimeoutEnabled: true})
 //	store := redisstore.New(rdb, "token", redisstore.WithKeyPrefix("svc-a:"))
 //	src := tokensource.New(refresher, tokensource.WithStore(store))
 //
 // It is built on github.com/redis/go-redis/v9 and works with any
 // redis.UniversalClient: a single server, Sentinel, or Cluster (see Keys).
 // It is tested against redis-server 7.0; ACL users need Redis 6.0 or newer.
+//
+// Set redis.Options.ContextTimeoutEnabled on the client: go-redis ignores
+// context deadlines without it, and a call on an unresponsive server then
+// lasts until ReadTimeout (3 s by default) whatever the caller's ctx says.
+// Keep go-redis's command retries (MaxRetries, 3 by default): they hide a
+// connection broken by a Redis restart, and the scripts are safe to retry.
 //
 // # What it guarantees
 //
@@ -95,10 +102,11 @@
 //	    +get +set +pexpire +del +hset +hdel +hincrby +publish
 //
 //	rdb := redis.NewClient(&redis.Options{
-//		Addr:      "redis.internal:6380",
-//		Username:  "svc-a",
-//		Password:  os.Getenv("REDIS_PASSWORD"),
-//		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: "redis.internal"},
+//		Addr:                  "redis.internal:6380",
+//		Username:              "svc-a",
+//		Password:              os.Getenv("REDIS_PASSWORD"),
+//		TLSConfig:             &tls.Config{MinVersion: tls.VersionTLS12, ServerName: "redis.internal"},
+//		ContextTimeoutEnabled: true,
 //	})
 //
 // Commands called from scripts are checked against the ACL too, hence the

@@ -23,6 +23,8 @@ func Example() {
 		Username:  "svc-a",                     // an ACL user limited to ~svc-a:* and &svc-a:*
 		Password:  os.Getenv("REDIS_PASSWORD"), // never in code
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, ServerName: "redis.internal"},
+		// Let ctx deadlines bound Redis calls (go-redis ignores them otherwise).
+		ContextTimeoutEnabled: true,
 	})
 	defer rdb.Close()
 
@@ -50,7 +52,7 @@ func Example() {
 // refresh the record's token, commit it for the fleet; or, when a peer holds
 // the lease, wait for its commit.
 func ExampleStore_TryLease() {
-	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"})
+	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379", ContextTimeoutEnabled: true})
 	defer rdb.Close()
 	store := redisstore.New(rdb, "token")
 	ctx := context.Background()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -21,7 +22,9 @@ import (
 // against. The Store renews the lease every TTL/3 until Commit or Release.
 // Errors match tokensource.ErrCoordinatorUnavailable when Redis could not be
 // reached, and ErrCorruptRecord or ErrSealMismatch when the record cannot be
-// read (the lease is then released again).
+// read (the lease is then released again). When ctx ends or the reply times
+// out, the script may have run all the same: TryLease then releases the lease
+// it may have been granted, waiting at most min(2 s, the lease TTL) for that.
 func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -34,10 +37,12 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 	}
 	l := &lease{s: s, owner: owner}
 	if err != nil {
-		if ctx.Err() != nil {
+		var nerr net.Error
+		if ctx.Err() != nil || (errors.As(err, &nerr) && nerr.Timeout()) {
 			// The script may have run with its reply cut off by the
 			// deadline: give the lease back rather than leave the fleet
 			// waiting out a TTL for a lease nobody renews.
+			l.end(ctx)
 		}
 		return nil, wrap(ctx, "taking the lease", err)
 	}

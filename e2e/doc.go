@@ -37,7 +37,7 @@
 // # Soak
 //
 // TestSoak runs mixed unary and streaming traffic from 32 workers for
-// -soak.duration (default 20 s) with 2 s access tokens (about fifteen
+// -soak.duration (default 20 s) with 3 s access tokens (about ten
 // expiries; lifetimes of seconds, because a token served until shortly before
 // its expiry must still be valid when an RPC slowed down by load reaches the
 // server), random transient and permanent refresh failures injected by the

@@ -31,19 +31,19 @@ var _ authv1.AuthServiceServer = authService{}
 
 func (a authService) Login(ctx context.Context, req *authv1.LoginRequest) (*authv1.LoginResponse, error) {
 	s := a.s
+	method, _ := grpc.Method(ctx)
 	want, ok := s.users[req.GetUser()]
 	// Compare even for an unknown user so the answer time does not reveal
 	// which users exist.
 	match := subtle.ConstantTimeCompare([]byte(want), []byte(req.GetPassword())) == 1
 	if !ok || !match {
 		s.counters.loginsFailed.Add(1)
-		method, _ := grpc.Method(ctx)
 		s.logger.InfoContext(ctx, "login failed", "method", method, "user", req.GetUser())
 		return nil, status.Error(codes.Unauthenticated, messagePrefix+"invalid user or password")
 	}
 	p := s.newFamily(req.GetUser())
 	s.counters.logins.Add(1)
-	s.logger.InfoContext(ctx, "login", "user", req.GetUser(), "expiry", p.expiry)
+	s.logger.InfoContext(ctx, "login", "method", method, "user", req.GetUser(), "expiry", p.expiry)
 	return &authv1.LoginResponse{Token: p.proto()}, nil
 }
 
@@ -87,7 +87,8 @@ func (s *Server) refreshToken(ctx context.Context, refreshToken string) (pair, e
 	if why != "" {
 		return pair{}, s.reject(ctx, "refresh token", why, "family", famID)
 	}
-	s.logger.DebugContext(ctx, "refresh", "family", famID, "expiry", p.expiry)
+	method, _ := grpc.Method(ctx)
+	s.logger.DebugContext(ctx, "refresh", "method", method, "family", famID, "expiry", p.expiry)
 	return p, nil
 }
 

@@ -119,7 +119,11 @@ type FileStore struct {
 }
 
 // FileStoreOption configures a FileStore.
-type FileStoreOption func(*FileStore)
+type FileStoreOption func(*fileStoreOptions)
+
+type fileStoreOptions struct {
+	ttl, poll time.Duration
+}
 
 // WithFileLeaseTTL sets how long a refresh lease lasts without renewal,
 // default 10 s: how long a holder that died or hangs (or a process that is
@@ -127,9 +131,9 @@ type FileStoreOption func(*FileStore)
 // it every d/3 while its Refresher runs, so d does not bound the refresh.
 // A d that is not positive keeps the default.
 func WithFileLeaseTTL(d time.Duration) FileStoreOption {
-	return func(f *FileStore) {
+	return func(o *fileStoreOptions) {
 		if d > 0 {
-			f.ttl = d
+			o.ttl = d
 		}
 	}
 }
@@ -139,9 +143,9 @@ func WithFileLeaseTTL(d time.Duration) FileStoreOption {
 // lease's expiry) and the waiters noticing it. A d that is not positive
 // keeps the default.
 func WithFilePollInterval(d time.Duration) FileStoreOption {
-	return func(f *FileStore) {
+	return func(o *fileStoreOptions) {
 		if d > 0 {
-			f.poll = d
+			o.poll = d
 		}
 	}
 }
@@ -150,18 +154,18 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 // path+".lock" beside it. Nothing is read or created until first use; the
 // directory must exist.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
-	f := &FileStore{
+	o := fileStoreOptions{ttl: defaultFileLeaseTTL, poll: defaultFilePollInterval}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &FileStore{
 		path:     path,
 		lockPath: path + ".lock",
-		ttl:      defaultFileLeaseTTL,
-		poll:     defaultFilePollInterval,
+		ttl:      o.ttl,
+		poll:     o.poll,
 		rename:   replaceFile,
 		now:      time.Now,
 	}
-	for _, o := range opts {
-		o(f)
-	}
-	return f
 }
 
 // Path returns the file's path.

@@ -109,7 +109,7 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("tokensource: waiting for the lock on %s: %w", f.lockPath, ctx.Err())
+			return fmt.Errorf("waiting for the lock on %s: %w", f.lockPath, ctx.Err())
 		case <-timer.C:
 		}
 	}
@@ -151,8 +151,14 @@ func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 		l = &fileLease{f: f, owner: lr.Owner, rec: rec, takenOver: takenOver}
 		return nil
 	})
-	if err != nil || l == nil {
-		return nil, err
+	if err != nil {
+		if errors.Is(err, ErrCorruptStore) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("tokensource: taking the refresh lease: %w", err)
+	}
+	if l == nil {
+		return nil, nil
 	}
 	l.startRenewing()
 	return l, nil

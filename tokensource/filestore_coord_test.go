@@ -493,30 +493,6 @@ func TestFileStoreCoordCorruptFile(t *testing.T) {
 	_ = l.Release(ctxBG)
 }
 
-// clockRotating is rotating (fleet_test.go) with expiries on a fake clock.
-type clockRotating struct {
-	mu     sync.Mutex
-	now    func() time.Time
-	next   int
-	valid  string
-	calls  atomic.Int64
-	reused atomic.Int64
-}
-
-func (r *clockRotating) Refresh(_ context.Context, cur *Token) (*Token, error) {
-	r.calls.Add(1)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if cur == nil || cur.RefreshToken != r.valid {
-		r.reused.Add(1)
-		return nil, Permanent(errors.New("invalid_grant: refresh token reused"))
-	}
-	r.next++
-	n := strconv.Itoa(r.next)
-	r.valid = "rt-" + n
-	return &Token{AccessToken: "at-" + n, RefreshToken: r.valid, Expiry: r.now().Add(time.Hour)}, nil
-}
-
 // Sources on separate FileStores of one path make one Refresher call per
 // expiry between them, with a rotating refresh token that nobody presents
 // twice. (The Sources' clock is fake; the leases run on the real one.)
@@ -524,7 +500,7 @@ func TestFileStoreCoordSources(t *testing.T) {
 	t.Parallel()
 	path := tokenFile(t)
 	clk := newFakeClock()
-	r := &clockRotating{now: clk.Now, valid: "rt-0"}
+	r := &rotating{now: clk.Now, valid: "rt-0", life: time.Hour}
 	if err := NewFileStore(path).Save(ctxBG, &Token{AccessToken: "at-0", RefreshToken: "rt-0", Expiry: clk.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}

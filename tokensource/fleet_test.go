@@ -26,6 +26,7 @@ type rotating struct {
 	reused atomic.Int64
 	calls  atomic.Int64
 	life   time.Duration
+	now    func() time.Time // nil: time.Now
 }
 
 func newRotating(life time.Duration) (*rotating, *Token) {
@@ -44,7 +45,11 @@ func (r *rotating) Refresh(_ context.Context, cur *Token) (*Token, error) {
 	r.next++
 	n := strconv.Itoa(r.next)
 	r.valid = "rt-" + n
-	return &Token{AccessToken: "at-" + n, RefreshToken: r.valid, Expiry: time.Now().Add(r.life)}, nil
+	now := time.Now
+	if r.now != nil {
+		now = r.now
+	}
+	return &Token{AccessToken: "at-" + n, RefreshToken: r.valid, Expiry: now().Add(r.life)}, nil
 }
 
 // fleet makes n Sources sharing st, all with the same Refresher.

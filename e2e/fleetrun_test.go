@@ -3,10 +3,14 @@ package e2e_test
 import (
 	"context"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
@@ -74,19 +78,39 @@ func TestFleetOneRefreshPerExpiry(t *testing.T) {
 func TestFleetHolderKilled(t *testing.T) {
 	for _, fs := range fleetStores {
 		t.Run(fs.name, func(t *testing.T) {
+			// The first Refresh to reach the server (the lease holder's)
+			// hangs there until its client goes away, and then fails
+			// without rotating. The holder is killed only once the server
+			// holds its request: killed earlier, its request could still be
+			// in flight and be answered by a rotation nobody receives, which
+			// is the case no lease can fence (see TestFleetHolderPaused).
+			arrived := make(chan struct{})
+			var first atomic.Bool
+			gate := func(ctx context.Context, _ string) error {
+				if !first.CompareAndSwap(false, true) {
+					return nil
+				}
+				close(arrived)
+				<-ctx.Done()
+				return status.FromContextError(ctx.Err()).Err()
+			}
 			cfg := fleetConfig{
 				workers: 4, callers: 4, duration: 2 * fleetTokenTTL, tokenTTL: fleetTokenTTL,
 				grant: "refresh", leaseTTL: time.Second, store: fs.store,
+				serverOpts: []testserver.Option{testserver.WithRefreshFailureFunc(gate)},
 			}
 			f := startFleet(t, cfg)
-			f.srv.SetRefreshLatency(time.Hour) // the holder's refresh hangs at the server
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			holder := f.holder(ctx)
+			select {
+			case <-arrived:
+			case <-ctx.Done():
+				t.Fatal("the holder's refresh never reached the server")
+			}
 			if err := holder.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			f.srv.SetRefreshLatency(0) // the server aborts the dead client's request unanswered
 			calls, failed, _ := f.wait(holder)
 			takeovers := 0
 			for _, w := range f.workers {

@@ -66,7 +66,7 @@ func (r *rig) renderAll(tok *tokensource.Token) {
 // tokens, including malformed ones) appears anywhere.
 func TestNoSecretsAnywhere(t *testing.T) {
 	t.Run("refresh, stream and re-authentication paths", func(t *testing.T) {
-		r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(300 * time.Millisecond)}})
+		r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(shortRefreshTimeout)}})
 		ctx := r.ctx
 
 		// A rejected token, refreshed and retried.

@@ -13,11 +13,22 @@ import (
 // "the refresh timed out" (retry later) from "my own deadline expired".
 var ErrRefreshTimeout = errors.New("tokensource: refresh timed out")
 
-// errSelfWait is returned instead of deadlocking when code running inside a
+// ErrRefresherPanicked is matched (errors.Is) by the error of a refresh whose
+// Refresher panicked. The Source recovers the panic rather than re-panicking
+// in its callers (as x/sync/singleflight does): the caller that started the
+// refresh may be long gone, and a failed token request should not crash the
+// process. Every waiter gets the error, the Source backs off as after any
+// failure, and the stack is logged at Error, to the WithLogger logger or,
+// without one, to slog.Default(). The error and the log name the panic
+// value's type, never the value itself (it may hold a token), except for the
+// runtime's own errors such as a nil dereference.
+var ErrRefresherPanicked = errors.New("tokensource: the Refresher panicked")
+
+// ErrSelfWait is returned instead of deadlocking when code running inside a
 // Source's own refresh (its Refresher, or an RPC the Refresher makes through
 // an interceptor that ignored InRefresh) asks the same Source for a token it
-// would have to wait for.
-var errSelfWait = errors.New("tokensource: token requested from inside the same Source's refresh (it would wait for itself)")
+// would have to wait for. It is a bug in the wiring, not a transient failure.
+var ErrSelfWait = errors.New("tokensource: token requested from inside the same Source's refresh (it would wait for itself)")
 
 // timeoutError is the failure of a refresh cut off by the refresh timeout.
 // It has no Unwrap on purpose: the Refresher's own error then almost always

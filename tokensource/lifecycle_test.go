@@ -354,12 +354,39 @@ func TestRefresherPanic(t *testing.T) {
 		})
 		s := New(r, WithBackoff(time.Second, time.Second))
 		defer mustClose(t, s)
-		if _, err := s.Token(ctxBG); !errors.Is(err, errRefresherPanicked) {
+		_, err := s.Token(ctxBG)
+		if !errors.Is(err, ErrRefresherPanicked) {
 			t.Fatalf("Token = %v, want the panic as an error", err)
+		}
+		// One prefix, and the value's type but never the value: a panic
+		// value of the caller's making may hold a token.
+		if want := "tokensource: the Refresher panicked (panic value of type string)"; err.Error() != want {
+			t.Errorf("error = %q, want %q", err, want)
 		}
 		time.Sleep(2 * time.Second) // past the backoff (fake clock)
 		if tok, err := s.Token(ctxBG); err != nil || tok.AccessToken != "ok" {
 			t.Fatalf("Token after the backoff = (%v, %v)", tok, err)
 		}
 	})
+}
+
+// TestRefresherPanicRuntimeError: a runtime error is quoted (the runtime
+// writes it, not the caller), and the stack reaches the Source's logger.
+func TestRefresherPanicRuntimeError(t *testing.T) {
+	var logged bytes.Buffer // read after Close, which waits for the refresh goroutine
+	l := slog.New(slog.NewTextHandler(&logged, nil))
+	r := RefresherFunc(func(context.Context, *Token) (*Token, error) {
+		var m map[string]int
+		m["x"] = 1 // assignment to entry in nil map
+		return nil, nil
+	})
+	s := New(r, WithLogger(l))
+	_, err := s.Token(ctxBG)
+	mustClose(t, s)
+	if !errors.Is(err, ErrRefresherPanicked) || !strings.Contains(err.Error(), "assignment to entry in nil map") {
+		t.Fatalf("Token = %v, want ErrRefresherPanicked naming the runtime error", err)
+	}
+	if out := logged.String(); !strings.Contains(out, "the Refresher panicked") || !strings.Contains(out, "TestRefresherPanicRuntimeError") {
+		t.Errorf("log = %q, want the panic with its stack", out)
+	}
 }

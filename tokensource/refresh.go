@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"time"
 )
@@ -157,8 +159,14 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 				// x/sync/singleflight does): the caller that started the
 				// refresh may have left long ago, and a crash of the whole
 				// process for a failed token request is out of proportion.
-				s.log.Error("tokensource: the Refresher panicked", "panic", p, "stack", string(debug.Stack()))
-				ch <- refResult{err: fmt.Errorf("%w: %v", errRefresherPanicked, p)}
+				// The stack is logged even without WithLogger: a panic is a
+				// bug, and a discarded stack would leave nothing to fix it by.
+				l := s.log
+				if s.opts.logger == nil {
+					l = slog.Default()
+				}
+				l.Error("tokensource: the Refresher panicked", "panic", panicSummary(p), "stack", string(debug.Stack()))
+				ch <- refResult{err: fmt.Errorf("%w (%s)", ErrRefresherPanicked, panicSummary(p))}
 			}
 		}()
 		t, err := s.refresher.Refresh(ctx, current)
@@ -199,6 +207,8 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 			return refCall{err: fmt.Errorf("%w: refresh failed: %w", ErrReauthRequired, r.err), permanent: true, late: late}
 		case refreshTimedOut(ctx):
 			return refCall{err: &timeoutError{after: s.opts.refreshTimeout, err: r.err}, late: late}
+		case errors.Is(r.err, ErrRefresherPanicked):
+			return refCall{err: r.err, late: late} // already says what failed, with the package's prefix
 		}
 		return refCall{err: fmt.Errorf("tokensource: refresh failed: %w", r.err), late: late}
 	}
@@ -224,9 +234,16 @@ type refCall struct {
 	late         bool
 }
 
-// errRefresherPanicked is wrapped by the error of a refresh whose Refresher
-// panicked.
-var errRefresherPanicked = errors.New("tokensource: refresh failed: the Refresher panicked")
+// panicSummary describes a Refresher's panic value without quoting it: a
+// value of the caller's making (a string, an error from an HTTP client) may
+// carry a token. Only the runtime's own errors, such as a nil dereference or
+// an index out of range, are safe to quote.
+func panicSummary(p any) string {
+	if re, ok := p.(runtime.Error); ok {
+		return re.Error()
+	}
+	return fmt.Sprintf("panic value of type %T", p)
+}
 
 // release hands err to the waiters of f before its refresh goroutine ends,
 // and backs off: the refresh timeout has passed while the Refresher is still

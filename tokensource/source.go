@@ -286,7 +286,7 @@ func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error)
 	}
 	if refreshingSource(ctx) == s {
 		s.mu.Unlock()
-		return nil, errSelfWait
+		return nil, ErrSelfWait
 	}
 	f := s.flight
 	if f == nil {

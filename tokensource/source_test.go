@@ -879,8 +879,8 @@ func TestRefresherCallingBackDoesNotDeadlock(t *testing.T) {
 		if _, err := s.Token(ctxBG); err != nil {
 			t.Fatal(err)
 		}
-		if !errors.Is(inner, errSelfWait) {
-			t.Errorf("nested Token = %v, want errSelfWait", inner)
+		if !errors.Is(inner, ErrSelfWait) {
+			t.Errorf("nested Token = %v, want ErrSelfWait", inner)
 		}
 	})
 }

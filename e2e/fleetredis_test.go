@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
@@ -85,7 +86,7 @@ func TestFleetRedisDown(t *testing.T) {
 			// The Source's clock decides local expiry: moved to 5 s before
 			// the login token's expiry, it is past the leeway, while a token
 			// the server issues then still has 5 s to live by that clock.
-			clock := newFakeClock(time.Now())
+			clock := testutil.NewClock(time.Now())
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			if err := st.Save(ctx, login); err != nil {

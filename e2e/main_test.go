@@ -2,20 +2,17 @@ package e2e_test
 
 import (
 	"flag"
-	"os"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 var soakDuration = flag.Duration("soak.duration", 20*time.Second,
 	"how long TestSoak sends traffic (it also needs a few seconds to set up and check)")
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envWorker) != "" {
-		// A worker process of a fleet test (fleet_test.go), not a test run.
-		os.Exit(runFleetWorker())
-	}
-	goleak.VerifyTestMain(m)
+	// A worker process of a fleet test (fleet_test.go) runs its role
+	// instead of the tests.
+	testutil.Main(m, testutil.Role(envWorker, func(string) int { return runFleetWorker() }))
 }

@@ -31,32 +31,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 const echoMethod = "/tokenrefresh.echo.v1.EchoService/Echo"
-
-// fakeClock is a clock the tests move by hand, forward or back.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // The TLS credentials every endpoint and client of this test binary use: one
 // self-signed certificate for 127.0.0.1, so that an endpoint restarted on the
@@ -304,8 +285,8 @@ type rig struct {
 	t        *testing.T
 	cfg      rigConfig
 	ctx      context.Context
-	srvClock *fakeClock
-	cliClock *fakeClock
+	srvClock *testutil.Clock
+	cliClock *testutil.Clock
 	srv      *testserver.Server
 	addr     string // the first endpoint's address
 	deadAddr string
@@ -348,8 +329,8 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 		t:        t,
 		cfg:      cfg,
 		ctx:      ctx,
-		srvClock: newFakeClock(start),
-		cliClock: newFakeClock(start),
+		srvClock: testutil.NewClock(start),
+		cliClock: testutil.NewClock(start),
 		logs:     &syncBuffer{},
 		secrets:  newSecretSet(),
 		events:   newEventLog(),

@@ -2,43 +2,20 @@ package testserver_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	authv1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/auth/v1"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
-
-// fakeClock is a settable clock for WithClock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
+	testutil.Main(m)
 }
 
 // clients are the generated clients over one connection.
@@ -87,4 +64,9 @@ func refresh(ctx context.Context, c clients, refreshToken string) (*authv1.Token
 func echo(ctx context.Context, c clients, token string) error {
 	_, err := c.echo.Echo(bearer(ctx, token), &echov1.EchoRequest{Message: "ping"})
 	return err
+}
+
+// newFakeClock is the clock of the tests that move time by hand.
+func newFakeClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }

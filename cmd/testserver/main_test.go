@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -29,6 +28,7 @@ import (
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	authv1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/auth/v1"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 )
@@ -38,11 +38,10 @@ import (
 const runMainEnv = "TESTSERVER_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(runMainEnv) == "1" {
+	testutil.Main(m, testutil.Role(runMainEnv, func(string) int {
 		main()
-		os.Exit(0)
-	}
-	goleak.VerifyTestMain(m)
+		return 0
+	}))
 }
 
 // syncBuffer collects the log output run writes from several goroutines.

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
@@ -35,10 +35,7 @@ import (
 const childEnv = "OAUTH2SERVER_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if cfg := os.Getenv(childEnv); cfg != "" {
-		os.Exit(childMain(cfg))
-	}
-	goleak.VerifyTestMain(m)
+	testutil.Main(m, testutil.Role(childEnv, childMain))
 }
 
 // hangGuard bounds every wait for something that should happen in well under

@@ -9,15 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 func TestMain(m *testing.M) {
 	redistest.QuietClientLogs()
-	goleak.VerifyTestMain(m)
+	testutil.Main(m)
 }
 
 // testTimeout bounds every blocking step of a test; generous for a loaded

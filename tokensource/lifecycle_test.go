@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -375,15 +376,15 @@ func TestRefresherPanic(t *testing.T) {
 func TestRefresherPanicRuntimeError(t *testing.T) {
 	var logged bytes.Buffer // read after Close, which waits for the refresh goroutine
 	l := slog.New(slog.NewTextHandler(&logged, nil))
+	xs := make([]int, 1)
+	i := 3
 	r := RefresherFunc(func(context.Context, *Token) (*Token, error) {
-		var m map[string]int
-		m["x"] = 1 // assignment to entry in nil map
-		return nil, nil
+		return nil, fmt.Errorf("unreachable %d", xs[i]) // index out of range [3] with length 1
 	})
 	s := New(r, WithLogger(l))
 	_, err := s.Token(ctxBG)
 	mustClose(t, s)
-	if !errors.Is(err, ErrRefresherPanicked) || !strings.Contains(err.Error(), "assignment to entry in nil map") {
+	if !errors.Is(err, ErrRefresherPanicked) || !strings.Contains(err.Error(), "index out of range [3] with length 1") {
 		t.Fatalf("Token = %v, want ErrRefresherPanicked naming the runtime error", err)
 	}
 	if out := logged.String(); !strings.Contains(out, "the Refresher panicked") || !strings.Contains(out, "TestRefresherPanicRuntimeError") {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	tokenrefreshotel "github.com/tokenrefresh/grpc-tokenrefresh/otel"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
@@ -54,7 +55,7 @@ type member struct {
 
 // twoMembers makes two Sources sharing st and ref, both holding the login
 // token of the shared record.
-func twoMembers(t *testing.T, st tokensource.Store, ref tokensource.Refresher, clk *fakeClock) (a, b member) {
+func twoMembers(t *testing.T, st tokensource.Store, ref tokensource.Refresher, clk *testutil.Clock) (a, b member) {
 	t.Helper()
 	login := &tokensource.Token{AccessToken: "login", RefreshToken: "rt-0", Expiry: clk.Now().Add(time.Hour)}
 	mk := func() member {
@@ -83,7 +84,7 @@ func tokens(t *testing.T, ms ...member) (wait func() []error) {
 // A member that waits while a peer refreshes adopts the peer's token: no
 // Refresher call of its own, the adopted outcome, its own span.
 func TestFleetAdoption(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(time.Now())
 	st := newWatchedStore()
 	ref := &refresher{clock: clk.Now, life: time.Hour, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
 	a, b := twoMembers(t, st, ref, clk)
@@ -127,7 +128,7 @@ func TestFleetAdoption(t *testing.T) {
 // over and refreshes itself: one span holds the lease wait, the takeover and
 // the Refresher call.
 func TestFleetLeaseWaitAndTakeover(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(time.Now())
 	st := newWatchedStore()
 	ref := &refresher{clock: clk.Now, life: time.Hour, gate: make(chan struct{}), entered: make(chan struct{}, 2),
 		fail: func(n int64) error {

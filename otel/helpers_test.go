@@ -3,7 +3,6 @@ package tokenrefreshotel_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -238,26 +237,6 @@ func (r *refresher) Refresh(ctx context.Context, cur *tokensource.Token) (*token
 	}
 	return &tokensource.Token{AccessToken: fmt.Sprint("tok-", n), RefreshToken: fmt.Sprint("rt-", n),
 		Expiry: now().Add(r.life)}, nil
-}
-
-// fakeClock is a settable clock for tokensource.WithClock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 func newSource(t testing.TB, r tokensource.Refresher, opts ...tokensource.Option) *tokensource.Source {

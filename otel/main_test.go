@@ -3,9 +3,9 @@ package tokenrefreshotel_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	testutil.Main(m)
 }

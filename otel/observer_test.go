@@ -13,6 +13,7 @@ import (
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	tokenrefreshotel "github.com/tokenrefresh/grpc-tokenrefresh/otel"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
@@ -108,7 +109,7 @@ func TestRefreshesByTrigger(t *testing.T) {
 // in the reauth.required state.
 func TestRefreshFailures(t *testing.T) {
 	rg := newRig(t)
-	clk := newFakeClock()
+	clk := testutil.NewClock(time.Now())
 	ref := &refresher{clock: clk.Now, life: time.Hour, fail: func(n int64) error {
 		switch n {
 		case 1:
@@ -212,7 +213,7 @@ func TestRefreshUnchanged(t *testing.T) {
 // nobody waited.
 func TestEarlyRefresh(t *testing.T) {
 	rg := newRig(t)
-	clk := newFakeClock()
+	clk := testutil.NewClock(time.Now())
 	ref := &refresher{clock: clk.Now, life: time.Hour}
 	src := newSource(t, ref, tokensource.WithObserver(rg.observe), tokensource.WithClock(clk.Now),
 		tokensource.WithInitialToken(&tokensource.Token{AccessToken: "login", Expiry: clk.Now().Add(time.Hour)}))

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 // BenchmarkToken measures the hot path (a valid token, outside its early
@@ -98,7 +100,7 @@ func BenchmarkRefreshStale(b *testing.B) {
 // calls each burst caused (it must be 1).
 func BenchmarkSharedRefresh(b *testing.B) {
 	const callers = 64
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	r := sequence(clk.Now, time.Hour)
 	s := New(r, WithClock(clk.Now))
 	defer s.Close()

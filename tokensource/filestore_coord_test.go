@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 // Tests of FileStore as a Coordinator within one process: two FileStores on
@@ -499,7 +501,7 @@ func TestFileStoreCoordCorruptFile(t *testing.T) {
 func TestFileStoreCoordSources(t *testing.T) {
 	t.Parallel()
 	path := tokenFile(t)
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	r := &rotating{now: clk.Now, valid: "rt-0", life: time.Hour}
 	if err := NewFileStore(path).Save(ctxBG, &Token{AccessToken: "at-0", RefreshToken: "rt-0", Expiry: clk.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)

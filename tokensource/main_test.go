@@ -2,45 +2,19 @@ package tokensource
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
 	// The test binary re-executed as a worker process of a FileStore test
 	// (filestore_proc_test.go) runs that role instead of the tests.
-	if role := os.Getenv(fileStoreHelperEnv); role != "" {
-		os.Exit(runFileStoreHelper(role))
-	}
-	goleak.VerifyTestMain(m)
-}
-
-// fakeClock is a manually advanced clock for WithClock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
+	testutil.Main(m, testutil.Role(fileStoreHelperEnv, runFileStoreHelper))
 }
 
 // counter is a Refresher that counts its calls and delegates to fn.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 var ctxBG = context.Background()
@@ -105,7 +107,7 @@ func TestConcurrentCallersShareOneRefreshRealTime(t *testing.T) {
 }
 
 func TestStaleRefreshAfterCompletedRefresh(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	r := sequence(clk.Now, time.Hour)
 	// No rate limit: only the identity check may prevent the second refresh.
 	s := New(r, WithClock(clk.Now), WithMinRefreshInterval(0))
@@ -346,7 +348,7 @@ func TestFailureReachesEveryWaiter(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	errBoom := errors.New("boom")
 	var fail bool
 	var mu sync.Mutex
@@ -407,7 +409,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestPermanentFailureRequiresReauth(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	errRevoked := errors.New(`oauth2: "invalid_grant"`)
 	var revoked bool
 	var mu sync.Mutex
@@ -622,7 +624,7 @@ func TestInvalidTokensAreRefused(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := &fakeClock{now: now}
+			clk := testutil.NewClock(now)
 			store := NewMemoryStore()
 			r := &counter{fn: func(context.Context, *Token) (*Token, error) { return tc.tok, nil }}
 			s := New(r, WithClock(clk.Now), WithStore(store))
@@ -666,7 +668,7 @@ func TestValidTokenCharacters(t *testing.T) {
 }
 
 func TestForcedRefreshIsRateLimited(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	r := sequence(clk.Now, time.Hour)
 	var evs events
 	s := New(r, WithClock(clk.Now), WithMinRefreshInterval(time.Second), WithObserver(evs.observe))
@@ -746,7 +748,7 @@ func TestExpiryWindows(t *testing.T) {
 }
 
 func TestNeverExpiringTokenIsNeverRefreshed(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	r := &counter{fn: func(context.Context, *Token) (*Token, error) {
 		return &Token{AccessToken: "forever"}, nil
 	}}
@@ -835,7 +837,7 @@ func TestCloseWithValidToken(t *testing.T) {
 }
 
 func TestRefresherSeesCurrentToken(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	var seen []string
 	var mu sync.Mutex
 	inner := sequence(clk.Now, time.Hour)
@@ -969,7 +971,7 @@ func TestEventKindString(t *testing.T) {
 }
 
 func TestObserverEvents(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	var evs events
 	r := sequence(clk.Now, time.Hour)
 	s := New(r, WithClock(clk.Now), WithObserver(evs.observe))
@@ -1001,7 +1003,7 @@ func TestStatsCountBeforeHandingOut(t *testing.T) {
 	}}
 	// No rate limit and a negligible backoff: every Refresh of the current
 	// token runs the Refresher.
-	clk := &fakeClock{now: time.Now()}
+	clk := testutil.NewClock(time.Now())
 	s := New(r, WithClock(clk.Now), WithMinRefreshInterval(0), WithBackoff(time.Nanosecond, time.Nanosecond))
 	defer mustClose(t, s)
 	tok, err := s.Token(ctxBG)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 )
 
 func tokenFile(t *testing.T) string {
@@ -257,7 +259,7 @@ func (c *countingStore) Save(ctx context.Context, t *Token) error {
 }
 
 func TestSourceLoadsStoreOnceAndPrefersIt(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	path := tokenFile(t)
 	stored := &Token{AccessToken: "stored", RefreshToken: "stored-refresh", Expiry: clk.Now().Add(time.Hour)}
 	if err := NewFileStore(path).Save(ctxBG, stored); err != nil {
@@ -301,7 +303,7 @@ func TestSourceLoadsStoreOnceAndPrefersIt(t *testing.T) {
 }
 
 func TestSourceRefreshesExpiredStoredToken(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	st := NewMemoryStore()
 	if err := st.Save(ctxBG, &Token{AccessToken: "stored", RefreshToken: "stored-refresh", Expiry: clk.Now().Add(-time.Minute)}); err != nil {
 		t.Fatal(err)
@@ -391,7 +393,7 @@ func TestSourceKeepsTokenWhenSaveFails(t *testing.T) {
 }
 
 func TestSourceRefusesCorruptStore(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	path := tokenFile(t)
 	const content = `{"version":1,"refresh_token":"rt-` // truncated
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -439,7 +441,7 @@ func TestSetTokenReportsSaveFailure(t *testing.T) {
 }
 
 func TestLogsNeverContainTokens(t *testing.T) {
-	clk := newFakeClock()
+	clk := testutil.NewClock(testutil.Epoch)
 	var logs bytes.Buffer
 	n := 0
 	r := &counter{fn: func(_ context.Context, cur *Token) (*Token, error) {

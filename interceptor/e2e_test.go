@@ -37,7 +37,8 @@ type e2e struct {
 }
 
 // startE2E starts the test server (TLS unless startOpts say otherwise) and a
-// client whose Source refreshes through the intercepted connection itself.
+// client whose Source refreshes through the intercepted connection itself,
+// wired with NewClient.
 func startE2E(t *testing.T, srvOpts []testserver.Option, startOpts []testserver.StartOption, srcOpts []tokensource.Option, opts ...interceptor.Option) *e2e {
 	t.Helper()
 	srv := testserver.New(srvOpts...)
@@ -50,18 +51,14 @@ func startE2E(t *testing.T, srvOpts []testserver.Option, startOpts []testserver.
 	}
 	t.Cleanup(ep.Stop)
 
-	var refresher atomic.Pointer[testserver.Refresher]
-	src := tokensource.New(tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
-		return refresher.Load().Refresh(ctx, cur)
-	}), srcOpts...)
-	t.Cleanup(func() { _ = src.Close() }) // before ep.Stop: cleanups run last-in first-out
-
-	conn, err := grpc.NewClient(ep.Target(), append(ep.DialOptions(), interceptor.DialOptions(src, opts...)...)...)
+	conn, src, err := interceptor.NewClient(ep.Target(), func(cc grpc.ClientConnInterface) *tokensource.Source {
+		return tokensource.New(testserver.NewRefresher(cc, testserver.DefaultUser, testserver.DefaultPassword), srcOpts...)
+	}, append(ep.DialOptions(), interceptor.WithInterceptorOptions(opts...))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	refresher.Store(testserver.NewRefresher(conn, testserver.DefaultUser, testserver.DefaultPassword))
+	t.Cleanup(func() { _ = src.Close() }) // cleanups run last-in first-out: the source first, then conn, then ep
 	return &e2e{srv: srv, ep: ep, src: src, echo: echov1.NewEchoServiceClient(conn)}
 }
 

@@ -46,6 +46,8 @@ func (e *statusError) Unwrap() []error { return e.causes }
 //   - errors.Is(err, tokensource.ErrReauthRequired): Unauthenticated;
 //   - errors.Is(err, tokensource.ErrUnchangedToken): Unauthenticated, since
 //     the refresh handed back the token the server had just rejected;
+//   - ErrNoSource (a call from inside NewClient's newSource):
+//     FailedPrecondition;
 //   - anything else (a transient refresh failure, ErrClosed,
 //     ErrInvalidToken, a refresh that hit its own timeout): Unavailable.
 func sourceError(ctx context.Context, err error) error {
@@ -62,7 +64,9 @@ func sourceError(ctx context.Context, err error) error {
 		}
 	}
 	code := codes.Unavailable
-	if errors.Is(err, tokensource.ErrReauthRequired) || errors.Is(err, tokensource.ErrUnchangedToken) {
+	if errors.Is(err, ErrNoSource) {
+		code = codes.FailedPrecondition
+	} else if errors.Is(err, tokensource.ErrReauthRequired) || errors.Is(err, tokensource.ErrUnchangedToken) {
 		code = codes.Unauthenticated
 	}
 	return &statusError{code: code, msg: "interceptor: cannot obtain a token: " + err.Error(), causes: []error{err}}

@@ -39,13 +39,20 @@ func (o *Observer) retried(ctx context.Context, method string, rejection error) 
 		return
 	}
 	span.SetAttributes(RetriedKey.Bool(true))
-	span.AddEvent("tokenrefresh.retry", trace.WithAttributes(rpcMethod, code))
+	span.AddEvent(EventRetry, trace.WithAttributes(rpcMethod, code))
 	o.mu.Lock()
-	last := o.last
+	// The refresh this call waited on (told by the Wait hook), else the
+	// one that installed the token it retries with: the Source had moved
+	// on before the rejection came.
+	target, ok := o.waitedOnLocked(span.SpanContext().SpanID())
+	if !ok {
+		target = o.lastGood
+		if !target.IsValid() {
+			target = o.last
+		}
+	}
 	o.mu.Unlock()
-	if last.IsValid() {
-		span.AddLink(trace.Link{SpanContext: last, Attributes: []attribute.KeyValue{
-			attribute.String("tokenrefresh.link", "refresh"),
-		}})
+	if target.IsValid() {
+		span.AddLink(trace.Link{SpanContext: target, Attributes: []attribute.KeyValue{LinkKey.String(LinkRefresh)}})
 	}
 }

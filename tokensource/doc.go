@@ -171,7 +171,11 @@
 // SetToken and rate-limited refresh, with the time, the duration, the error,
 // how many callers waited on the refresh and whether it was forced or
 // background: enough for an OpenTelemetry or Prometheus adapter, which can
-// live outside this package. Stats returns counters (refreshes, failures,
+// live outside this package. Event.Refresh identifies the refresh an event
+// belongs to. WithRefreshHooks adds what events cannot carry, the callers'
+// contexts: the context of the caller that started a refresh (from which a
+// tracer derives the refresh's own context, so that the Refresher's RPCs
+// nest under its span), each caller that waits on it, and its end. Stats returns counters (refreshes, failures,
 // callers waiting now, …) without taking a lock. WithLogger adds log/slog
 // output.
 //

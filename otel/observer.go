@@ -46,10 +46,9 @@ type Observer struct {
 	open map[uint64]*refreshRec
 	// recent holds the last refreshes whose span has ended, newest first.
 	recent [recentRefreshes]*refreshRec
-	// last is the span context of the refresh span started last, and
-	// lastGood that of the last refresh that installed a token: the links
-	// of a retried call that did not wait on a refresh.
-	last, lastGood trace.SpanContext
+	// last is the span context of the refresh span started last: the link
+	// of a retried call that the Wait hook did not see waiting.
+	last trace.SpanContext
 }
 
 // durationBuckets are the histogram bounds, in seconds, of refresh and lease

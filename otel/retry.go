@@ -42,14 +42,13 @@ func (o *Observer) retried(ctx context.Context, method string, rejection error) 
 	span.AddEvent(EventRetry, trace.WithAttributes(rpcMethod, code))
 	o.mu.Lock()
 	// The refresh this call waited on (told by the Wait hook), else the
-	// one that installed the token it retries with: the Source had moved
-	// on before the rejection came.
+	// one started last: without the hooks, the one the call waited on
+	// unless another started since; when the Source had moved on before
+	// the rejection came, the one that installed the newer token unless
+	// another (a background refresh, say) started since.
 	target, ok := o.waitedOnLocked(span.SpanContext().SpanID())
 	if !ok {
-		target = o.lastGood
-		if !target.IsValid() {
-			target = o.last
-		}
+		target = o.last
 	}
 	o.mu.Unlock()
 	if target.IsValid() {

@@ -174,15 +174,18 @@ func (o *Observer) started(e tokensource.Event) {
 	o.openFromEvent(e, t, true)
 }
 
-// staleLocked takes out the open spans that were started from events of
-// refresh id or of an earlier one and will never see their end: without
-// the hooks, a refresh that ends without a result event leaves its span
-// open. Spans opened by the Context hook are closed by the End hook
+// staleLocked takes out the open spans, started from events, that will
+// never see their end now that refresh id starts: without the hooks, a
+// refresh that ends without a result event leaves its span open. They are
+// those of id itself (a second start: events not from a Source) and of the
+// refreshes before the previous one; the previous refresh's result event
+// may still be on its way, since a Source reports it after releasing its
+// waiters. Spans opened by the Context hook are closed by the End hook
 // instead. o.mu must be held.
 func (o *Observer) staleLocked(id uint64) []*refreshRec {
 	var stale []*refreshRec
 	for k, r := range o.open {
-		if !r.hooked && k <= id {
+		if !r.hooked && (k == id || k+1 < id) {
 			r.ended = true
 			o.retireLocked(r)
 			stale = append(stale, r)
@@ -231,9 +234,6 @@ func (o *Observer) ended(e tokensource.Event, outcome string) {
 	if rec != nil && !rec.ended {
 		sp = rec.span
 		rec.ended = true
-		if !failed {
-			o.lastGood = rec.sc
-		}
 		o.retireLocked(rec)
 		o.mu.Unlock()
 	} else {
@@ -260,9 +260,6 @@ func (o *Observer) ended(e tokensource.Event, outcome string) {
 		o.mu.Lock()
 		if rec == nil {
 			o.last = late.sc
-		}
-		if !failed {
-			o.lastGood = late.sc
 		}
 		o.retireLocked(late)
 		o.mu.Unlock()

@@ -312,4 +312,3 @@ func TestLoadOnlyRefreshEndsSpan(t *testing.T) {
 	}
 	rg.wantAllEnded(t)
 }
-

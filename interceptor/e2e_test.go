@@ -57,8 +57,12 @@ func startE2E(t *testing.T, srvOpts []testserver.Option, startOpts []testserver.
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Cleanups run last-in first-out: conn, then the source, then ep. conn
+	// goes first, unlike in a program (see NewClient), so that a refresh a
+	// test left hanging at the server fails at once instead of being
+	// drained for the refresh timeout.
+	t.Cleanup(func() { _ = src.Close() })
 	t.Cleanup(func() { _ = conn.Close() })
-	t.Cleanup(func() { _ = src.Close() }) // cleanups run last-in first-out: the source first, then conn, then ep
 	return &e2e{srv: srv, ep: ep, src: src, echo: echov1.NewEchoServiceClient(conn)}
 }
 

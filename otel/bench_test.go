@@ -16,14 +16,16 @@ import (
 )
 
 // hotSource returns a Source holding a valid token, outside its early
-// window for the whole benchmark, with obs (if not nil) as its observer.
-func hotSource(tb testing.TB, obs func(tokensource.Event)) *tokensource.Source {
+// window for the whole benchmark, with obs (if not nil) as its observer and
+// the extra options.
+func hotSource(tb testing.TB, obs func(tokensource.Event), extra ...tokensource.Option) *tokensource.Source {
 	tb.Helper()
 	opts := []tokensource.Option{tokensource.WithInitialToken(&tokensource.Token{
 		AccessToken: "tok", Expiry: time.Now().Add(24 * time.Hour)})}
 	if obs != nil {
 		opts = append(opts, tokensource.WithObserver(obs))
 	}
+	opts = append(opts, extra...)
 	return newSource(tb, &refresher{life: time.Hour}, opts...)
 }
 
@@ -36,7 +38,8 @@ func countingObserver(rg *rig, n *atomic.Int64) func(tokensource.Event) {
 }
 
 // BenchmarkSourceToken measures Source.Token on its hot path (a valid
-// token) without an observer and with the OpenTelemetry Observer on the SDK's
+// token) without an observer and with the OpenTelemetry Observer (its
+// events and its refresh hooks, as SourceOptions installs them) on the SDK's
 // providers. Events fire only on the slow path, so both should cost the
 // same and allocate nothing; events/op reports how many the loop caused.
 func BenchmarkSourceToken(b *testing.B) {
@@ -48,10 +51,13 @@ func BenchmarkSourceToken(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			var events atomic.Int64
 			var obs func(tokensource.Event)
+			var extra []tokensource.Option
 			if withObserver {
-				obs = countingObserver(newRig(b), &events)
+				rg := newRig(b)
+				obs = countingObserver(rg, &events)
+				extra = append(extra, tokensource.WithRefreshHooks(rg.obs.Hooks()))
 			}
-			src := hotSource(b, obs)
+			src := hotSource(b, obs, extra...)
 			ctx := context.Background()
 			if _, err := src.Token(ctx); err != nil {
 				b.Fatal(err)
@@ -121,11 +127,32 @@ func BenchmarkObserveRefresh(b *testing.B) {
 	start := tokensource.Event{Kind: tokensource.RefreshStarted, Time: now, Generation: 1}
 	end := tokensource.Event{Kind: tokensource.RefreshSucceeded, Time: now.Add(40 * time.Millisecond),
 		Duration: 40 * time.Millisecond, Waiters: 3, Generation: 2, Expiry: now.Add(time.Hour)}
-	b.ReportAllocs()
-	for b.Loop() {
-		obs.Observe(start)
-		obs.Observe(end)
-	}
+	b.Run("events", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			obs.Observe(start)
+			obs.Observe(end)
+		}
+	})
+	// With the hooks, as SourceOptions installs them: the span starts
+	// under the initiator's span, which also waits on the refresh (a link
+	// and an event on a recording span).
+	b.Run("hooks", func(b *testing.B) {
+		h := obs.Hooks()
+		caller, span := tp.Tracer("bench").Start(context.Background(), "caller")
+		defer span.End()
+		var id uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			id++
+			start.Refresh, end.Refresh = id, id
+			h.Context(caller, tokensource.RefreshInfo{ID: id, Time: now, Generation: 1})
+			obs.Observe(start)
+			h.Wait(caller, id)
+			obs.Observe(end)
+			h.End(id)
+		}
+	})
 }
 
 // The hot paths allocate exactly as much with the adapter installed as
@@ -133,7 +160,7 @@ func BenchmarkObserveRefresh(b *testing.B) {
 func TestHotPathUnchanged(t *testing.T) {
 	rg := newRig(t)
 	var events atomic.Int64
-	src := hotSource(t, countingObserver(rg, &events))
+	src := hotSource(t, countingObserver(rg, &events), tokensource.WithRefreshHooks(rg.obs.Hooks()))
 	ctx := context.Background()
 	if _, err := src.Token(ctx); err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@
 //
 //	obs, err := tokenrefreshotel.NewObserver() // the global providers; see WithMeterProvider, WithTracerProvider
 //	if err != nil { ... }
-//	src := tokensource.New(refresher, tokensource.WithObserver(obs.Observe))
+//	src := tokensource.New(refresher, obs.SourceOptions()...) // observer and refresh hooks
 //	reg, err := obs.ObserveStats(src) // optional: the live gauges below
 //	defer reg.Unregister()
 //	conn, err := grpc.NewClient(target, append([]grpc.DialOption{creds},
@@ -68,43 +68,63 @@
 //
 // # Traces
 //
-// Each refresh is one span, tokenrefresh.refresh (kind internal), from the
-// first event of the refresh to its end: RefreshStarted, or a lease event
-// when the Source first waited for or took over the fleet's lease, up to
-// RefreshSucceeded, RefreshFailed, ReauthRequired, RefreshUnchanged or
-// TokenAdopted. It carries tokenrefresh.trigger, tokenrefresh.outcome,
+// Each refresh is one span, tokenrefresh.refresh (kind internal). With the
+// hooks that SourceOptions installs (see Observer.Hooks and
+// tokensource.WithRefreshHooks) it runs from the moment the Source starts
+// the refresh to its result: RefreshSucceeded, RefreshFailed,
+// ReauthRequired, RefreshUnchanged or TokenAdopted, or, for a refresh that
+// ends without one (the Store held a valid token), the refresh's end, with
+// outcome none. It carries tokenrefresh.trigger, tokenrefresh.outcome,
 // tokenrefresh.waiters, tokenrefresh.generation (Event.Generation after the
-// refresh) and error.type; a failure sets the Error status with the error's
-// message (tokensource errors never contain a token). Store failures, a
-// token loaded from the store, lease waits and takeovers, and the moment the
-// Refresher was called after lease work, are span events. Timestamps are the
-// events' times, by the Source's clock.
+// refresh), tokenrefresh.refresh.id (Event.Refresh) and error.type; a
+// failure sets the Error status with the error's message (tokensource
+// errors never contain a token). Store failures, a token loaded from the
+// store, lease waits and takeovers, and the moment the Refresher was called
+// (tokenrefresh.refresher_called) are span events. Timestamps are the
+// Source's clock.
 //
-// How start and end are paired: an Event carries no refresh identifier and
-// no context, so the Observer keeps the one open span of its Source (a Source
-// runs one refresh at a time) and closes it at the next end event. An end
-// without a start (a store load that failed before the Refresher was called,
-// or the late result of a timed-out refresh) gets a span reconstructed from
-// Event.Duration. A start whose end never came is closed, with outcome
-// unknown, when the next refresh starts. For the same reason refresh spans
-// are root spans: the context of the caller that started the refresh is not
-// available to an observer.
+// Start and end are paired exactly, by Event.Refresh. A refresh started by
+// a caller (trigger expiry or forced) is in that caller's trace: its span
+// is a child of the span in the caller's context. A background refresh
+// (trigger early) is a root span, with a link (tokenrefresh.link =
+// triggered_by) to the caller whose Token call noticed the early window: no
+// caller waits for it, and its result may come long after that caller's
+// span has ended. The Refresher runs with the refresh span in its context,
+// so its own RPCs, traced by otelgrpc say, nest under the refresh span.
 //
-// What links to a refresh span: the call retried by the interceptors. Its
-// span, the one in the call's context (trace.SpanFromContext), gets the
-// attribute tokenrefresh.retried=true, an event tokenrefresh.retry (with
-// rpc.method and rpc.response.status_code) and a link to the most recently
-// started refresh span of the Observer. With one refresh at a time that is
-// the refresh whose token the retry carries, unless another refresh started
-// between the two (a background refresh, say), in which case the link points
-// to the newer one. Which span is "the call's span" depends on the gRPC
-// instrumentation: with otelgrpc's stats handler (otelgrpc.NewClientHandler)
-// the client spans are made per attempt below the caller's span, so the mark
-// and the link land on the caller's span; with an instrumenting interceptor
-// chained outside this package's, they land on its client span.
+// A refresh cut off by the refresh timeout ends its span as a failure
+// (error.type timeout); if its Refresher still returns a token later, that
+// late result gets a span of its own, under the same parent, with
+// tokenrefresh.late = true and a link (timed_out) to the span that timed
+// out.
 //
-// Not linked: callers that blocked in Source.Token while a refresh for an
-// expired token ran (trigger expiry) without being rejected. The Source tells
-// an observer how many waited, not who; the refresh span's
-// tokenrefresh.waiters says how many there were.
+// What links to a refresh span:
+//
+//   - Every caller that waited on the refresh (in Source.Token or
+//     Source.Refresh): the span in its context (trace.SpanFromContext) gets
+//     an event tokenrefresh.wait (with tokenrefresh.refresh.id) and a link
+//     (tokenrefresh.link = wait) to the refresh span. The caller that
+//     started the refresh waits too, so its span is both the refresh's
+//     parent and linked to it.
+//   - The call retried by the interceptors: its span gets the attribute
+//     tokenrefresh.retried = true, an event tokenrefresh.retry (with
+//     rpc.method and rpc.response.status_code) and a link (refresh) to the
+//     refresh it waited on. A call that did not wait, because the Source
+//     had already moved on to a newer token when the rejection came, links
+//     to the refresh started last, which is the one that produced that
+//     token unless another (a background refresh, say) started since.
+//
+// Which span is "the call's span" depends on the gRPC instrumentation: with
+// otelgrpc's stats handler (otelgrpc.NewClientHandler) the client spans are
+// made per attempt below the caller's span, so the marks and links land on
+// the caller's span; with an instrumenting interceptor chained outside this
+// package's, they land on its client span.
+//
+// With Observe alone (tokensource.WithObserver(obs.Observe), no hooks) the
+// metrics are the same, but refresh spans are root spans from the first
+// event of the refresh (RefreshStarted, or a lease event), waiting callers
+// are not linked, and a retried call links to the refresh started last. An
+// end without a start (a store load that failed before the Refresher was
+// called) gets a span rebuilt from Event.Duration; a span whose end never
+// came is closed with outcome unknown when a later refresh starts.
 package tokenrefreshotel

@@ -12,6 +12,8 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -25,8 +27,9 @@ var login = tokensource.RefresherFunc(func(context.Context, *tokensource.Token) 
 	return &tokensource.Token{AccessToken: "access", Expiry: time.Now().Add(time.Hour)}, nil
 })
 
-// The Observer goes to the Source as its observer and to the interceptors
-// as an option; ObserveStats adds the live gauges.
+// The Observer goes to the Source as options (its observer and refresh
+// hooks) and to the interceptors as an option; ObserveStats adds the live
+// gauges.
 func ExampleNewObserver() {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
@@ -36,13 +39,7 @@ func ExampleNewObserver() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ended := make(chan struct{}, 1)
-	src := tokensource.New(login, tokensource.WithObserver(func(e tokensource.Event) {
-		obs.Observe(e)
-		if e.Kind == tokensource.RefreshSucceeded {
-			ended <- struct{}{}
-		}
-	}))
+	src := tokensource.New(login, obs.SourceOptions()...)
 	defer func() { _ = src.Close() }()
 	reg, err := obs.ObserveStats(src)
 	if err != nil {
@@ -61,7 +58,8 @@ func ExampleNewObserver() {
 	if _, err := src.Token(context.Background()); err != nil {
 		log.Fatal(err)
 	}
-	<-ended // the observer runs after the callers are released
+	// The observer runs after the callers are released; Close waits for it.
+	_ = src.Close()
 
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
@@ -132,4 +130,45 @@ func ExampleObserver_prometheus() {
 	// tokenrefresh_refresh_duration_seconds_count{tokenrefresh_outcome="success",tokenrefresh_trigger="expiry"} 1
 	// # TYPE tokenrefresh_refreshes_total counter
 	// tokenrefresh_refreshes_total{tokenrefresh_outcome="success",tokenrefresh_trigger="expiry"} 1
+}
+
+// With SourceOptions a refresh is in the trace of the caller that started
+// it, the Refresher's own calls (through otelgrpc, say) nest under the
+// refresh span, and every caller that waited on the refresh links to it.
+func ExampleObserver_SourceOptions() {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	obs, err := tokenrefreshotel.NewObserver(tokenrefreshotel.WithTracerProvider(tp))
+	if err != nil {
+		log.Fatal(err)
+	}
+	refresher := tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
+		// A span started from ctx here (an RPC to the authorization
+		// server) is a child of the refresh span.
+		_, child := tp.Tracer("auth-client").Start(ctx, "auth.Refresh")
+		defer child.End()
+		return login.Refresh(ctx, cur)
+	})
+	src := tokensource.New(refresher, obs.SourceOptions()...)
+
+	ctx, caller := tp.Tracer("app").Start(context.Background(), "handle-request")
+	if _, err := src.Token(ctx); err != nil { // no token yet: waits for the first refresh
+		log.Fatal(err)
+	}
+	caller.End()
+	_ = src.Close() // waits for the observer
+
+	byName := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range spans.Ended() {
+		byName[s.Name()] = s
+	}
+	refresh, call := byName[tokenrefreshotel.SpanRefresh], byName["handle-request"]
+	fmt.Println("refresh span's parent is the caller:", refresh.Parent().Equal(call.SpanContext()))
+	fmt.Println("Refresher's span is under the refresh:", byName["auth.Refresh"].Parent().Equal(refresh.SpanContext()))
+	fmt.Println("caller links to the refresh:", len(call.Links()) == 1 && call.Links()[0].SpanContext.Equal(refresh.SpanContext()))
+	// Output:
+	// refresh span's parent is the caller: true
+	// Refresher's span is under the refresh: true
+	// caller links to the refresh: true
 }

@@ -41,6 +41,41 @@ const (
 	// RetriedKey is set to true on the span of a call that was retried
 	// with a new token.
 	RetriedKey = attribute.Key("tokenrefresh.retried")
+	// RefreshIDKey is Event.Refresh, the refresh's number within its
+	// Source (on refresh spans and on the tokenrefresh.wait event).
+	RefreshIDKey = attribute.Key("tokenrefresh.refresh.id")
+	// LateKey is set to true on the span of a late result: a Refresher
+	// that returned after the refresh timeout had ended its refresh span.
+	LateKey = attribute.Key("tokenrefresh.late")
+	// LinkKey says, on a link to or from a refresh span, what the link
+	// means: one of the Link… values.
+	LinkKey = attribute.Key("tokenrefresh.link")
+)
+
+// The values of LinkKey.
+const (
+	// LinkWaited: from the span of a caller that waited on the refresh.
+	LinkWaited = "wait"
+	// LinkRefresh: from the span of a call retried with the refresh's
+	// token.
+	LinkRefresh = "refresh"
+	// LinkTriggeredBy: from a background refresh's (root) span to the span
+	// of the caller whose Token call noticed the early window.
+	LinkTriggeredBy = "triggered_by"
+	// LinkTimedOut: from a late result's span to the span of the refresh
+	// whose timeout ended before the result came.
+	LinkTimedOut = "timed_out"
+)
+
+// The names of the span events the Observer adds.
+const (
+	// EventWait is added to the span of a caller that waits on a refresh.
+	EventWait = "tokenrefresh.wait"
+	// EventRetry is added to the span of a call retried with a new token.
+	EventRetry = "tokenrefresh.retry"
+	// EventRefresherCalled is added to a refresh span when the Refresher is
+	// called, if the span began before (with the hooks, or lease work).
+	EventRefresherCalled = "tokenrefresh.refresher_called"
 )
 
 // The values of OutcomeKey.
@@ -50,8 +85,14 @@ const (
 	OutcomeReauthRequired = "reauth_required" // ReauthRequired: the user must log in again
 	OutcomeUnchanged      = "unchanged"       // RefreshUnchanged: the rejected token came back
 	OutcomeAdopted        = "adopted"         // TokenAdopted: a peer's token, no Refresher call
-	// OutcomeUnknown is set only on a span that was still open when the
-	// next refresh started: its end was never reported.
+	// OutcomeNone is set only on a span (no measurement has it): the
+	// refresh ended without a result event, because the Store held a valid
+	// token (or the login token was used), or the Refresher handed back
+	// the token it was given.
+	OutcomeNone = "none"
+	// OutcomeUnknown is set only on a span, without the hooks (Observe
+	// alone), that was still open when the next refresh started: its end
+	// was never reported.
 	OutcomeUnknown = "unknown"
 )
 

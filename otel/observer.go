@@ -15,14 +15,13 @@ import (
 
 // Observer turns the events of one tokensource.Source, and the retries of
 // the interceptors in front of it, into OpenTelemetry metrics and spans.
-// Create it with NewObserver, give its Observe method to
-// tokensource.WithObserver and its InterceptorOption to the interceptors.
-// Its methods are safe for concurrent use.
+// Create it with NewObserver, give its SourceOptions to tokensource.New and
+// its InterceptorOption to the interceptors. Its methods are safe for
+// concurrent use.
 //
-// Use one Observer per Source: the refresh span is paired from the events of
-// one Source (see the package documentation), and one Source's events
-// interleaved with another's would pair wrongly. Observers can share their
-// providers.
+// Use one Observer per Source: refresh spans are keyed by Event.Refresh,
+// which is unique only among the refreshes of one Source. Observers can
+// share their providers.
 type Observer struct {
 	tracer trace.Tracer
 	attrs  []attribute.KeyValue // WithAttributes
@@ -43,13 +42,12 @@ type Observer struct {
 	meter           metric.Meter
 
 	mu sync.Mutex
-	// open is the span of the refresh in progress; nil between refreshes.
-	open trace.Span
-	// called: the open span has seen RefreshStarted (the Refresher was
-	// called); a span opened by a lease event has not, yet.
-	called bool
-	// last is the span context of the refresh span started last, which
-	// retried calls link to.
+	// open holds the refreshes whose span has not ended, by Event.Refresh.
+	open map[uint64]*refreshRec
+	// recent holds the last refreshes whose span has ended, newest first.
+	recent [recentRefreshes]*refreshRec
+	// last is the span context of the refresh span started last: the link
+	// of a retried call that the Wait hook did not see waiting.
 	last trace.SpanContext
 }
 
@@ -71,6 +69,7 @@ func NewObserver(opts ...Option) (*Observer, error) {
 		attrs:  o.attrs,
 		base:   metric.WithAttributeSet(attribute.NewSet(o.attrs...)),
 		meter:  meter,
+		open:   map[uint64]*refreshRec{},
 	}
 	var errs []error
 	check := func(err error) {
@@ -123,13 +122,39 @@ func NewObserver(opts ...Option) (*Observer, error) {
 	return obs, nil
 }
 
-// Observe records e. Pass it to tokensource.WithObserver:
+// SourceOptions returns the options that connect a Source to o: its
+// observer (Observe) and its refresh hooks (Hooks). Give them to
+// tokensource.New:
+//
+//	src := tokensource.New(r, obs.SourceOptions()...)
+//
+// A WithObserver or WithRefreshHooks given after them replaces o's; to
+// observe the events yourself too, call o.Observe from your own observer.
+func (o *Observer) SourceOptions() []tokensource.Option {
+	return []tokensource.Option{tokensource.WithObserver(o.Observe), tokensource.WithRefreshHooks(o.Hooks())}
+}
+
+// Hooks returns the refresh hooks that put a Source's refreshes into the
+// traces of its callers (see the package documentation): the refresh span
+// becomes a child of the span of the caller that started the refresh, the
+// Refresher runs with the refresh span in its context, and every caller
+// that waits on the refresh gets a link to it. SourceOptions includes them.
+// Without them (Observe alone) refresh spans are root spans and waiters are
+// not linked. The hooks do not block beyond the SDK's own span start.
+func (o *Observer) Hooks() tokensource.RefreshHooks {
+	return tokensource.RefreshHooks{Context: o.refreshContext, Wait: o.waited, End: o.refreshEnded}
+}
+
+// Observe records e. SourceOptions passes it to tokensource.WithObserver;
+// on its own,
 //
 //	src := tokensource.New(r, tokensource.WithObserver(obs.Observe))
 //
-// It is called only on the Source's slow path (refreshes, store failures,
-// rate-limited refreshes, fleet coordination), never for a token served
-// from the cache. It does not block beyond the SDK's own recording.
+// records the same metrics and refresh spans, but the spans are root spans
+// (see Hooks). It is called only on the Source's slow path (refreshes,
+// store failures, rate-limited refreshes, fleet coordination), never for a
+// token served from the cache. It does not block beyond the SDK's own
+// recording.
 func (o *Observer) Observe(e tokensource.Event) {
 	switch e.Kind {
 	case tokensource.RefreshStarted:
@@ -168,20 +193,24 @@ func (o *Observer) with(kv ...attribute.KeyValue) metric.MeasurementOption {
 }
 
 // trigger derives why a refresh ran from e.
-func trigger(e tokensource.Event) string {
+func trigger(e tokensource.Event) string { return triggerOf(e.Forced, e.Background) }
+
+func triggerOf(forced, background bool) string {
 	switch {
-	case e.Forced:
+	case forced:
 		return TriggerForced
-	case e.Background:
+	case background:
 		return TriggerEarly
 	}
 	return TriggerExpiry
 }
 
 // eventTime is e.Time, or now for an event without one.
-func eventTime(e tokensource.Event) time.Time {
-	if e.Time.IsZero() {
+func eventTime(e tokensource.Event) time.Time { return eventTimeOf(e.Time) }
+
+func eventTimeOf(t time.Time) time.Time {
+	if t.IsZero() {
 		return time.Now()
 	}
-	return e.Time
+	return t
 }

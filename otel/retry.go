@@ -39,13 +39,19 @@ func (o *Observer) retried(ctx context.Context, method string, rejection error) 
 		return
 	}
 	span.SetAttributes(RetriedKey.Bool(true))
-	span.AddEvent("tokenrefresh.retry", trace.WithAttributes(rpcMethod, code))
+	span.AddEvent(EventRetry, trace.WithAttributes(rpcMethod, code))
 	o.mu.Lock()
-	last := o.last
+	// The refresh this call waited on (told by the Wait hook), else the
+	// one started last: without the hooks, the one the call waited on
+	// unless another started since; when the Source had moved on before
+	// the rejection came, the one that installed the newer token unless
+	// another (a background refresh, say) started since.
+	target, ok := o.waitedOnLocked(span.SpanContext().SpanID())
+	if !ok {
+		target = o.last
+	}
 	o.mu.Unlock()
-	if last.IsValid() {
-		span.AddLink(trace.Link{SpanContext: last, Attributes: []attribute.KeyValue{
-			attribute.String("tokenrefresh.link", "refresh"),
-		}})
+	if target.IsValid() {
+		span.AddLink(trace.Link{SpanContext: target, Attributes: []attribute.KeyValue{LinkKey.String(LinkRefresh)}})
 	}
 }

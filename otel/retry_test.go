@@ -2,6 +2,7 @@ package tokenrefreshotel_test
 
 import (
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ type echoRig struct {
 	echo echov1.EchoServiceClient
 }
 
-func newEchoRig(t *testing.T) *echoRig {
+func newEchoRig(t *testing.T, hooks bool) *echoRig {
 	t.Helper()
 	rg := newRig(t)
 	srv := testserver.New(testserver.WithAccessTokenTTL(time.Hour))
@@ -47,9 +48,13 @@ func newEchoRig(t *testing.T) *echoRig {
 		return conn
 	}
 	auth := dial()
-	src := newSource(t, testserver.NewRefresher(auth, testserver.DefaultUser, testserver.DefaultPassword),
+	opts := []tokensource.Option{tokensource.WithObserver(rg.observe),
 		// No rate limit: the test forces two refreshes in quick succession.
-		tokensource.WithObserver(rg.observe), tokensource.WithMinRefreshInterval(0))
+		tokensource.WithMinRefreshInterval(0)}
+	if hooks {
+		opts = append(opts, tokensource.WithRefreshHooks(rg.obs.Hooks()))
+	}
+	src := newSource(t, testserver.NewRefresher(auth, testserver.DefaultUser, testserver.DefaultPassword), opts...)
 	conn := dial(interceptor.DialOptions(src, rg.obs.InterceptorOption())...)
 	return &echoRig{rig: rg, srv: srv, src: src, echo: echov1.NewEchoServiceClient(conn)}
 }
@@ -67,21 +72,35 @@ func (r *echoRig) callerSpan(t *testing.T, name string) sdktrace.ReadOnlySpan {
 }
 
 // wantRetried checks that span s says it was retried and links to the
-// refresh span ref.
-func wantRetried(t *testing.T, s sdktrace.ReadOnlySpan, ref trace.SpanContext) {
+// refresh span ref, and only to it: with the hooks, as the refresh it
+// waited on too.
+func wantRetried(t *testing.T, s sdktrace.ReadOnlySpan, ref trace.SpanContext, hooks bool) {
 	t.Helper()
 	wantAttr(t, s, tokenrefreshotel.RetriedKey.Bool(true))
 	if !hasEvent(s, "tokenrefresh.retry") {
 		t.Errorf("span %s has no tokenrefresh.retry event", s.Name())
 	}
-	links := s.Links()
-	if len(links) != 1 || !links[0].SpanContext.Equal(ref) {
-		t.Fatalf("span %s links %v, want exactly the refresh span %v", s.Name(), links, ref)
+	want := []string{tokenrefreshotel.LinkRefresh}
+	if hooks {
+		want = []string{tokenrefreshotel.LinkWaited, tokenrefreshotel.LinkRefresh}
+	}
+	if got := linksTo(s, ref); len(s.Links()) != len(want) || !slices.Equal(got, want) {
+		t.Fatalf("span %s links %v, want %v to the refresh span %v", s.Name(), s.Links(), want, ref)
 	}
 }
 
 func TestRetriedCallsCountedAndLinked(t *testing.T) {
-	r := newEchoRig(t)
+	for _, hooks := range []bool{false, true} {
+		name := "events"
+		if hooks {
+			name = "hooks"
+		}
+		t.Run(name, func(t *testing.T) { testRetriedCallsCountedAndLinked(t, hooks) })
+	}
+}
+
+func testRetriedCallsCountedAndLinked(t *testing.T, hooks bool) {
+	r := newEchoRig(t, hooks)
 	tracer := r.tp.Tracer("test")
 	ctx := testCtx(t)
 
@@ -155,6 +174,14 @@ func TestRetriedCallsCountedAndLinked(t *testing.T) {
 		wantAttr(t, refreshes[i], trig)
 	}
 	// Each retried call links to the refresh it waited for.
-	wantRetried(t, r.callerSpan(t, "unary"), refreshes[1].SpanContext())
-	wantRetried(t, r.callerSpan(t, "stream"), refreshes[2].SpanContext())
+	wantRetried(t, r.callerSpan(t, "unary"), refreshes[1].SpanContext(), hooks)
+	wantRetried(t, r.callerSpan(t, "stream"), refreshes[2].SpanContext(), hooks)
+	if hooks {
+		// Each refresh is in the trace of the call that started it.
+		for i, name := range []string{"first", "unary", "stream"} {
+			if got, want := refreshes[i].Parent(), r.callerSpan(t, name).SpanContext(); !got.Equal(want) {
+				t.Errorf("refresh %d's parent = %v, want the span of %s", i, got.SpanID(), name)
+			}
+		}
+	}
 }

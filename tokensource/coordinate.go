@@ -52,7 +52,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		waitStart = time.Time{}
 		if lease.TakenOver() {
 			s.log.Warn("tokensource: took over the fleet's refresh lease from a holder that stopped renewing it")
-			s.emit(Event{Kind: LeaseTakenOver, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
+			s.emit(Event{Kind: LeaseTakenOver, Refresh: f.id, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
 		}
 
 		rec = lease.Record()
@@ -89,7 +89,7 @@ func (s *Source) leaseWaited(f *flight, start time.Time) {
 		return
 	}
 	now := s.now()
-	s.emit(Event{Kind: LeaseWaited, Time: now, Duration: now.Sub(start), Forced: f.forced,
+	s.emit(Event{Kind: LeaseWaited, Refresh: f.id, Time: now, Duration: now.Sub(start), Forced: f.forced,
 		Background: f.background, Generation: f.gen})
 }
 

@@ -155,10 +155,15 @@
 //
 // WithObserver receives an Event for every refresh start and end,
 // re-authentication, store failure, token load, SetToken, rate-limited
-// refresh and fleet coordination step: never on the hot path. Stats returns
-// counters (refreshes, failures, callers waiting now, …) without a lock.
-// WithLogger adds log/slog output. The module
-// github.com/tokenrefresh/grpc-tokenrefresh/otel turns both into
+// refresh and fleet coordination step: never on the hot path.
+// Event.Refresh identifies the refresh an event belongs to.
+// WithRefreshHooks adds what events cannot carry, the callers' contexts: the
+// context of the caller that started a refresh (from which a tracer derives
+// the refresh's own context, so that the Refresher's RPCs nest under its
+// span), each caller that waits on it, and its end. Stats returns counters
+// (refreshes, failures, callers waiting now, …) without a lock. WithLogger
+// adds log/slog output. The module
+// github.com/tokenrefresh/grpc-tokenrefresh/otel turns all of it into
 // OpenTelemetry metrics and spans.
 //
 // # Secrets

@@ -78,6 +78,13 @@ func (k EventKind) String() string {
 type Event struct {
 	// Kind says what happened.
 	Kind EventKind
+	// Refresh identifies the refresh the event belongs to: a number unique
+	// among the refreshes of one Source, the same on every event of one
+	// refresh (RefreshStarted, the lease events, TokenLoaded, StoreFailed,
+	// its result, and a late result after the refresh timeout) and in
+	// RefreshInfo.ID and the calls of RefreshHooks. 0 for events outside a
+	// refresh: TokenSet, RefreshRateLimited, and StoreFailed after SetToken.
+	Refresh uint64
 	// Time is when the event happened, by the Source's clock.
 	Time time.Time
 	// Duration is how long the refresh took, for RefreshSucceeded,

@@ -51,6 +51,7 @@ type options struct {
 	backoffMax         time.Duration
 	clock              func() time.Time // nil: time.Now, called directly on the hot path
 	observer           func(Event)
+	hooks              RefreshHooks
 	onReauth           func(error)
 	logger             *slog.Logger
 	uncoordinated      bool // refresh locally when the Coordinator is unavailable

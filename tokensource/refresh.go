@@ -149,7 +149,7 @@ type refResult struct {
 // the Refresher becomes the error of the refresh.
 func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *Token, onTimeout func()) refCall {
 	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
-	s.emit(Event{Kind: RefreshStarted, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
+	s.emit(Event{Kind: RefreshStarted, Refresh: f.id, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
 
 	ch := make(chan refResult, 1)
 	go func() {
@@ -267,7 +267,7 @@ func (s *Source) release(f *flight, err error) {
 	close(f.done)
 
 	s.log.Warn("tokensource: token refresh timed out", "refresh_timeout", s.opts.refreshTimeout, "waiters", waiters)
-	s.emit(Event{Kind: RefreshFailed, Time: now, Duration: s.opts.refreshTimeout, Err: err, Waiters: waiters,
+	s.emit(Event{Kind: RefreshFailed, Refresh: f.id, Time: now, Duration: s.opts.refreshTimeout, Err: err, Waiters: waiters,
 		Forced: f.forced, Background: f.background, Generation: gen})
 }
 
@@ -384,13 +384,13 @@ func (s *Source) finish(f *flight, start time.Time, out outcome) {
 	}
 	if out.fromStore {
 		s.log.Debug("tokensource: loaded token from store", "expiry", expiryString(out.candidate.Expiry))
-		s.emit(Event{Kind: TokenLoaded, Time: now, Expiry: out.candidate.Expiry, Generation: gen})
+		s.emit(Event{Kind: TokenLoaded, Refresh: f.id, Time: now, Expiry: out.candidate.Expiry, Generation: gen})
 	}
 	if out.saveErr != nil {
 		s.log.Error("tokensource: saving the token failed; using it anyway", "error", out.saveErr)
-		s.emit(Event{Kind: StoreFailed, Time: now, Err: out.saveErr, Generation: gen})
+		s.emit(Event{Kind: StoreFailed, Refresh: f.id, Time: now, Err: out.saveErr, Generation: gen})
 	}
-	ev := Event{Time: now, Duration: now.Sub(start), Err: out.err, Waiters: waiters,
+	ev := Event{Refresh: f.id, Time: now, Duration: now.Sub(start), Err: out.err, Waiters: waiters,
 		Forced: f.forced, Background: f.background, Expiry: expiry, Generation: gen}
 	switch {
 	case out.err == nil && out.adopted:

@@ -51,8 +51,9 @@ type flight struct {
 	tok  *Token
 	err  error
 
-	waiters    int  // guarded by Source.mu
-	released   bool // done is closed; guarded by Source.mu
+	id         uint64 // Event.Refresh; 0 for SetToken
+	waiters    int    // guarded by Source.mu
+	released   bool   // done is closed; guarded by Source.mu
 	forced     bool
 	background bool
 	load       bool      // load the Store before refreshing
@@ -86,6 +87,7 @@ type Source struct {
 	// a Refresher that ignores its context; no other refresh starts until
 	// that Refresher returns.
 	running    *flight
+	lastID     uint64    // the ID of the last refresh started
 	loaded     bool      // the Store has been loaded (or there is none)
 	closed     bool      // Close was called
 	failures   int       // consecutive failed refreshes, for the backoff
@@ -308,6 +310,7 @@ func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error)
 	f.waiters++
 	s.mu.Unlock()
 
+	s.waitHook(ctx, f)
 	s.waited.Add(1)
 	s.waiting.Add(1)
 	defer s.waiting.Add(-1)
@@ -331,25 +334,27 @@ func (s *Source) backingOffLocked(now time.Time) bool {
 }
 
 // startLocked starts a refresh goroutine. Its context keeps the values of
-// the initiator's ctx (trace IDs, credentials for the Refresher's own RPCs)
-// but not its cancellation, carries the refresh marker for InRefresh, and
-// ends at the refresh timeout. s.mu must be held.
+// the initiator's ctx (trace IDs, credentials for the Refresher's own RPCs),
+// or those the hooks derive from them (WithRefreshHooks), but not its
+// cancellation, carries the refresh marker for InRefresh, and ends at the
+// refresh timeout. s.mu must be held.
 func (s *Source) startLocked(ctx context.Context, st *state, forced, background bool) *flight {
-	rctx, cancel := context.WithTimeoutCause(withRefreshMarker(context.WithoutCancel(ctx), s),
+	s.lastID++
+	f := &flight{
+		done:       make(chan struct{}),
+		end:        make(chan struct{}),
+		refDone:    make(chan struct{}),
+		id:         s.lastID,
+		forced:     forced,
+		background: background,
+		load:       !s.loaded,
+		gen:        st.gen,
+	}
+	rctx, cancel := context.WithTimeoutCause(withRefreshMarker(s.refreshContext(ctx, f), s),
 		s.opts.refreshTimeout, ErrRefreshTimeout)
 	wctx, stopWaiting := context.WithCancelCause(rctx)
-	deadline, _ := rctx.Deadline()
-	f := &flight{
-		done:        make(chan struct{}),
-		end:         make(chan struct{}),
-		refDone:     make(chan struct{}),
-		forced:      forced,
-		background:  background,
-		load:        !s.loaded,
-		gen:         st.gen,
-		deadline:    deadline,
-		stopWaiting: stopWaiting,
-	}
+	f.deadline, _ = rctx.Deadline()
+	f.stopWaiting = stopWaiting
 	s.flight, s.running = f, f
 	s.inFlight.Store(true)
 	if background {
@@ -361,6 +366,7 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 		current = withRefreshToken(current, s.rotated)
 	}
 	s.wg.Go(func() {
+		defer s.endHook(f)
 		defer cancel()
 		defer stopWaiting(nil)
 		s.run(rctx, wctx, f, st.tok, current)

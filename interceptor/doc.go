@@ -16,7 +16,22 @@
 //	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 //	conn, err := grpc.NewClient(target, append(opts, interceptor.DialOptions(src)...)...)
 //
-// It chains the unary and the stream interceptor (sharing one configuration)
+// When the Refresher calls its authentication service over this same
+// connection (as testserver.NewRefresher does), use NewClient instead: it
+// creates the connection, hands it to the function that builds the source,
+// and binds the result, so there is no moment at which a call could find no
+// source and nobody writes "declare now, fill in later":
+//
+//	conn, src, err := interceptor.NewClient(target, func(cc grpc.ClientConnInterface) *tokensource.Source {
+//		return tokensource.New(authRefresher(cc))
+//	}, grpc.WithTransportCredentials(creds), interceptor.WithInterceptorOptions(opts...))
+//	defer conn.Close()
+//	defer src.Close() // first: it lets a refresh in flight on conn finish
+//
+// The Refresher's own calls pass through the interceptors untouched (they
+// run inside the refresh, see tokensource.InRefresh).
+//
+// DialOptions chains the unary and the stream interceptor (sharing one configuration)
 // and installs the transport security check once for the connection.
 // UnaryClientInterceptor and StreamClientInterceptor return the interceptors
 // alone, for clients that assemble their chain themselves; they then add the

@@ -20,9 +20,9 @@ import (
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
-// Example connects to a server with grpc.NewClient and DialOptions. The
-// token source logs in and refreshes through AuthService over the same
-// connection; when the server stops accepting the token, the next call is
+// Example connects to a server with NewClient. The token source logs in and
+// refreshes through AuthService over the very connection it supplies tokens
+// for; when the server stops accepting the token, the next call is
 // refreshed and retried without the application noticing.
 func Example() {
 	ctx := context.Background()
@@ -33,20 +33,14 @@ func Example() {
 	}
 	defer ep.Stop()
 
-	// The Refresher needs the connection, which needs the source: fill it
-	// in once the connection exists (before the first call).
-	var auth *testserver.Refresher
-	src := tokensource.New(tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
-		return auth.Refresh(ctx, cur)
-	}))
-	defer src.Close()
-
-	conn, err := grpc.NewClient(ep.Target(), append(ep.DialOptions(), interceptor.DialOptions(src)...)...)
+	conn, src, err := interceptor.NewClient(ep.Target(), func(cc grpc.ClientConnInterface) *tokensource.Source {
+		return tokensource.New(testserver.NewRefresher(cc, testserver.DefaultUser, testserver.DefaultPassword))
+	}, ep.DialOptions()...)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer conn.Close()
-	auth = testserver.NewRefresher(conn, testserver.DefaultUser, testserver.DefaultPassword)
+	defer src.Close() // before conn: Close lets a refresh in flight on conn finish
 
 	echo := echov1.NewEchoServiceClient(conn)
 	resp, err := echo.Echo(ctx, &echov1.EchoRequest{Message: "hello"})

@@ -151,24 +151,17 @@ func Example_quickStart() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// The Refresher logs in, then rotates the refresh token, over a connection of its own without the
-	// interceptors: it exists before the Source that calls it.
-	authConn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer authConn.Close()
-	src := tokensource.New(testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword))
-	defer src.Close()
-
 	// Every call on conn carries the token. It is renewed before it expires; a call the server rejects
-	// waits for one shared refresh and is retried once.
-	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)},
-		interceptor.DialOptions(src)...)...)
+	// waits for one shared refresh and is retried once. The Refresher logs in and rotates the refresh
+	// token over conn itself: NewClient hands it the connection before any call can be made.
+	conn, src, err := interceptor.NewClient(addr, func(cc grpc.ClientConnInterface) *tokensource.Source {
+		return tokensource.New(testserver.NewRefresher(cc, testserver.DefaultUser, testserver.DefaultPassword))
+	}, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer conn.Close()
+	defer src.Close() // first: it lets a refresh in flight on conn finish and keeps its rotated token
 
 	resp, err := echov1.NewEchoServiceClient(conn).Echo(ctx, &echov1.EchoRequest{Message: "hello"})
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
 )
 
 var soakDuration = flag.Duration("soak.duration", 20*time.Second,
@@ -17,5 +19,7 @@ func TestMain(m *testing.M) {
 		// A worker process of a fleet test (fleet_test.go), not a test run.
 		os.Exit(runFleetWorker())
 	}
+	// The dial failures of a redis-server being started or restarted.
+	redistest.QuietClientLogs()
 	goleak.VerifyTestMain(m)
 }

@@ -9,7 +9,7 @@ PKGS    := ./...
 # their boundary, so lint, test-go and bench-smoke visit each one in turn.
 MODULES := otel e2e/oauth2server
 
-.PHONY: all generate lint test test-go check-generated bench bench-smoke fuzz soak demo testserver
+.PHONY: all generate lint test test-go check-generated bench bench-fleet bench-smoke fuzz soak demo testserver
 
 all: test
 
@@ -61,9 +61,26 @@ check-generated: generate
 bench:
 	GO=$(GO) scripts/bench.sh
 
-## bench-smoke: every benchmark once, so CI proves they still run (not a measurement)
+## bench-fleet: fleets of 8 real processes (FLEET_EPISODES episodes per store, about 6 s each), then the
+## hot path with and without a coordinating store (COUNT runs, benchstat); about 5 minutes on 2 cores
+FLEET_EPISODES ?= 10
+COUNT          ?= 6
+bench-fleet:
+	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime $(FLEET_EPISODES)x ./e2e/
+	@# COUNT rounds one after the other, each running every variant once, so
+	@# that a change in the machine's load spreads over all of them.
+	@out=$$(mktemp "$${TMPDIR:-/tmp}/bench-fleet.XXXXXX") || exit 1; \
+	for i in $$(seq $(COUNT)); do \
+		$(GO) test -p 1 -run '^$$' -bench '^BenchmarkTokenWithStore$$' -benchmem -count 1 \
+			./tokensource/ ./tokensource/redisstore/ >>"$$out" || { cat "$$out"; rm -f "$$out"; exit 1; }; \
+	done; \
+	$(TOOL) benchstat -col /store "$$out"; rc=$$?; rm -f "$$out"; exit $$rc
+
+## bench-smoke: every benchmark once, so CI proves they still run (not a measurement). BenchmarkFleet
+## runs one short episode per store (2 expiries: about 12 s).
 bench-smoke:
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/ ./tokensource/ ./interceptor/
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/ ./tokensource/ ./tokensource/redisstore/ ./interceptor/
+	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x ./e2e/ -fleetbench.expiries 2
 	@for m in $(MODULES); do \
 		(cd $$m && $(GO) test -run '^$$' -bench . -benchtime 1x ./...) || exit 1; \
 	done

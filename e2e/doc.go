@@ -54,6 +54,16 @@
 //
 //	go test -race -run TestSoak ./e2e/ -soak.duration=10m
 //
+// # Fleet benchmark
+//
+// BenchmarkFleet runs the fleet tests' worker processes (the test binary
+// re-executed, see TestMain) as a measurement: refreshes per expiry with a
+// coordinating store and without, and the latency from a holder's commit to
+// its waiting peers' adoption. Each iteration is one episode of
+// -fleetbench.expiries expiries; `make bench-fleet` runs ten per store:
+//
+//	go test -run '^$' -bench BenchmarkFleet -benchtime 10x ./e2e/
+//
 // # Secrets and security defaults
 //
 // TestNoSecretsAnywhere drives every error path it can reach with every

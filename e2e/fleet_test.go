@@ -37,15 +37,17 @@ const (
 	envStore    = "TOKENREFRESH_FLEET_STORE"  // store spec, see openFleetStore
 	envDuration = "TOKENREFRESH_FLEET_DURATION"
 	envCallers  = "TOKENREFRESH_FLEET_CALLERS"
-	envGrant    = "TOKENREFRESH_FLEET_GRANT" // "refresh" (rotating refresh token) or "slowlogin" (a fresh, slow grant per refresh)
+	envGrant    = "TOKENREFRESH_FLEET_GRANT" // "refresh" (rotating refresh token), "login" (a fresh grant per refresh) or "slowlogin" (the same, slow)
 	envLeaseTTL = "TOKENREFRESH_FLEET_LEASE_TTL"
 	envTimeout  = "TOKENREFRESH_FLEET_REFRESH_TIMEOUT"
+	envTrace    = "TOKENREFRESH_FLEET_TRACE" // "1": also report each commit (see traceCommits)
 )
 
 // workerLine is one line a worker writes to its stdout: an event of its
 // Source as it happens, then one summary.
 type workerLine struct {
 	Event   string         `json:"event,omitempty"`
+	At      int64          `json:"at,omitempty"` // the event's time, Unix ns by the wall clock (one host: comparable across workers)
 	Err     string         `json:"err,omitempty"`
 	Summary *workerSummary `json:"summary,omitempty"`
 }
@@ -64,13 +66,14 @@ type fleetConfig struct {
 	grant            string
 	leaseTTL         time.Duration
 	refreshTimeout   time.Duration
-	store            func(t *testing.T) (spec string, st tokensource.Store)
+	store            func(tb testing.TB) (spec string, st tokensource.Store)
 	serverOpts       []testserver.Option
+	trace            bool // workers report each commit (commitEvent), for the benchmarks
 }
 
 // fleet is a running fleet of worker processes.
 type fleet struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *testserver.Server
 	ep      *testserver.Endpoint
 	store   tokensource.Store
@@ -82,12 +85,19 @@ type worker struct {
 	cmd     *exec.Cmd
 	stderr  strings.Builder
 	mu      sync.Mutex
-	events  []string
+	events  []workerEvent
 	summary *workerSummary
 	changed chan struct{} // closed and replaced on every event; guarded by mu
 	started chan struct{} // closed at the worker's first RefreshStarted
 	once    sync.Once
 	done    chan struct{} // closed when stdout is drained
+}
+
+// workerEvent is one event a worker reported: an EventKind's name, or
+// commitEvent.
+type workerEvent struct {
+	kind string
+	at   time.Time
 }
 
 // waitEvent waits until the worker has reported kind n times.
@@ -96,7 +106,7 @@ func (w *worker) waitEvent(ctx context.Context, kind string, n int) error {
 		w.mu.Lock()
 		got, ch := 0, w.changed
 		for _, e := range w.events {
-			if e == kind {
+			if e.kind == kind {
 				got++
 			}
 		}
@@ -119,7 +129,7 @@ func (w *worker) eventCount(kind string) int {
 	defer w.mu.Unlock()
 	n := 0
 	for _, e := range w.events {
-		if e == kind {
+		if e.kind == kind {
 			n++
 		}
 	}
@@ -128,7 +138,7 @@ func (w *worker) eventCount(kind string) int {
 
 // startFleet starts the testserver, seeds the store with a login, and starts
 // the workers.
-func startFleet(t *testing.T, cfg fleetConfig) *fleet {
+func startFleet(t testing.TB, cfg fleetConfig) *fleet {
 	t.Helper()
 	srv := testserver.New(append([]testserver.Option{testserver.WithAccessTokenTTL(cfg.tokenTTL)}, cfg.serverOpts...)...)
 	ep, err := srv.Start(context.Background())
@@ -169,6 +179,9 @@ func (f *fleet) startWorker(i int, spec string, cfg fleetConfig) *worker {
 		envLeaseTTL+"="+cfg.leaseTTL.String(),
 		envTimeout+"="+cfg.refreshTimeout.String(),
 	)
+	if cfg.trace {
+		w.cmd.Env = append(w.cmd.Env, envTrace+"=1")
+	}
 	w.cmd.Stderr = &w.stderr
 	out, err := w.cmd.StdoutPipe()
 	if err != nil {
@@ -197,7 +210,7 @@ func (w *worker) read(r io.Reader) {
 		}
 		w.mu.Lock()
 		if l.Event != "" {
-			w.events = append(w.events, l.Event)
+			w.events = append(w.events, workerEvent{kind: l.Event, at: time.Unix(0, l.At)})
 			close(w.changed)
 			w.changed = make(chan struct{})
 		}
@@ -289,6 +302,11 @@ func runFleetWorker() int {
 		return 2
 	}
 	defer closeStore()
+	if os.Getenv(envTrace) == "1" {
+		st = traceCommits(st, func(start time.Time) {
+			write(workerLine{Event: commitEvent, At: start.UnixNano()})
+		})
+	}
 
 	// The Refresher has a connection of its own: the fleet tests are about
 	// the Store, not about wiring.
@@ -299,10 +317,18 @@ func runFleetWorker() int {
 	}
 	defer authConn.Close()
 	var r tokensource.Refresher = testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword)
-	if os.Getenv(envGrant) == "slowlogin" {
-		// A slow grant without rotation, as client credentials from a
-		// distant identity provider: every refresh is a new login that
-		// takes 3 s.
+	switch os.Getenv(envGrant) {
+	case "login":
+		// A grant without rotation, as client credentials: every refresh
+		// is a new login, so a second refresh is harmless (it only adds
+		// to the issuer's load).
+		inner := r
+		r = tokensource.RefresherFunc(func(ctx context.Context, _ *tokensource.Token) (*tokensource.Token, error) {
+			return inner.Refresh(ctx, nil)
+		})
+	case "slowlogin":
+		// The same from a distant identity provider: every login takes
+		// 3 s.
 		inner := r
 		r = tokensource.RefresherFunc(func(ctx context.Context, _ *tokensource.Token) (*tokensource.Token, error) {
 			select {
@@ -316,7 +342,7 @@ func runFleetWorker() int {
 	opts := []tokensource.Option{
 		tokensource.WithStore(st),
 		tokensource.WithObserver(func(ev tokensource.Event) {
-			l := workerLine{Event: ev.Kind.String()}
+			l := workerLine{Event: ev.Kind.String(), At: ev.Time.UnixNano()}
 			if ev.Err != nil {
 				l.Err = ev.Err.Error()
 			}

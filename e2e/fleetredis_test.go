@@ -31,7 +31,7 @@ func TestFleetRedisRestarted(t *testing.T) {
 	cfg := fleetConfig{
 		workers: 4, callers: 8, duration: 3 * fleetTokenTTL, tokenTTL: fleetTokenTTL,
 		grant: "refresh", leaseTTL: 2 * time.Second,
-		store: func(t *testing.T) (string, tokensource.Store) {
+		store: func(t testing.TB) (string, tokensource.Store) {
 			rs = redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 			return "redis:" + rs.Socket, redisstore.New(rs.Client(), fleetKey)
 		},

@@ -17,7 +17,7 @@ import (
 // fleetStores are the coordinating stores every fleet test runs on.
 var fleetStores = []struct {
 	name  string
-	store func(t *testing.T) (string, tokensource.Store)
+	store func(tb testing.TB) (string, tokensource.Store)
 }{
 	{"FileStore", fileFleetStore},
 	{"Redis", redisFleetStore},
@@ -215,7 +215,7 @@ func (f *fleet) firstEvent(ctx context.Context, kind string, except *worker) (*w
 	}
 }
 
-func fileFleetStore(t *testing.T) (string, tokensource.Store) {
+func fileFleetStore(t testing.TB) (string, tokensource.Store) {
 	path := filepath.Join(t.TempDir(), "token.json")
 	return "file:" + path, tokensource.NewFileStore(path)
 }

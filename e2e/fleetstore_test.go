@@ -16,8 +16,9 @@ import (
 // fleetKey is the Redis key of the fleet tests' shared record.
 const fleetKey = "tokenrefresh-e2e:fleet"
 
-// openFleetStore opens the store a worker process was given: "file:<path>"
-// or "redis:<unix socket>".
+// openFleetStore opens the store a worker process was given: "file:<path>",
+// "redis:<unix socket>", or "memory" (a MemoryStore of the worker's own: no
+// coordination between workers).
 func openFleetStore(spec string, leaseTTL time.Duration) (tokensource.Store, func(), error) {
 	kind, arg, _ := strings.Cut(spec, ":")
 	switch kind {
@@ -27,6 +28,8 @@ func openFleetStore(spec string, leaseTTL time.Duration) (tokensource.Store, fun
 			opts = append(opts, tokensource.WithFileLeaseTTL(leaseTTL))
 		}
 		return tokensource.NewFileStore(arg, opts...), func() {}, nil
+	case "memory":
+		return tokensource.NewMemoryStore(), func() {}, nil
 	case "redis":
 		c := redis.NewClient(&redis.Options{Network: "unix", Addr: arg})
 		var opts []redisstore.Option
@@ -38,7 +41,7 @@ func openFleetStore(spec string, leaseTTL time.Duration) (tokensource.Store, fun
 	return nil, nil, fmt.Errorf("unknown store spec %q", spec)
 }
 
-func redisFleetStore(t *testing.T) (string, tokensource.Store) {
+func redisFleetStore(t testing.TB) (string, tokensource.Store) {
 	srv := redistest.Start(t)
 	return "redis:" + srv.Socket, redisstore.New(srv.Client(), fleetKey)
 }

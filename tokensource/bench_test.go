@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -121,4 +122,67 @@ func BenchmarkSharedRefresh(b *testing.B) {
 		wg.Wait()
 	}
 	b.ReportMetric(float64(r.calls.Load())/float64(b.N), "refreshes/burst")
+}
+
+// BenchmarkTokenWithStore measures the hot path (a valid token, outside its
+// early window) of a Source with a coordinating Store installed next to one
+// without a store: contract item 19 says coordination adds nothing there, no
+// I/O and no allocation. (redisstore's benchmarks have the Redis case.)
+func BenchmarkTokenWithStore(b *testing.B) {
+	tok := Token{AccessToken: "a", RefreshToken: "r", Expiry: time.Now().Add(24 * time.Hour)}
+	stores := []struct {
+		name  string
+		store func(b *testing.B) Store
+	}{
+		{"none", func(*testing.B) Store { return nil }},
+		{"MemoryStore", func(*testing.B) Store { return NewMemoryStore() }},
+		{"FileStore", func(b *testing.B) Store { return NewFileStore(filepath.Join(b.TempDir(), "token.json")) }},
+	}
+	for _, st := range stores {
+		source := func(b *testing.B) (*Source, *counter) {
+			b.Helper()
+			r := &counter{}
+			var s *Source
+			if store := st.store(b); store != nil {
+				if err := store.Save(ctxBG, &tok); err != nil {
+					b.Fatal(err)
+				}
+				s = New(r, WithStore(store))
+			} else {
+				s = New(r, WithInitialToken(&tok))
+			}
+			b.Cleanup(func() { _ = s.Close() })
+			if _, err := s.Token(ctxBG); err != nil { // loads from the store
+				b.Fatal(err)
+			}
+			return s, r
+		}
+		b.Run("store="+st.name+"/serial", func(b *testing.B) {
+			s, r := source(b)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Token(ctxBG); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if n := r.calls.Load(); n != 0 {
+				b.Fatalf("%d Refresher calls on the hot path, want 0", n)
+			}
+		})
+		b.Run("store="+st.name+"/parallel", func(b *testing.B) {
+			s, r := source(b)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Token(ctxBG); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			if n := r.calls.Load(); n != 0 {
+				b.Fatalf("%d Refresher calls on the hot path, want 0", n)
+			}
+		})
+	}
 }

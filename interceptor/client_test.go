@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
@@ -71,8 +72,8 @@ func TestNewClientNilSource(t *testing.T) {
 	if err == nil || conn != nil || src != nil {
 		t.Fatalf("NewClient with a nil source = (%v, %v, %v), want an error", conn, src, err)
 	}
-	if st := cc.(*grpc.ClientConn).GetState().String(); st != "SHUTDOWN" {
-		t.Errorf("connection state = %s, want SHUTDOWN", st)
+	if st := cc.(*grpc.ClientConn).GetState(); st != connectivity.Shutdown {
+		t.Errorf("connection state = %v, want %v", st, connectivity.Shutdown)
 	}
 	if _, _, err := interceptor.NewClient[interceptor.TokenSource](ep.Target(), func(grpc.ClientConnInterface) interceptor.TokenSource {
 		return nil

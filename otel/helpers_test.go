@@ -283,3 +283,15 @@ func (r *rig) tryRetry(t testing.TB) {
 		t.Fatalf("attempts = %d, want 2", attempts)
 	}
 }
+
+// ended returns the ended span called name.
+func (r *rig) ended(t *testing.T, name string) sdktrace.ReadOnlySpan {
+	t.Helper()
+	for _, s := range r.spans.Ended() {
+		if s.Name() == name {
+			return s
+		}
+	}
+	t.Fatalf("no ended span %q", name)
+	return nil
+}

@@ -59,18 +59,6 @@ func newEchoRig(t *testing.T, hooks bool) *echoRig {
 	return &echoRig{rig: rg, srv: srv, src: src, echo: echov1.NewEchoServiceClient(conn)}
 }
 
-// callerSpan returns the ended span called name.
-func (r *echoRig) callerSpan(t *testing.T, name string) sdktrace.ReadOnlySpan {
-	t.Helper()
-	for _, s := range r.spans.Ended() {
-		if s.Name() == name {
-			return s
-		}
-	}
-	t.Fatalf("no span %s", name)
-	return nil
-}
-
 // wantRetried checks that span s says it was retried and links to the
 // refresh span ref, and only to it: with the hooks, as the refresh it
 // waited on too.
@@ -111,7 +99,7 @@ func testRetriedCallsCountedAndLinked(t *testing.T, hooks bool) {
 	}
 	span.End()
 	r.waitFor(t, tokensource.RefreshSucceeded)
-	if _, ok := attr(r.callerSpan(t, "first"), tokenrefreshotel.RetriedKey); ok {
+	if _, ok := attr(r.ended(t, "first"), tokenrefreshotel.RetriedKey); ok {
 		t.Errorf("a call that was not retried is marked retried")
 	}
 
@@ -174,12 +162,12 @@ func testRetriedCallsCountedAndLinked(t *testing.T, hooks bool) {
 		wantAttr(t, refreshes[i], trig)
 	}
 	// Each retried call links to the refresh it waited for.
-	wantRetried(t, r.callerSpan(t, "unary"), refreshes[1].SpanContext(), hooks)
-	wantRetried(t, r.callerSpan(t, "stream"), refreshes[2].SpanContext(), hooks)
+	wantRetried(t, r.ended(t, "unary"), refreshes[1].SpanContext(), hooks)
+	wantRetried(t, r.ended(t, "stream"), refreshes[2].SpanContext(), hooks)
 	if hooks {
 		// Each refresh is in the trace of the call that started it.
 		for i, name := range []string{"first", "unary", "stream"} {
-			if got, want := refreshes[i].Parent(), r.callerSpan(t, name).SpanContext(); !got.Equal(want) {
+			if got, want := refreshes[i].Parent(), r.ended(t, name).SpanContext(); !got.Equal(want) {
 				t.Errorf("refresh %d's parent = %v, want the span of %s", i, got.SpanID(), name)
 			}
 		}

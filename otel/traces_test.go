@@ -52,18 +52,6 @@ func hookedSource(t *testing.T, rg *rig, r tokensource.Refresher, waited chan<- 
 		tokensource.WithRefreshHooks(h)}, opts...)...)
 }
 
-// ended returns the ended span called name.
-func (r *rig) ended(t *testing.T, name string) sdktrace.ReadOnlySpan {
-	t.Helper()
-	for _, s := range r.spans.Ended() {
-		if s.Name() == name {
-			return s
-		}
-	}
-	t.Fatalf("no ended span %q", name)
-	return nil
-}
-
 // linksTo returns the links of s to target, by their tokenrefresh.link value.
 func linksTo(s sdktrace.ReadOnlySpan, target trace.SpanContext) []string {
 	var out []string

@@ -16,28 +16,11 @@ import (
 // alternative, serially and from parallel goroutines.
 func BenchmarkToken(b *testing.B) {
 	exp := time.Now().Add(24 * time.Hour)
-	b.Run("Source/serial", func(b *testing.B) {
-		s := New(&counter{}, WithInitialToken(&Token{AccessToken: "a", Expiry: exp}))
-		defer s.Close()
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := s.Token(ctxBG); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("Source/parallel", func(b *testing.B) {
-		s := New(&counter{}, WithInitialToken(&Token{AccessToken: "a", Expiry: exp}))
-		defer s.Close()
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := s.Token(ctxBG); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
+	benchHotPath(b, "Source", func(b *testing.B) (*Source, *counter) {
+		r := &counter{}
+		s := New(r, WithInitialToken(&Token{AccessToken: "a", Expiry: exp}))
+		b.Cleanup(func() { _ = s.Close() })
+		return s, r
 	})
 	// The clock read both sources need, for scale.
 	b.Run("baseline/time.Now", func(b *testing.B) {
@@ -157,32 +140,39 @@ func BenchmarkTokenWithStore(b *testing.B) {
 			}
 			return s, r
 		}
-		b.Run("store="+st.name+"/serial", func(b *testing.B) {
-			s, r := source(b)
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := s.Token(ctxBG); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if n := r.calls.Load(); n != 0 {
-				b.Fatalf("%d Refresher calls on the hot path, want 0", n)
-			}
-		})
-		b.Run("store="+st.name+"/parallel", func(b *testing.B) {
-			s, r := source(b)
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if _, err := s.Token(ctxBG); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			if n := r.calls.Load(); n != 0 {
-				b.Fatalf("%d Refresher calls on the hot path, want 0", n)
-			}
-		})
+		benchHotPath(b, "store="+st.name, source)
 	}
+}
+
+// benchHotPath runs Token on the Source that mk returns, serially (name
+// "/serial") and from every P (name "/parallel"), and fails if the hot path
+// called the Refresher.
+func benchHotPath(b *testing.B, name string, mk func(b *testing.B) (*Source, *counter)) {
+	b.Run(name+"/serial", func(b *testing.B) {
+		s, r := mk(b)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.Token(ctxBG); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if n := r.calls.Load(); n != 0 {
+			b.Fatalf("%d Refresher calls on the hot path, want 0", n)
+		}
+	})
+	b.Run(name+"/parallel", func(b *testing.B) {
+		s, r := mk(b)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.Token(ctxBG); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		if n := r.calls.Load(); n != 0 {
+			b.Fatalf("%d Refresher calls on the hot path, want 0", n)
+		}
+	})
 }

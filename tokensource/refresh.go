@@ -165,8 +165,9 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 				if s.opts.logger == nil {
 					l = slog.Default()
 				}
-				l.Error("tokensource: the Refresher panicked", "panic", panicSummary(p), "stack", string(debug.Stack()))
-				ch <- refResult{err: fmt.Errorf("%w (%s)", ErrRefresherPanicked, panicSummary(p))}
+				what := panicSummary(p)
+				l.Error("tokensource: the Refresher panicked", "panic", what, "stack", string(debug.Stack()))
+				ch <- refResult{err: fmt.Errorf("%w (%s)", ErrRefresherPanicked, what)}
 			}
 		}()
 		t, err := s.refresher.Refresh(ctx, current)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -13,134 +14,235 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
+	tokenrefreshotel "github.com/tokenrefresh/grpc-tokenrefresh/otel"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
-// report is everything the summary shows, and what tests assert on.
-type report struct {
-	cfg         config
-	target      string // the server's address
-	elapsed     time.Duration
-	interrupted bool
-	results     workerResult
-	rejections  int64                // Unauthenticated attempts seen inside the interceptors
-	server      *testserver.Counters // nil with an external server
-	tokens      tokenSummary
-	stats       tokensource.Stats
-	pass        bool
-	verdict     string
-}
+// revocationTTL is the token lifetime of the revocation phase: long enough
+// that only the revocation can make the Source refresh.
+const revocationTTL = time.Hour
 
-func (r *report) ok() int64 {
-	var n int64
-	for _, c := range r.results.ok {
-		n += c
-	}
-	return n
-}
-
-func (r *report) failed() int64 {
-	n := r.results.wrong
-	for _, c := range r.results.failed {
-		n += c
-	}
-	return n
-}
-
-// runDemo sets up the server (unless cfg.addr names one), the connection and
-// the Source, runs the load and prints the progress and the summary to out.
-// An error means the demo could not run at all.
-func runDemo(ctx context.Context, cfg config, out io.Writer) (*report, error) {
-	rep := &report{cfg: cfg}
-	var (
-		srv   *testserver.Server
-		creds credentials.TransportCredentials
-		iopts []interceptor.Option
-	)
-	if cfg.embedded() {
-		sopts := []testserver.Option{
-			testserver.WithAccessTokenTTL(cfg.ttl),
-			testserver.WithRefreshLatency(cfg.refreshLatency),
-		}
-		if cfg.failRefreshes > 0 {
-			sopts = append(sopts, testserver.WithRefreshFailures(cfg.failRefreshes, codes.Unavailable))
-		}
-		srv = testserver.New(sopts...)
-		ep, err := srv.Start(ctx, testserver.TLS())
-		if err != nil {
+// runDemo runs the phases cfg names, printing each one's progress and table
+// to out, and returns the summary. An error means the demo could not run at
+// all (no server, no metrics listener); a phase that ran and failed is in
+// the summary instead.
+func runDemo(ctx context.Context, cfg config, out io.Writer) (*summary, error) {
+	sum := &summary{Embedded: cfg.embedded(), Target: cfg.addr}
+	var m *metrics
+	if cfg.metricsAddr != "" {
+		var err error
+		if m, err = startMetrics(cfg.metricsAddr); err != nil {
 			return nil, err
 		}
-		defer ep.Stop()
-		rep.target, creds = ep.Target(), ep.ClientCredentials()
-	} else {
-		rep.target = cfg.addr
+		defer m.close()
+		fmt.Fprintf(out, "metrics: %s (Prometheus text, while the demo runs)\n", m.url)
+	}
+	type step struct {
+		name string
+		run  func() (*phaseReport, error)
+	}
+	var steps []step
+	for _, p := range cfg.phases {
+		switch p {
+		case phaseEarly, phaseRevocation:
+			steps = append(steps, step{p, func() (*phaseReport, error) { return runSourcePhase(ctx, cfg, p, m, out) }})
+		case phaseFleet:
+			steps = append(steps, step{"fleet-file", func() (*phaseReport, error) { return runFleetPhase(ctx, cfg, storeFile, out) }})
+			if cfg.redis != "" {
+				steps = append(steps, step{"fleet-redis", func() (*phaseReport, error) { return runFleetPhase(ctx, cfg, storeRedis, out) }})
+			}
+		}
+	}
+	for i, s := range steps {
+		fmt.Fprintf(out, "\nphase %d/%d %s\n", i+1, len(steps), s.name)
+		rep, err := s.run()
+		if err != nil {
+			return nil, fmt.Errorf("phase %s: %w", s.name, err)
+		}
+		rep.judge()
+		rep.print(out)
+		sum.Phases = append(sum.Phases, rep)
+		if rep.Interrupted {
+			sum.Interrupted = true
+			break
+		}
+	}
+	sum.judge()
+	sum.print(out)
+	return sum, nil
+}
+
+// conn is how a phase reaches the server: the embedded one, started for the
+// phase, or the one -addr names.
+type conn struct {
+	srv    *testserver.Server // nil with -addr
+	ep     *testserver.Endpoint
+	target string
+	creds  credentials.TransportCredentials
+	caPEM  []byte // the embedded server's certificate
+	iopts  []interceptor.Option
+}
+
+// dial starts the embedded server with tokens that live ttl, or prepares to
+// reach the -addr one. stop ends what dial started.
+func dial(ctx context.Context, cfg config, ttl time.Duration) (*conn, error) {
+	if !cfg.embedded() {
+		c := &conn{target: cfg.addr}
 		switch {
 		case cfg.insecure:
-			creds = insecure.NewCredentials()
-			iopts = append(iopts, interceptor.AllowInsecure())
+			c.creds = insecure.NewCredentials()
+			c.iopts = append(c.iopts, interceptor.AllowInsecure())
 		case cfg.tlsCA != "":
-			c, err := credentials.NewClientTLSFromFile(cfg.tlsCA, "")
+			creds, err := credentials.NewClientTLSFromFile(cfg.tlsCA, "")
 			if err != nil {
 				return nil, fmt.Errorf("reading -tls-ca: %w", err)
 			}
-			creds = c
+			c.creds = creds
 		default:
-			creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+			c.creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
 		}
+		return c, nil
 	}
-
-	// The Refresher calls AuthService over the very connection the Source
-	// serves; it is set once that connection exists, before any call.
-	var refresher *testserver.Refresher
-	tracker := &tokenTracker{}
-	src := tokensource.New(
-		tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
-			return refresher.Refresh(ctx, cur)
-		}),
-		// No leeway: tokens are used until the server rejects them.
-		tokensource.WithExpiryLeeway(0),
-		tokensource.WithEarlyRefresh(cfg.earlyRefresh),
-		tokensource.WithObserver(tracker.observe),
-	)
-	defer src.Close()
-
-	rejections := &rejectionCounter{}
-	dopts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, interceptor.DialOptions(src, iopts...)...)
-	// Chained after the token interceptors, so it sees each attempt.
-	dopts = append(dopts,
-		grpc.WithChainUnaryInterceptor(rejections.unary),
-		grpc.WithChainStreamInterceptor(rejections.stream))
-	conn, err := grpc.NewClient(rep.target, dopts...)
+	sopts := []testserver.Option{
+		testserver.WithAccessTokenTTL(ttl),
+		testserver.WithRefreshLatency(cfg.refreshLatency),
+		testserver.WithUser(cfg.user, cfg.password),
+	}
+	if cfg.failRefreshes > 0 {
+		sopts = append(sopts, testserver.WithRefreshFailures(cfg.failRefreshes, codes.Unavailable))
+	}
+	srv := testserver.New(sopts...)
+	ep, err := srv.Start(ctx, testserver.TLS())
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", rep.target, err)
+		return nil, err
 	}
-	defer conn.Close()
-	refresher = testserver.NewRefresher(conn, cfg.user, cfg.password)
+	return &conn{srv: srv, ep: ep, target: ep.Target(), creds: ep.ClientCredentials(), caPEM: ep.CertificatePEM()}, nil
+}
 
-	fmt.Fprintln(out, header(cfg, rep.target))
+func (c *conn) stop() {
+	if c.ep != nil {
+		c.ep.Stop()
+	}
+}
+
+// serverFigures snapshots the embedded server's counters; nil with -addr.
+func (c *conn) serverFigures() *serverFigures {
+	if c.srv == nil {
+		return nil
+	}
+	k := c.srv.Counters()
+	return &serverFigures{
+		Logins: k.Logins, Refreshes: k.RefreshesOK, RefreshesRefused: k.RefreshesFailed,
+		Unauthenticated: k.Unauthenticated,
+	}
+}
+
+// runSourcePhase runs an in-process phase: cfg.workers callers on one
+// connection and one Source. In the revocation phase the server revokes
+// every access token halfway through.
+func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, out io.Writer) (*phaseReport, error) {
+	ttl := cfg.ttl
+	if phase == phaseRevocation {
+		ttl = revocationTTL
+	}
+	c, err := dial(ctx, cfg, ttl)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	rep := newPhaseReport(phase, 1, cfg.workers, c.target)
+	fmt.Fprintln(out, phaseHeader(cfg, phase, c))
+
+	tracker := &tokenTracker{}
+	var retried atomic.Int64
+	iopts := append(c.iopts, interceptor.WithRetryObserver(func(context.Context, string, error) { retried.Add(1) }))
+	observe := tracker.observe
+	sopts := []tokensource.Option{}
+	var obs *tokenrefreshotel.Observer
+	if m != nil {
+		if obs, err = m.observer(phase); err != nil {
+			return nil, err
+		}
+		observe = func(ev tokensource.Event) {
+			tracker.observe(ev)
+			obs.Observe(ev)
+		}
+		sopts = append(sopts, tokensource.WithRefreshHooks(obs.Hooks()))
+		iopts = append(iopts, obs.InterceptorOption())
+	}
+	// Everything else is the library's default: the expiry leeway and the
+	// early-refresh window (a tenth and a quarter of the lifetime at most).
+	sopts = append(sopts, tokensource.WithObserver(observe))
+	cc, src, err := interceptor.NewClient(c.target, func(cc grpc.ClientConnInterface) *tokensource.Source {
+		return tokensource.New(testserver.NewRefresher(cc, cfg.user, cfg.password), sopts...)
+	}, grpc.WithTransportCredentials(c.creds), interceptor.WithInterceptorOptions(iopts...))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", c.target, err)
+	}
+	defer cc.Close()
+	defer src.Close() // before cc.Close: a refresh in flight uses cc
+	if obs != nil {
+		reg, err := obs.ObserveStats(src)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = reg.Unregister() }()
+	}
+
+	// The login happens before the load, so that the callers counted as
+	// waiting are the load's, not the first token's.
+	loginCtx, cancel := context.WithTimeout(ctx, cfg.callTimeout)
+	_, err = src.Token(loginCtx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("logging in: %w", err)
+	}
+	base := src.Stats()
+
+	if phase == phaseRevocation && c.srv != nil {
+		revoke := time.AfterFunc(cfg.duration/2, c.srv.ForceExpire)
+		defer revoke.Stop()
+	}
 	var total counters
-	p := &progress{out: out, tty: cfg.tty, src: src, tracker: tracker, total: &total}
-	rep.results, rep.elapsed, rep.interrupted = runLoad(ctx, cfg, echov1.NewEchoServiceClient(conn), &total, p.tick)
+	p := newProgress(out, cfg.tty, func() progressFigures {
+		st := src.Stats()
+		return progressFigures{ok: total.ok.Load(), failed: total.failed.Load(),
+			refreshes: int64(st.Refreshes - base.Refreshes), waited: int64(st.Waited - base.Waited)}
+	})
+	res, elapsed, interrupted := runLoad(ctx, cfg.workers, cfg.duration, cfg.callTimeout, cfg.interval,
+		echov1.NewEchoServiceClient(cc), &total, p.tick)
 	p.done()
 
-	rep.tokens = tracker.summary(time.Now())
-	rep.stats = src.Stats()
-	rep.rejections = rejections.n.Load()
-	if srv != nil {
-		c := srv.Counters()
-		rep.server = &c
+	st := src.Stats()
+	t := tracker.summary(time.Now())
+	rep.setLoad(&res, elapsed, interrupted)
+	rep.Retried = retried.Load()
+	rep.Waited = int64(st.Waited - base.Waited)
+	rep.MaxWaiters = t.maxWaiters
+	rep.Refreshes = int64(t.refreshes)
+	rep.Early, rep.Forced, rep.Expired = t.early, t.forced, t.expired
+	rep.RefreshFailures = int64(st.Failures - base.Failures)
+	rep.Lifetimes = t.lifetimes
+	rep.Server = c.serverFigures()
+	if t.lastFailure != "" {
+		rep.Errors = append(rep.Errors, "last refresh error: "+t.lastFailure)
 	}
-	rep.judge()
-	rep.print(out)
+	if cfg.phaseDone != nil {
+		cfg.phaseDone(phase, m.metricsURL())
+	}
 	return rep, nil
 }
 
-func header(cfg config, target string) string {
-	where := "the embedded test server at " + target + " (TLS"
-	if cfg.embedded() {
-		where += fmt.Sprintf(", access tokens live %v", cfg.ttl)
+func phaseHeader(cfg config, phase string, c *conn) string {
+	where := "the embedded test server at " + c.target + " (TLS"
+	if c.srv != nil {
+		ttl := cfg.ttl
+		if phase == phaseRevocation {
+			ttl = revocationTTL
+		}
+		where += ", access tokens live " + ttl.String()
 		if cfg.refreshLatency > 0 {
 			where += fmt.Sprintf(", refreshes take %v", cfg.refreshLatency)
 		}
@@ -148,17 +250,23 @@ func header(cfg config, target string) string {
 			where += fmt.Sprintf(", the first %d refreshes fail", cfg.failRefreshes)
 		}
 	} else {
-		where = "the server at " + target + " ("
+		where = "the server at " + c.target + " ("
 		if cfg.insecure {
 			where += "no TLS"
 		} else {
 			where += "TLS"
 		}
 	}
-	refresh := "tokens are used until they expire"
-	if cfg.earlyRefresh > 0 {
-		refresh = fmt.Sprintf("early refresh %v before expiry", cfg.earlyRefresh)
+	where += ")"
+	switch phase {
+	case phaseEarly:
+		return fmt.Sprintf("  %d callers for %v on one connection and one Source (library defaults) against %s:\n"+
+			"  tokens are renewed in the background before they expire, so no call is rejected and none waits",
+			cfg.workers, cfg.duration, where)
+	case phaseRevocation:
+		return fmt.Sprintf("  %d callers for %v on one connection and one Source against %s:\n"+
+			"  after %v the server revokes every access token it issued; one shared refresh, every rejected call retried",
+			cfg.workers, cfg.duration, where, cfg.duration/2)
 	}
-	return fmt.Sprintf("demo: %d workers for %v against %s)\n      one connection, one token source; %s",
-		cfg.workers, cfg.duration, where, refresh)
+	return ""
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"math/bits"
 	"time"
 )
@@ -76,4 +78,37 @@ func (h *histogram) quantile(q float64) time.Duration {
 		}
 	}
 	return h.max
+}
+
+// wireHistogram is a histogram as a fleet worker process sends it: only the
+// buckets that have samples.
+type wireHistogram struct {
+	Counts map[int]uint64 `json:"counts"`
+	Max    time.Duration  `json:"max_ns"`
+}
+
+func (h histogram) MarshalJSON() ([]byte, error) {
+	w := wireHistogram{Counts: map[int]uint64{}, Max: h.max}
+	for i, c := range h.counts {
+		if c > 0 {
+			w.Counts[i] = c
+		}
+	}
+	return json.Marshal(w)
+}
+
+func (h *histogram) UnmarshalJSON(b []byte) error {
+	var w wireHistogram
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*h = histogram{max: w.Max}
+	for i, c := range w.Counts {
+		if i < 0 || i >= numBuckets {
+			return fmt.Errorf("histogram bucket %d out of range", i)
+		}
+		h.counts[i] = c
+		h.n += c
+	}
+	return nil
 }

@@ -48,36 +48,37 @@ type counters struct {
 	ok, failed atomic.Int64
 }
 
-// workerResult is one worker's tally, merged after the load.
+// workerResult is one caller's tally, merged after the load. A fleet
+// worker process sends its merged tally to the demo as JSON.
 type workerResult struct {
-	ok     [numKinds]int64
-	failed [codes.Unauthenticated + 1]int64
-	wrong  int64
-	// rejected counts the Unauthenticated failures that are the server's
+	OK     [numKinds]int64                  `json:"ok"`
+	Failed [codes.Unauthenticated + 1]int64 `json:"failed"` // by code
+	Wrong  int64                            `json:"wrong"`
+	// Rejected counts the Unauthenticated failures that are the server's
 	// rejection of a token, as opposed to the source's verdict that the
 	// user must log in again (ErrReauthRequired, also Unauthenticated).
-	rejected  int64
-	sampleErr [codes.Unauthenticated + 1]string
-	wrongErr  string
-	latency   histogram
+	Rejected  int64                             `json:"rejected"`
+	SampleErr [codes.Unauthenticated + 1]string `json:"sample_err"`
+	WrongErr  string                            `json:"wrong_err"`
+	Latency   histogram                         `json:"latency"`
 }
 
 func (r *workerResult) merge(o *workerResult) {
-	for i := range r.ok {
-		r.ok[i] += o.ok[i]
+	for i := range r.OK {
+		r.OK[i] += o.OK[i]
 	}
-	for i := range r.failed {
-		r.failed[i] += o.failed[i]
-		if r.sampleErr[i] == "" {
-			r.sampleErr[i] = o.sampleErr[i]
+	for i := range r.Failed {
+		r.Failed[i] += o.Failed[i]
+		if r.SampleErr[i] == "" {
+			r.SampleErr[i] = o.SampleErr[i]
 		}
 	}
-	r.wrong += o.wrong
-	r.rejected += o.rejected
-	if r.wrongErr == "" {
-		r.wrongErr = o.wrongErr
+	r.Wrong += o.Wrong
+	r.Rejected += o.Rejected
+	if r.WrongErr == "" {
+		r.WrongErr = o.WrongErr
 	}
-	r.latency.merge(&o.latency)
+	r.Latency.merge(&o.Latency)
 }
 
 // worker makes calls of every kind, in turn, until stop is closed. Each
@@ -95,24 +96,24 @@ func worker(ctx context.Context, id int, client echov1.EchoServiceClient, timeou
 		kind := callKind(n % int(numKinds))
 		start := time.Now()
 		err := call(callCtx, client, kind, msg, timeout)
-		res.latency.record(time.Since(start))
+		res.Latency.record(time.Since(start))
 		if err == nil {
-			res.ok[kind]++
+			res.OK[kind]++
 			total.ok.Add(1)
 			continue
 		}
 		total.failed.Add(1)
 		if errors.Is(err, errWrongAnswer) {
-			res.wrong++
-			res.wrongErr = fmt.Sprintf("%s: %v", kindNames[kind], err)
+			res.Wrong++
+			res.WrongErr = fmt.Sprintf("%s: %v", kindNames[kind], err)
 		} else {
 			c := min(status.Code(err), codes.Unauthenticated)
-			res.failed[c]++
+			res.Failed[c]++
 			if c == codes.Unauthenticated && !errors.Is(err, tokensource.ErrReauthRequired) {
-				res.rejected++
+				res.Rejected++
 			}
-			if res.sampleErr[c] == "" {
-				res.sampleErr[c] = fmt.Sprintf("%s: %v", kindNames[kind], err)
+			if res.SampleErr[c] == "" {
+				res.SampleErr[c] = fmt.Sprintf("%s: %v", kindNames[kind], err)
 			}
 		}
 		select {
@@ -217,21 +218,21 @@ func receiveAll(stream grpc.ServerStreamingClient[echov1.ServerStreamEchoRespons
 	}
 }
 
-// runLoad starts cfg.workers workers, calls tick every cfg.interval until
-// cfg.duration has passed or ctx is done, then stops the workers, waits for
-// their calls in flight and returns their merged results, how long the load
-// ran, and whether ctx ended it.
-func runLoad(ctx context.Context, cfg config, client echov1.EchoServiceClient, total *counters, tick func(elapsed time.Duration)) (res workerResult, elapsed time.Duration, interrupted bool) {
+// runLoad starts workers callers, calls tick every interval until duration
+// has passed or ctx is done, then stops the callers, waits for their calls
+// in flight and returns their merged results, how long the load ran, and
+// whether ctx ended it.
+func runLoad(ctx context.Context, workers int, duration, callTimeout, interval time.Duration, client echov1.EchoServiceClient, total *counters, tick func(elapsed time.Duration)) (res workerResult, elapsed time.Duration, interrupted bool) {
 	stop := make(chan struct{})
-	results := make([]workerResult, cfg.workers)
+	results := make([]workerResult, workers)
 	var wg sync.WaitGroup
 	start := time.Now()
-	for i := range cfg.workers {
-		wg.Go(func() { worker(ctx, i, client, cfg.callTimeout, stop, total, &results[i]) })
+	for i := range workers {
+		wg.Go(func() { worker(ctx, i, client, callTimeout, stop, total, &results[i]) })
 	}
 
-	ticker := time.NewTicker(cfg.interval)
-	deadline := time.NewTimer(cfg.duration)
+	ticker := time.NewTicker(interval)
+	deadline := time.NewTimer(duration)
 loop:
 	for {
 		select {

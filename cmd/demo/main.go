@@ -1,42 +1,54 @@
-// Command demo shows grpc-tokenrefresh doing its job under load: many
-// concurrent clients make every kind of RPC through one tokensource.Source
-// while short-lived access tokens keep expiring, and none of them sees an
-// expired token.
+// Command demo proves, in one run of about 20 seconds, what grpc-tokenrefresh
+// promises: callers never see an expired token, a token the server revokes
+// costs one shared refresh and no failed call, and a fleet of processes
+// sharing one credential makes one refresh per expiry between them.
 //
 // Usage:
 //
 //	demo [flags]
 //
 // By default it starts the bundled test server in-process on 127.0.0.1 with
-// TLS and access tokens that live 2 s, then runs 200 workers for 10 s, all
-// sharing one ClientConn, one Source and the interceptors of package
-// interceptor. The Source logs in through the test server's AuthService over
-// that same connection and follows its rotating refresh tokens.
+// TLS and access tokens that live 3 s, and runs three phases of 6 s each,
+// every one with 200 concurrent callers making all four kinds of RPC
+// (unary, server, client and bidirectional streams):
 //
-// The demo's Source has no expiry leeway and, unless -early-refresh is
-// given, no early refresh: every token is used right up to its expiry, so
-// the server really does reject calls at each expiry and the client must
-// absorb those rejections (one shared refresh, one retry per call). With
-// -early-refresh the Source renews tokens in the background before they
-// expire, which is what the library does by default.
+//  1. early-refresh: one connection, one tokensource.Source with the
+//     library's defaults. Tokens are renewed in the background before they
+//     expire, so the server rejects no call and no caller waits for a
+//     refresh.
+//  2. revocation: tokens live an hour, and halfway through the server
+//     revokes every access token it has issued. The calls in flight are
+//     rejected, wait for one shared forced refresh and are retried; the
+//     application sees none of it.
+//  3. fleet-file: 4 worker processes (this binary, started again) share one
+//     credential through a tokensource.FileStore, each with its own Source
+//     and connection. Between them they make one refresh per token lifetime,
+//     and the server never sees a rotated refresh token twice. With
+//     -redis ADDR a fourth phase, fleet-redis, does the same through
+//     tokensource/redisstore on that Redis server.
 //
-// While it runs, one progress line a second shows the RPCs done, the rate,
-// the refreshes so far and the callers waiting on a refresh right now; on a
-// terminal the line is redrawn in place. At the end a summary reports the
-// RPCs that succeeded and failed (by status code), the Unauthenticated
-// answers and how many of them the application saw, token expiries against
-// refreshes, latency percentiles and a verdict. The exit status is 0 for a
-// PASS (no failed RPC, one refresh per expiry), 1 for a FAIL and 2 for a bad
-// command line.
+// While a phase runs, one progress line a second shows the calls so far, the
+// rate, the failures, the refreshes and the callers that have waited for a
+// refresh; on a terminal the line is redrawn in place. Each phase ends with a
+// table and a verdict. The exit status is 0 when every phase passed, 1 when
+// one failed (or the demo could not run) and 2 for a bad command line. With
+// -json the progress goes to stderr and stdout gets one JSON object with
+// every phase's figures, for scripts.
+//
+// With -metrics-addr the demo serves the OpenTelemetry metrics of its
+// in-process Sources (package tokenrefreshotel, through OpenTelemetry's
+// Prometheus exporter) as Prometheus text on http://ADDR/metrics while it
+// runs.
 //
 // With -addr the demo drives an external server instead, such as
 // cmd/testserver:
 //
-//	testserver -addr 127.0.0.1:50051 -access-ttl 2s -tls -tls-cert-out /tmp/ts.pem
+//	testserver -addr 127.0.0.1:50051 -access-ttl 3s -tls -tls-cert-out /tmp/ts.pem
 //	demo -addr 127.0.0.1:50051 -tls-ca /tmp/ts.pem
 //
-// The server-side counters are then not available, and -ttl,
-// -refresh-latency and -fail-refreshes must be set on the server instead.
+// The revocation phase needs the embedded server and is left out, the
+// server-side counters are not available, and -ttl, -refresh-latency and
+// -fail-refreshes must be set on the server instead.
 package main
 
 import (
@@ -47,6 +59,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,6 +75,10 @@ const (
 )
 
 func main() {
+	// A fleet phase starts this binary again as its worker processes.
+	if spec := os.Getenv(envWorker); spec != "" {
+		os.Exit(runWorker(spec, os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -68,9 +86,10 @@ func main() {
 }
 
 // run parses args, runs the demo and prints the progress and the summary to
-// stdout. It returns the exit status: exitPass, exitFail (an RPC failed, the
-// refresh count is off, or the demo could not run) or exitUsage. Cancelling
-// ctx (Ctrl-C) ends the load early; the summary is still printed.
+// stdout (with -json: the progress to stderr, the summary to stdout as
+// JSON). It returns the exit status: exitPass, exitFail (a phase failed or
+// the demo could not run) or exitUsage. Cancelling ctx (Ctrl-C) ends the
+// demo early; the summary of what ran is still printed, and it fails.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args, stderr)
 	switch {
@@ -79,26 +98,49 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 		return exitUsage
 	}
-	cfg.tty = isTerminal(stdout)
-	rep, err := runDemo(ctx, cfg, stdout)
+	out := stdout
+	if cfg.json {
+		out = stderr
+	}
+	cfg.tty = isTerminal(out)
+	sum, err := runDemo(ctx, cfg, out)
 	if err != nil {
 		fmt.Fprintln(stderr, "demo:", err)
 		return exitFail
 	}
-	if !rep.pass {
+	if cfg.json {
+		if err := sum.writeJSON(stdout); err != nil {
+			fmt.Fprintln(stderr, "demo:", err)
+			return exitFail
+		}
+	}
+	if !sum.Pass {
 		return exitFail
 	}
 	return exitPass
 }
 
+// Phase names, in the order they run.
+const (
+	phaseEarly      = "early-refresh"
+	phaseRevocation = "revocation"
+	phaseFleet      = "fleet" // fleet-file, and fleet-redis with -redis
+)
+
+var allPhases = []string{phaseEarly, phaseRevocation, phaseFleet}
+
 // config is the parsed command line.
 type config struct {
 	workers        int
-	duration       time.Duration
+	duration       time.Duration // of each phase
 	ttl            time.Duration
+	phases         []string
+	processes      int
+	redis          string // -redis: host:port, or a unix socket path
+	metricsAddr    string
+	json           bool
 	refreshLatency time.Duration
 	failRefreshes  int
-	earlyRefresh   time.Duration
 	callTimeout    time.Duration
 
 	addr           string // external server; empty: embedded
@@ -109,9 +151,14 @@ type config struct {
 	// Not flags.
 	tty      bool          // redraw the progress line in place
 	interval time.Duration // between progress lines
+	// phaseDone, if set, runs at the end of each phase while its Source and
+	// the metrics endpoint are still up (tests scrape the metrics there).
+	phaseDone func(phase string, metricsURL string)
 }
 
 func (c config) embedded() bool { return c.addr == "" }
+
+func (c config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
 
 // embeddedOnly are the flags that configure the embedded server.
 var embeddedOnly = []string{"ttl", "refresh-latency", "fail-refreshes"}
@@ -122,16 +169,22 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: demo [flags]\n\n"+
-			"Runs concurrent clients through one token source against the test server while\n"+
-			"access tokens expire, and reports whether any call failed.\n\nFlags:\n")
+			"Runs concurrent callers against the test server in three phases (early refresh,\n"+
+			"a server-side revocation, a fleet of processes sharing one credential) and\n"+
+			"reports whether any call failed or any refresh was one too many.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.IntVar(&c.workers, "workers", 200, "number of concurrent clients")
-	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long to run the load")
-	fs.DurationVar(&c.ttl, "ttl", 2*time.Second, "lifetime of access tokens (embedded server)")
+	phases := strings.Join(allPhases, ",")
+	fs.IntVar(&c.workers, "workers", 200, "concurrent callers in each phase (in a fleet phase, shared among the processes)")
+	fs.DurationVar(&c.duration, "duration", 6*time.Second, "how long each phase runs")
+	fs.DurationVar(&c.ttl, "ttl", 3*time.Second, "lifetime of access tokens (embedded server; the revocation phase uses 1h)")
+	fs.StringVar(&phases, "phases", phases, "comma-separated `list` of the phases to run: "+strings.Join(allPhases, ", "))
+	fs.IntVar(&c.processes, "processes", 4, "worker processes in a fleet phase")
+	fs.StringVar(&c.redis, "redis", "", "`address` (host:port, or a unix socket path) of a Redis server: also run the fleet on tokensource/redisstore")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the in-process Sources' OpenTelemetry metrics as Prometheus text on http://`host:port`/metrics")
+	fs.BoolVar(&c.json, "json", false, "print the summary to stdout as one JSON object (the progress goes to stderr)")
 	fs.DurationVar(&c.refreshLatency, "refresh-latency", 0, "delay the server adds to every token refresh (embedded server)")
-	fs.IntVar(&c.failRefreshes, "fail-refreshes", 0, "fail the first `N` token refreshes with Unavailable (embedded server)")
-	fs.DurationVar(&c.earlyRefresh, "early-refresh", 0, "renew tokens in the background this long before they expire (0: let them expire)")
+	fs.IntVar(&c.failRefreshes, "fail-refreshes", 0, "fail the first `N` token refreshes of each phase with Unavailable (embedded server)")
 	fs.DurationVar(&c.callTimeout, "call-timeout", 10*time.Second, "deadline of each RPC")
 	fs.StringVar(&c.addr, "addr", "", "`host:port` of an external test server (default: start one in-process)")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "with -addr, PEM `file` of the CA that signed the server's certificate (default: system roots)")
@@ -149,39 +202,65 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		fs.Usage()
 		return c, err
 	}
+	for p := range strings.SplitSeq(phases, ",") {
+		p = strings.TrimSpace(p)
+		switch {
+		case p == "":
+		case !slices.Contains(allPhases, p):
+			return fail("-phases: unknown phase %q (the phases are %s)", p, strings.Join(allPhases, ", "))
+		case !slices.Contains(c.phases, p):
+			c.phases = append(c.phases, p)
+		}
+	}
+	// Phases always run in their documented order.
+	slices.SortFunc(c.phases, func(a, b string) int { return slices.Index(allPhases, a) - slices.Index(allPhases, b) })
 	switch {
 	case fs.NArg() > 0:
 		return fail("unexpected arguments: %q", fs.Args())
+	case len(c.phases) == 0:
+		return fail("-phases names no phase")
 	case c.workers < 1:
 		return fail("-workers must be at least 1, got %d", c.workers)
 	case c.duration <= 0:
 		return fail("-duration must be positive, got %v", c.duration)
 	case c.ttl <= 0:
 		return fail("-ttl must be positive, got %v", c.ttl)
+	case c.processes < 1:
+		return fail("-processes must be at least 1, got %d", c.processes)
+	case c.runs(phaseFleet) && c.workers < c.processes:
+		return fail("-workers (%d) must be at least -processes (%d): every process needs a caller", c.workers, c.processes)
 	case c.refreshLatency < 0:
 		return fail("-refresh-latency must not be negative, got %v", c.refreshLatency)
 	case c.failRefreshes < 0:
 		return fail("-fail-refreshes must not be negative, got %d", c.failRefreshes)
-	case c.earlyRefresh < 0:
-		return fail("-early-refresh must not be negative, got %v", c.earlyRefresh)
 	case c.callTimeout <= 0:
 		return fail("-call-timeout must be positive, got %v", c.callTimeout)
 	case c.user == "":
 		return fail("-user must not be empty")
+	case set["redis"] && c.redis == "":
+		return fail("-redis must not be empty")
+	case c.redis != "" && !c.runs(phaseFleet):
+		return fail("-redis applies to the fleet phase, which -phases leaves out")
 	}
 	if c.embedded() {
 		if set["tls-ca"] || set["insecure"] {
 			return fail("-tls-ca and -insecure apply only with -addr")
 		}
-	} else {
-		for _, name := range embeddedOnly {
-			if set[name] {
-				return fail("-%s configures the embedded server; with -addr set it on the server instead", name)
-			}
+		return c, nil
+	}
+	for _, name := range embeddedOnly {
+		if set[name] {
+			return fail("-%s configures the embedded server; with -addr set it on the server instead", name)
 		}
-		if c.insecure && c.tlsCA != "" {
-			return fail("-insecure and -tls-ca are mutually exclusive")
+	}
+	if c.insecure && c.tlsCA != "" {
+		return fail("-insecure and -tls-ca are mutually exclusive")
+	}
+	if c.runs(phaseRevocation) {
+		if set["phases"] {
+			return fail("the %s phase needs the embedded server (it revokes tokens on the server); leave it out of -phases with -addr", phaseRevocation)
 		}
+		c.phases = slices.DeleteFunc(c.phases, func(p string) bool { return p == phaseRevocation })
 	}
 	return c, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -9,36 +10,337 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-
-	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
+
+// summary is the outcome of the whole run, and the -json output.
+type summary struct {
+	Target      string         `json:"target,omitempty"` // -addr; empty: the embedded server
+	Embedded    bool           `json:"embedded_server"`
+	Phases      []*phaseReport `json:"phases"`
+	Interrupted bool           `json:"interrupted"`
+	Pass        bool           `json:"pass"`
+	Verdict     string         `json:"verdict"`
+}
+
+// phaseReport is what one phase measured and its verdict. Every count is of
+// the phase's load, after the first token was obtained.
+type phaseReport struct {
+	Name      string  `json:"name"`
+	Target    string  `json:"target"`
+	Processes int     `json:"processes"`
+	Callers   int     `json:"callers"`
+	Seconds   float64 `json:"seconds"`
+
+	Calls        int64            `json:"calls"`
+	OK           int64            `json:"ok"`
+	OKByKind     map[string]int64 `json:"ok_by_kind"`
+	Failed       int64            `json:"failed"`
+	FailedByCode map[string]int64 `json:"failed_by_code,omitempty"`
+	// UnauthenticatedSeen counts the calls that failed because the server
+	// rejected their token: rejections the interceptors did not absorb.
+	UnauthenticatedSeen int64 `json:"unauthenticated_seen"`
+	// Retried counts the calls retried with a new token after the server
+	// rejected theirs (the interceptors' retry observer).
+	Retried int64 `json:"retried"`
+	// Waited counts the callers that blocked on a refresh; MaxWaiters the
+	// most that one refresh released (in-process phases only).
+	Waited     int64 `json:"waited"`
+	MaxWaiters int   `json:"max_waiters,omitempty"`
+
+	// Refreshes counts successful Refresher calls that changed the token,
+	// fleet-wide in a fleet phase; Early, Forced and Expired split them in
+	// an in-process phase (background refreshes before expiry, refreshes
+	// forced by a rejection, refreshes after the token had expired).
+	Refreshes       int64 `json:"refreshes"`
+	Early           int   `json:"early"`
+	Forced          int   `json:"forced"`
+	Expired         int   `json:"expired"`
+	RefreshFailures int64 `json:"refresh_failures"`
+	// Lifetimes counts the tokens whose lifetime ended during the phase:
+	// in a fleet phase, the generations the fleet's shared token went
+	// through (the most any process installed, after the first).
+	Lifetimes int `json:"token_lifetimes"`
+	// Adopted counts, in a fleet phase, the tokens processes took from the
+	// shared store instead of refreshing themselves.
+	Adopted int64 `json:"adopted,omitempty"`
+
+	Server *serverFigures `json:"server,omitempty"` // nil with -addr
+
+	LatencyP50 time.Duration `json:"latency_p50_ns"`
+	LatencyP99 time.Duration `json:"latency_p99_ns"`
+	LatencyMax time.Duration `json:"latency_max_ns"`
+
+	Errors      []string `json:"errors,omitempty"` // the first error of each kind
+	Interrupted bool     `json:"interrupted,omitempty"`
+	Problems    []string `json:"problems,omitempty"`
+	Notes       []string `json:"notes,omitempty"`
+	Pass        bool     `json:"pass"`
+	Verdict     string   `json:"verdict"`
+}
+
+// serverFigures are the embedded server's counters for a phase.
+type serverFigures struct {
+	Logins    int64 `json:"logins"`
+	Refreshes int64 `json:"refreshes"`
+	// RefreshesRefused counts Refresh calls the server refused, such as a
+	// rotated refresh token presented again (which revokes its family).
+	RefreshesRefused int64 `json:"refreshes_refused"`
+	Unauthenticated  int64 `json:"unauthenticated"`
+}
+
+func newPhaseReport(name string, processes, callers int, target string) *phaseReport {
+	return &phaseReport{Name: name, Processes: processes, Callers: callers, Target: target}
+}
+
+// setLoad fills in the calls' figures from the callers' merged tally.
+func (r *phaseReport) setLoad(res *workerResult, elapsed time.Duration, interrupted bool) {
+	r.Seconds = elapsed.Seconds()
+	r.Interrupted = interrupted
+	r.OKByKind = map[string]int64{}
+	for k, n := range res.OK {
+		r.OK += n
+		r.OKByKind[kindNames[k]] = n
+	}
+	r.Failed = res.Wrong
+	for c, n := range res.Failed {
+		if n > 0 {
+			if r.FailedByCode == nil {
+				r.FailedByCode = map[string]int64{}
+			}
+			r.FailedByCode[codes.Code(c).String()] = n
+			r.Failed += n
+		}
+		if msg := res.SampleErr[c]; msg != "" {
+			r.Errors = append(r.Errors, fmt.Sprintf("first %v error: %s", codes.Code(c), msg))
+		}
+	}
+	if res.Wrong > 0 {
+		if r.FailedByCode == nil {
+			r.FailedByCode = map[string]int64{}
+		}
+		r.FailedByCode["wrong answer"] = res.Wrong
+		r.Errors = append(r.Errors, "first wrong answer: "+res.WrongErr)
+	}
+	r.Calls = r.OK + r.Failed
+	r.UnauthenticatedSeen = res.Rejected
+	r.LatencyP50, r.LatencyP99, r.LatencyMax = res.Latency.quantile(0.50), res.Latency.quantile(0.99), res.Latency.max
+}
+
+// judge sets the phase's verdict from what each phase promises.
+func (r *phaseReport) judge() {
+	problem := func(format string, a ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, a...)) }
+	note := func(format string, a ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, a...)) }
+	if r.Failed > 0 {
+		problem("%s failed calls", group(r.Failed))
+		if r.FailedByCode[codes.Unavailable.String()] > 0 && r.RefreshFailures > 0 {
+			note("a failed refresh reaches every call waiting for it (with -fail-refreshes, as Unavailable)")
+		}
+	}
+	if r.Calls == 0 && !r.Interrupted {
+		problem("no call completed")
+	}
+	if r.UnauthenticatedSeen > 0 {
+		problem("%s rejections reached the application", group(r.UnauthenticatedSeen))
+	}
+	if s := r.Server; s != nil && s.RefreshesRefused > 0 && r.RefreshFailures == 0 {
+		problem("the server refused %d refreshes (a rotated refresh token presented again)", s.RefreshesRefused)
+	}
+	var what string
+	switch {
+	case r.Name == phaseEarly:
+		if r.Expired > 0 {
+			problem("%s replaced after they had expired", plural(r.Expired, "token was", "tokens were"))
+		}
+		if r.Forced > 0 || r.Retried > 0 {
+			problem("%s forced by %s rejected calls", plural(r.Forced, "refresh", "refreshes"), group(r.Retried))
+		}
+		if r.Waited > 0 {
+			problem("%s waited for a refresh", plural(int(r.Waited), "caller", "callers"))
+		}
+		if r.Early == 0 && !r.Interrupted {
+			note("no token reached its early-refresh window: use a longer -duration or a shorter -ttl")
+		}
+		what = fmt.Sprintf("%s renewed in the background before expiry; 0 calls rejected, 0 callers waited",
+			plural(r.Early, "token", "tokens"))
+	case r.Name == phaseRevocation:
+		if r.Server != nil && !r.Interrupted {
+			if r.Forced != 1 || r.Refreshes != 1 {
+				problem("%s (%d forced) for one revocation, want exactly 1 forced", plural(int(r.Refreshes), "refresh", "refreshes"), r.Forced)
+			}
+			if r.Retried == 0 {
+				problem("the server rejected no call: the revocation missed the load")
+			}
+			if r.Retried != r.Server.Unauthenticated {
+				problem("the interceptors retried %s calls but the server rejected %s", group(r.Retried), group(r.Server.Unauthenticated))
+			}
+		}
+		what = fmt.Sprintf("%s for the revocation; %s rejected calls retried unseen by the application",
+			plural(r.Forced, "forced refresh", "forced refreshes"), group(r.Retried))
+	default: // a fleet
+		if r.Refreshes != int64(r.Lifetimes) {
+			problem("%s fleet-wide for %s, want one per lifetime",
+				plural(int(r.Refreshes), "refresh", "refreshes"), plural(r.Lifetimes, "token lifetime", "token lifetimes"))
+		}
+		if s := r.Server; s != nil && s.Refreshes != r.Refreshes {
+			problem("the server granted %d refreshes but the processes made %d", s.Refreshes, r.Refreshes)
+		}
+		if r.Lifetimes == 0 && !r.Interrupted {
+			note("the shared token was never renewed: use a longer -duration or a shorter -ttl")
+		}
+		ratio := "n/a"
+		if r.Lifetimes > 0 {
+			ratio = strconv.FormatFloat(float64(r.Refreshes)/float64(r.Lifetimes), 'f', 2, 64)
+		}
+		what = fmt.Sprintf("%s fleet-wide for %s (%s per expiry), %s adopted by the other processes",
+			plural(int(r.Refreshes), "refresh", "refreshes"), plural(r.Lifetimes, "token lifetime", "token lifetimes"),
+			ratio, plural(int(r.Adopted), "token", "tokens"))
+	}
+	if r.Interrupted {
+		problem("interrupted after %.1fs", r.Seconds)
+	}
+	r.Pass = len(r.Problems) == 0
+	if r.Pass {
+		r.Verdict = fmt.Sprintf("PASS: %s calls, 0 failed; %s", group(r.Calls), what)
+	} else {
+		r.Verdict = "FAIL: " + strings.Join(r.Problems, "; ") + " (" + what + ")"
+	}
+}
+
+func (r *phaseReport) print(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	row := func(name, value, detail string) { fmt.Fprintf(tw, "  %s\t%s\t%s\n", name, value, detail) }
+
+	who := fmt.Sprintf("%d callers", r.Callers)
+	if r.Processes > 1 {
+		who = fmt.Sprintf("%d processes, %d callers", r.Processes, r.Callers)
+	}
+	kinds := make([]string, 0, numKinds)
+	for _, k := range kindNames {
+		kinds = append(kinds, k+" "+group(r.OKByKind[k]))
+	}
+	row("calls", group(r.Calls), fmt.Sprintf("in %.1fs by %s; ok: %s", r.Seconds, who, strings.Join(kinds, ", ")))
+	var byCode []string
+	for c := range codes.Unauthenticated + 1 {
+		if n := r.FailedByCode[c.String()]; n > 0 {
+			byCode = append(byCode, fmt.Sprintf("%v %s", c, group(n)))
+		}
+	}
+	if n := r.FailedByCode["wrong answer"]; n > 0 {
+		byCode = append(byCode, "wrong answer "+group(n))
+	}
+	if len(byCode) == 0 {
+		byCode = append(byCode, "by code: none")
+	}
+	row("failed", group(r.Failed), strings.Join(byCode, ", "))
+	server := "server counters n/a"
+	if r.Server != nil {
+		server = "the server rejected " + group(r.Server.Unauthenticated)
+	}
+	row("Unauthenticated", group(r.UnauthenticatedSeen)+" seen",
+		fmt.Sprintf("%s; %s retried by the interceptors with a new token", server, group(r.Retried)))
+	detail := ""
+	if r.Processes == 1 {
+		detail = fmt.Sprintf("%d early (background), %d forced by a rejection, %d after expiry", r.Early, r.Forced, r.Expired)
+	} else {
+		detail = fmt.Sprintf("fleet-wide, for %s; %s adopted from the store",
+			plural(r.Lifetimes, "token lifetime", "token lifetimes"), plural(int(r.Adopted), "token", "tokens"))
+	}
+	detail += fmt.Sprintf(", %d failed", r.RefreshFailures)
+	if s := r.Server; s != nil {
+		detail += fmt.Sprintf("; server: %d granted, %d refused, %s", s.Refreshes, s.RefreshesRefused, plural(int(s.Logins), "login", "logins"))
+	}
+	row("refreshes", group(r.Refreshes), detail)
+	waited := "callers that blocked on a refresh"
+	if r.MaxWaiters > 0 {
+		waited += fmt.Sprintf("; %d at most on one", r.MaxWaiters)
+	}
+	row("waited", group(r.Waited), waited)
+	row("latency", "p50 "+round(r.LatencyP50),
+		fmt.Sprintf("p99 %s, max %s (whole call; streams send or receive %d messages)",
+			round(r.LatencyP99), round(r.LatencyMax), messagesPerStream))
+	tw.Flush()
+	for _, e := range r.Errors {
+		fmt.Fprintln(out, "  "+e)
+	}
+	fmt.Fprintln(out, "  "+r.Verdict)
+	for _, n := range r.Notes {
+		fmt.Fprintln(out, "  note: "+n)
+	}
+}
+
+func (s *summary) judge() {
+	var failed []string
+	for _, p := range s.Phases {
+		if !p.Pass {
+			failed = append(failed, p.Name)
+		}
+	}
+	s.Pass = len(failed) == 0 && len(s.Phases) > 0 && !s.Interrupted
+	switch {
+	case s.Pass:
+		s.Verdict = fmt.Sprintf("PASS: %s passed", plural(len(s.Phases), "phase", "phases"))
+	case len(failed) > 0:
+		s.Verdict = "FAIL: " + strings.Join(failed, ", ")
+	default:
+		s.Verdict = "FAIL: interrupted"
+	}
+}
+
+func (s *summary) print(out io.Writer) {
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\tcalls\tfailed\tUnauth seen\tretried\twaited\trefreshes\tlifetimes\t\t")
+	for _, p := range s.Phases {
+		verdict := "PASS"
+		if !p.Pass {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n", p.Name, group(p.Calls), group(p.Failed),
+			group(p.UnauthenticatedSeen), group(p.Retried), group(p.Waited), group(p.Refreshes), p.Lifetimes, verdict)
+	}
+	tw.Flush()
+	fmt.Fprintln(out, s.Verdict)
+}
+
+func (s *summary) writeJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// progressFigures are the running totals one progress line shows.
+type progressFigures struct {
+	ok, failed, refreshes, waited int64
+}
 
 // progress prints one line per tick: on a terminal the line is redrawn in
 // place with a carriage return, elsewhere (a file, a pipe, CI logs) each
-// tick gets its own line.
+// tick gets its own line. Every figure is a running total, read when the
+// line is printed.
 type progress struct {
-	out     io.Writer
-	tty     bool
-	src     *tokensource.Source
-	tracker *tokenTracker
-	total   *counters
+	out  io.Writer
+	tty  bool
+	read func() progressFigures
 
 	lastOK  int64
 	lastAt  time.Duration
 	lastLen int
 }
 
+func newProgress(out io.Writer, tty bool, read func() progressFigures) *progress {
+	return &progress{out: out, tty: tty, read: read}
+}
+
 func (p *progress) tick(elapsed time.Duration) {
-	ok, failed := p.total.ok.Load(), p.total.failed.Load()
-	st := p.src.Stats()
+	f := p.read()
 	rate := 0.0
 	if d := elapsed - p.lastAt; d > 0 {
-		rate = float64(ok-p.lastOK) / d.Seconds()
+		rate = float64(f.ok-p.lastOK) / d.Seconds()
 	}
-	p.lastOK, p.lastAt = ok, elapsed
-	refreshes := p.tracker.summary(time.Time{}).refreshes
-	line := fmt.Sprintf("%5.1fs  %s RPCs  %s RPCs/s  %s failed  %s  %s waiting on a refresh",
-		elapsed.Seconds(), group(ok), group(int64(rate)), group(failed), plural(refreshes, "refresh", "refreshes"), group(st.Waiting))
+	p.lastOK, p.lastAt = f.ok, elapsed
+	line := fmt.Sprintf("  %5.1fs  %s calls  %s/s  %s failed  %s  %s waited for a refresh",
+		elapsed.Seconds(), group(f.ok+f.failed), group(int64(rate)), group(f.failed),
+		plural(int(f.refreshes), "refresh", "refreshes"), group(f.waited))
 	if !p.tty {
 		fmt.Fprintln(p.out, line)
 		return
@@ -48,128 +350,11 @@ func (p *progress) tick(elapsed time.Duration) {
 	fmt.Fprint(p.out, "\r"+line+strings.Repeat(" ", pad))
 }
 
-// done ends the redrawn line so the summary starts on a fresh one.
+// done ends the redrawn line so the table starts on a fresh one.
 func (p *progress) done() {
 	if p.tty && p.lastLen > 0 {
 		fmt.Fprintln(p.out)
 	}
-}
-
-// judge sets the verdict. The demo passes when no RPC failed and every
-// refresh after the login is accounted for by an expiry (or is an early
-// background refresh), give or take one at the edges of the run.
-func (r *report) judge() {
-	t := r.tokens
-	var problems, notes []string
-	if n := r.failed(); n > 0 {
-		problems = append(problems, fmt.Sprintf("%s failed RPCs", group(n)))
-		if r.cfg.failRefreshes > 0 && r.results.failed[codes.Unavailable] > 0 {
-			notes = append(notes, "-fail-refreshes makes refreshes fail: a failed refresh reaches every call waiting for it as Unavailable")
-		}
-	}
-	onDemand := t.refreshes - t.early
-	counts := plural(onDemand, "refresh", "refreshes") + " for " + plural(t.expiries, "expiry", "expiries")
-	diff := onDemand - t.expiries
-	countOff := diff < -1 || diff > 1
-	if countOff {
-		problems = append(problems, counts)
-	}
-	if r.server != nil && r.server.RefreshesOK != int64(t.refreshes) {
-		problems = append(problems, fmt.Sprintf("the server granted %d refreshes but the source installed %d", r.server.RefreshesOK, t.refreshes))
-	}
-	if t.logins > 0 && t.expiries == 0 && t.early == 0 && !r.interrupted {
-		notes = append(notes, "no token expired during the run, so nothing was refreshed: use a longer -duration or a shorter -ttl")
-	}
-	if r.interrupted {
-		problems = append(problems, fmt.Sprintf("interrupted after %.1fs", r.elapsed.Seconds()))
-	}
-
-	what := counts
-	if t.early > 0 {
-		what = plural(t.early, "early refresh", "early refreshes") + " before expiry, " + what
-	}
-	absorbed := r.rejections - r.results.rejected
-	r.pass = len(problems) == 0
-	if r.pass {
-		r.verdict = fmt.Sprintf("PASS: 0 failed RPCs, %s, %s rejected calls retried unseen by the application", what, group(absorbed))
-	} else {
-		r.verdict = "FAIL: " + strings.Join(problems, "; ")
-		if !countOff { // else the counts are already among the problems
-			r.verdict += " (" + what + ")"
-		}
-	}
-	for _, n := range notes {
-		r.verdict += "\n  note: " + n
-	}
-}
-
-func (r *report) print(out io.Writer) {
-	res, t := &r.results, r.tokens
-	fmt.Fprintf(out, "\nSummary after %.1fs with %d workers:\n", r.elapsed.Seconds(), r.cfg.workers)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	row := func(name, value, detail string) { fmt.Fprintf(tw, "  %s\t%s\t%s\n", name, value, detail) }
-
-	kinds := make([]string, numKinds)
-	for k := range numKinds {
-		kinds[k] = kindNames[k] + " " + group(res.ok[k])
-	}
-	row("RPCs ok", group(r.ok()), strings.Join(kinds, ", "))
-	var byCode []string
-	for c, n := range res.failed {
-		if n > 0 {
-			byCode = append(byCode, fmt.Sprintf("%v %s", codes.Code(c), group(n)))
-		}
-	}
-	if res.wrong > 0 {
-		byCode = append(byCode, "wrong answer "+group(res.wrong))
-	}
-	if len(byCode) == 0 {
-		byCode = append(byCode, "by code: none")
-	}
-	row("RPCs failed", group(r.failed()), strings.Join(byCode, ", "))
-
-	returned := res.rejected
-	serverSide := "server counters n/a"
-	if r.server != nil {
-		serverSide = fmt.Sprintf("server answered %s", group(r.server.Unauthenticated))
-	}
-	row("Unauthenticated", group(r.rejections-returned)+" absorbed",
-		fmt.Sprintf("%s; the interceptors saw %s and retried them, %s reached the application",
-			serverSide, group(r.rejections), group(returned)))
-
-	row("token expiries", strconv.Itoa(t.expiries), "tokens that reached their expiry while in use")
-	refreshDetail := fmt.Sprintf("source: %d + %d login, %d failed", t.refreshes, t.logins, t.failures)
-	if t.early > 0 || t.valid > 0 {
-		refreshDetail += fmt.Sprintf(", %d early, %d of a still-valid token", t.early, t.valid)
-	}
-	if t.reauth > 0 {
-		refreshDetail += fmt.Sprintf(", %d re-authentication required", t.reauth)
-	}
-	if r.server != nil {
-		refreshDetail += fmt.Sprintf("; server: %d granted, %d failed, %s",
-			r.server.RefreshesOK, r.server.RefreshesFailed, plural(int(r.server.Logins), "login", "logins"))
-	}
-	row("refreshes", strconv.Itoa(t.refreshes), refreshDetail)
-	row("waiting callers", group(int64(t.maxWaiters))+" at most",
-		fmt.Sprintf("on one refresh; %s waits in all", group(int64(r.stats.Waited))))
-	lat := &res.latency
-	row("latency", "p50 "+round(lat.quantile(0.50)),
-		fmt.Sprintf("p99 %s, max %s (whole call; streams send or receive %d messages)",
-			round(lat.quantile(0.99)), round(lat.max), messagesPerStream))
-	tw.Flush()
-
-	for c, msg := range res.sampleErr {
-		if msg != "" {
-			fmt.Fprintf(out, "  first %v error: %s\n", codes.Code(c), msg)
-		}
-	}
-	if res.wrongErr != "" {
-		fmt.Fprintf(out, "  first wrong answer: %s\n", res.wrongErr)
-	}
-	if t.lastFailure != "" {
-		fmt.Fprintf(out, "  last refresh error: %s\n", t.lastFailure)
-	}
-	fmt.Fprintln(out, r.verdict)
 }
 
 // plural returns "1 refresh" or "2 refreshes".
@@ -177,7 +362,7 @@ func plural(n int, one, many string) string {
 	if n == 1 {
 		return "1 " + one
 	}
-	return strconv.Itoa(n) + " " + many
+	return group(int64(n)) + " " + many
 }
 
 // group formats n with thousands separators: 1234567 → "1,234,567".

@@ -1,0 +1,426 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
+	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
+	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource/redisstore"
+)
+
+// envWorker, when set, makes this binary a fleet worker process: its value
+// is the workerSpec as JSON.
+const envWorker = "TOKENREFRESH_DEMO_WORKER"
+
+// The stores a fleet phase can share its credential through.
+const (
+	storeFile  = "file"
+	storeRedis = "redis"
+)
+
+// workerSpec is what a worker process is told: where the server is, which
+// store holds the fleet's credential, and how much load to make.
+type workerSpec struct {
+	Index       int           `json:"index"`
+	Target      string        `json:"target"`
+	CAFile      string        `json:"ca_file,omitempty"` // PEM; empty: system roots, or Insecure
+	Insecure    bool          `json:"insecure,omitempty"`
+	Store       string        `json:"store"` // storeFile or storeRedis
+	Path        string        `json:"path"`  // the file, or the Redis address
+	RedisKey    string        `json:"redis_key,omitempty"`
+	Callers     int           `json:"callers"`
+	Duration    time.Duration `json:"duration"`
+	CallTimeout time.Duration `json:"call_timeout"`
+	Interval    time.Duration `json:"interval"`
+	User        string        `json:"user"`
+	Password    string        `json:"password"`
+}
+
+// workerLine is one line a worker process writes to its stdout: a progress
+// snapshot each interval, then its result.
+type workerLine struct {
+	Progress *workerProgress `json:"progress,omitempty"`
+	Result   *workerReport   `json:"result,omitempty"`
+}
+
+type workerProgress struct {
+	OK, Failed, Refreshes, Waited int64
+}
+
+type workerReport struct {
+	Load        workerResult      `json:"load"`
+	Seconds     float64           `json:"seconds"`
+	Interrupted bool              `json:"interrupted"`
+	Retried     int64             `json:"retried"`
+	Base        tokensource.Stats `json:"base"` // after the first token, before the load
+	Stats       tokensource.Stats `json:"stats"`
+	LastError   string            `json:"last_error,omitempty"`
+}
+
+// redisClient connects to -redis: host:port, or a unix socket path.
+func redisClient(addr string) *redis.Client {
+	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "./") {
+		return redis.NewClient(&redis.Options{Network: "unix", Addr: addr})
+	}
+	return redis.NewClient(&redis.Options{Addr: addr})
+}
+
+// openStore opens the fleet's store. close releases its connection.
+func openStore(kind, path, key string) (st tokensource.Store, close func(), err error) {
+	switch kind {
+	case storeFile:
+		return tokensource.NewFileStore(path), func() {}, nil
+	case storeRedis:
+		c := redisClient(path)
+		return redisstore.New(c, key), func() { _ = c.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("unknown store %q", kind)
+}
+
+// runFleetPhase starts cfg.processes copies of this binary as worker
+// processes sharing one credential through the store, after seeding the
+// store with a login, and gathers what they report.
+func runFleetPhase(ctx context.Context, cfg config, store string, out io.Writer) (*phaseReport, error) {
+	c, err := dial(ctx, cfg, cfg.ttl)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	dir, err := os.MkdirTemp("", "tokenrefresh-demo-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	spec := workerSpec{
+		Target: c.target, Insecure: cfg.insecure, CAFile: cfg.tlsCA, Store: store,
+		Duration: cfg.duration, CallTimeout: cfg.callTimeout, Interval: cfg.interval,
+		User: cfg.user, Password: cfg.password,
+	}
+	if c.caPEM != nil {
+		spec.CAFile = filepath.Join(dir, "ca.pem")
+		if err := os.WriteFile(spec.CAFile, c.caPEM, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	where := ""
+	switch store {
+	case storeFile:
+		spec.Path = filepath.Join(dir, "credential.json")
+		where = "one FileStore (" + spec.Path + ")"
+	case storeRedis:
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		spec.Path, spec.RedisKey = cfg.redis, "tokenrefresh-demo:"+hex.EncodeToString(b[:])
+		where = "one Redis record (" + spec.RedisKey + " on " + cfg.redis + ")"
+		defer func() {
+			rc := redisClient(cfg.redis)
+			_ = rc.Del(context.WithoutCancel(ctx), spec.RedisKey).Err()
+			_ = rc.Close()
+		}()
+	}
+	fmt.Fprintf(out, "  %d worker processes, %d callers in all, for %v against %s:\n"+
+		"  one login, then the processes share the credential through %s;\n"+
+		"  one of them refreshes each token, the others adopt it\n",
+		cfg.processes, cfg.workers, cfg.duration, c.target, where)
+
+	st, closeStore, err := openStore(store, spec.Path, spec.RedisKey)
+	if err != nil {
+		return nil, err
+	}
+	err = seed(ctx, cfg, c, st)
+	closeStore()
+	if err != nil {
+		return nil, err
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this binary to start the workers: %w", err)
+	}
+	ws := make([]*workerProc, cfg.processes)
+	for i := range ws {
+		s := spec
+		s.Index = i
+		s.Callers = cfg.workers / cfg.processes
+		if i < cfg.workers%cfg.processes {
+			s.Callers++
+		}
+		w, err := startWorker(ctx, self, s)
+		if err != nil {
+			for _, w := range ws[:i] {
+				w.kill()
+			}
+			return nil, err
+		}
+		ws[i] = w
+	}
+
+	p := newProgress(out, cfg.tty, func() progressFigures {
+		var f progressFigures
+		for _, w := range ws {
+			if g := w.progress.Load(); g != nil {
+				f.ok += g.OK
+				f.failed += g.Failed
+				f.refreshes += g.Refreshes
+				f.waited += g.Waited
+			}
+		}
+		return f
+	})
+	start := time.Now()
+	ticker := time.NewTicker(cfg.interval)
+	done := make(chan struct{})
+	go func() {
+		for _, w := range ws {
+			<-w.done
+		}
+		close(done)
+	}()
+wait:
+	for {
+		select {
+		case <-ticker.C:
+			p.tick(time.Since(start))
+		case <-done:
+			break wait
+		}
+	}
+	ticker.Stop()
+	p.done()
+
+	rep := newPhaseReport("fleet-"+store, cfg.processes, cfg.workers, c.target)
+	var load workerResult
+	var errs []string
+	for _, w := range ws {
+		if w.err != nil {
+			errs = append(errs, fmt.Sprintf("worker %d: %v", w.spec.Index, w.err))
+			continue
+		}
+		r := w.result
+		load.merge(&r.Load)
+		rep.Seconds = max(rep.Seconds, r.Seconds)
+		rep.Interrupted = rep.Interrupted || r.Interrupted
+		rep.Retried += r.Retried
+		rep.Waited += int64(r.Stats.Waited - r.Base.Waited)
+		// Since the seed, as the generations are: a process that reached
+		// the early window before its load began refreshed for the fleet.
+		rep.Refreshes += int64(r.Stats.Refreshes)
+		rep.Adopted += int64(r.Stats.Adopted)
+		rep.RefreshFailures += int64(r.Stats.Failures)
+		// The fleet has one token: its lifetimes are the generations of
+		// the process that installed the most (one whose callers stopped
+		// just before the last adoption saw one fewer).
+		rep.Lifetimes = max(rep.Lifetimes, int(r.Stats.Generation-1))
+		if r.LastError != "" {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("worker %d: last refresh error: %s", w.spec.Index, r.LastError))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	elapsed := time.Duration(rep.Seconds * float64(time.Second))
+	interrupted := rep.Interrupted || ctx.Err() != nil
+	rep.setLoad(&load, elapsed, interrupted)
+	rep.Server = c.serverFigures()
+	if rep.Server != nil {
+		rep.Server.Logins-- // the seed, not the fleet's
+	}
+	return rep, nil
+}
+
+// seed logs in once and saves the token in the fleet's store, as a
+// deployment tool would before starting the replicas.
+func seed(ctx context.Context, cfg config, c *conn, st tokensource.Store) error {
+	cc, err := grpc.NewClient(c.target, grpc.WithTransportCredentials(c.creds))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, cfg.callTimeout)
+	defer cancel()
+	tok, err := testserver.NewRefresher(cc, cfg.user, cfg.password).Refresh(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("logging in: %w", err)
+	}
+	if err := st.Save(ctx, tok); err != nil {
+		return fmt.Errorf("saving the login in the store: %w", err)
+	}
+	return nil
+}
+
+// workerProc is a running worker process, as the demo sees it.
+type workerProc struct {
+	spec     workerSpec
+	cmd      *exec.Cmd
+	stderr   bytes.Buffer
+	progress atomic.Pointer[workerProgress]
+	result   *workerReport
+	err      error
+	done     chan struct{} // closed once the process has exited and result or err is set
+}
+
+func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	w := &workerProc{spec: spec, done: make(chan struct{})}
+	w.cmd = exec.CommandContext(ctx, self)
+	w.cmd.Env = append(os.Environ(), envWorker+"="+string(b))
+	w.cmd.Stderr = &w.stderr
+	// Ctrl-C (ctx cancelled) asks the workers to stop their load and
+	// report, as it does the demo; a worker that does not exit is killed.
+	w.cmd.Cancel = func() error { return w.cmd.Process.Signal(syscall.SIGTERM) }
+	w.cmd.WaitDelay = 10 * time.Second
+	stdout, err := w.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := w.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting worker %d: %w", spec.Index, err)
+	}
+	go func() {
+		defer close(w.done)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+		for sc.Scan() {
+			var l workerLine
+			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+				continue // not ours: a stray line does not end the run
+			}
+			if l.Progress != nil {
+				w.progress.Store(l.Progress)
+			}
+			if l.Result != nil {
+				w.result = l.Result
+			}
+		}
+		err := w.cmd.Wait()
+		switch {
+		case err != nil:
+			w.err = fmt.Errorf("%w; stderr: %s", err, strings.TrimSpace(w.stderr.String()))
+		case w.result == nil:
+			w.err = fmt.Errorf("exited without a result; stderr: %s", strings.TrimSpace(w.stderr.String()))
+		}
+	}()
+	return w, nil
+}
+
+func (w *workerProc) kill() {
+	_ = w.cmd.Process.Kill()
+	<-w.done
+}
+
+// runWorker is the body of a worker process: a replica of one service with
+// its own connection and Source, sharing the fleet's credential through the
+// store. It writes workerLines to stdout and returns the exit status.
+func runWorker(specJSON string, stdout, stderr io.Writer) int {
+	var spec workerSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		fmt.Fprintln(stderr, "demo worker: bad", envWorker+":", err)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := work(ctx, spec, stdout); err != nil {
+		fmt.Fprintf(stderr, "demo worker %d: %v\n", spec.Index, err)
+		return exitFail
+	}
+	return exitPass
+}
+
+func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
+	var mu sync.Mutex
+	enc := json.NewEncoder(stdout)
+	write := func(l workerLine) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(l)
+	}
+	creds := insecure.NewCredentials()
+	var iopts []interceptor.Option
+	switch {
+	case spec.Insecure:
+		iopts = append(iopts, interceptor.AllowInsecure())
+	case spec.CAFile != "":
+		c, err := credentials.NewClientTLSFromFile(spec.CAFile, "")
+		if err != nil {
+			return err
+		}
+		creds = c
+	default:
+		creds = credentials.NewTLS(nil)
+	}
+	st, closeStore, err := openStore(spec.Store, spec.Path, spec.RedisKey)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	var retried atomic.Int64
+	var lastErr atomic.Pointer[string]
+	iopts = append(iopts, interceptor.WithRetryObserver(func(context.Context, string, error) { retried.Add(1) }))
+	cc, src, err := interceptor.NewClient(spec.Target, func(cc grpc.ClientConnInterface) *tokensource.Source {
+		return tokensource.New(testserver.NewRefresher(cc, spec.User, spec.Password),
+			tokensource.WithStore(st),
+			tokensource.WithObserver(func(ev tokensource.Event) {
+				if ev.Err != nil && (ev.Kind == tokensource.RefreshFailed || ev.Kind == tokensource.ReauthRequired) {
+					msg := ev.Err.Error()
+					lastErr.Store(&msg)
+				}
+			}))
+	}, grpc.WithTransportCredentials(creds), interceptor.WithInterceptorOptions(iopts...))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	defer src.Close() // first: a refresh in flight saves its token through cc's answer
+
+	// The first token comes from the store, before the load.
+	tctx, cancel := context.WithTimeout(ctx, spec.CallTimeout)
+	_, err = src.Token(tctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("the first token: %w", err)
+	}
+	base := src.Stats()
+	var total counters
+	res, elapsed, interrupted := runLoad(ctx, spec.Callers, spec.Duration, spec.CallTimeout, spec.Interval,
+		echov1.NewEchoServiceClient(cc), &total, func(time.Duration) {
+			s := src.Stats()
+			write(workerLine{Progress: &workerProgress{OK: total.ok.Load(), Failed: total.failed.Load(),
+				Refreshes: int64(s.Refreshes - base.Refreshes), Waited: int64(s.Waited - base.Waited)}})
+		})
+	rep := &workerReport{Load: res, Seconds: elapsed.Seconds(), Interrupted: interrupted,
+		Retried: retried.Load(), Base: base, Stats: src.Stats()}
+	if e := lastErr.Load(); e != nil {
+		rep.LastError = *e
+	}
+	write(workerLine{Result: rep})
+	return nil
+}

@@ -289,7 +289,7 @@ func (s *summary) judge() {
 func (s *summary) print(out io.Writer) {
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\tcalls\tfailed\tUnauth seen\tretried\twaited\trefreshes\tlifetimes\t\t")
+	fmt.Fprintln(tw, "phase\tcalls\tfailed\tUnauth seen\tretried\twaited\trefreshes\tlifetimes\tverdict\t")
 	for _, p := range s.Phases {
 		verdict := "PASS"
 		if !p.Pass {

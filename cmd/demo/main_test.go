@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
+	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+)
+
+// The fleet phases start this test binary again as their worker processes,
+// as the demo starts itself.
+func TestMain(m *testing.M) {
+	testutil.Main(m, testutil.Role(envWorker, func(spec string) int {
+		return runWorker(spec, os.Stdout, os.Stderr)
+	}))
+}
+
+// Token lifetimes of the tests: the early-refresh window is a quarter of the
+// lifetime, and a background refresh must finish inside it for no caller to
+// wait, so 4 s leaves a loaded machine a second. The first background
+// refresh starts at 65 % of the lifetime, inside a 4 s phase.
+const (
+	testTTL      = 4 * time.Second
+	testDuration = 4 * time.Second
+)
+
+func testConfig(phases ...string) config {
+	return config{
+		workers:     40,
+		duration:    testDuration,
+		ttl:         testTTL,
+		phases:      phases,
+		processes:   2,
+		callTimeout: 10 * time.Second,
+		user:        testserver.DefaultUser,
+		password:    testserver.DefaultPassword,
+		interval:    time.Second,
+	}
+}
+
+func runPhases(t *testing.T, cfg config) *summary {
+	t.Helper()
+	var out bytes.Buffer
+	sum, err := runDemo(t.Context(), cfg, &out)
+	t.Logf("output:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("runDemo: %v", err)
+	}
+	if len(sum.Phases) == 0 {
+		t.Fatal("no phase ran")
+	}
+	return sum
+}
+
+func checkCalls(t *testing.T, p *phaseReport) {
+	t.Helper()
+	if p.Failed != 0 || p.UnauthenticatedSeen != 0 {
+		t.Errorf("%s: %d calls failed (%v), %d rejections reached the application; want 0 and 0", p.Name, p.Failed, p.FailedByCode, p.UnauthenticatedSeen)
+	}
+	for _, k := range kindNames {
+		if p.OKByKind[k] == 0 {
+			t.Errorf("%s: no %s call succeeded", p.Name, k)
+		}
+	}
+	if !p.Pass {
+		t.Errorf("%s: verdict %q, want PASS", p.Name, p.Verdict)
+	}
+}
+
+// TestEarlyRefreshPhase is the headline promise on the library's defaults:
+// tokens are renewed in the background, so the server rejects nothing and
+// no caller waits.
+func TestEarlyRefreshPhase(t *testing.T) {
+	p := runPhases(t, testConfig(phaseEarly)).Phases[0]
+	checkCalls(t, p)
+	if p.Early < 1 || p.Refreshes != int64(p.Early) {
+		t.Errorf("%d refreshes, %d of them early, want at least 1, all early", p.Refreshes, p.Early)
+	}
+	if p.Waited != 0 || p.Retried != 0 || p.Forced != 0 || p.Expired != 0 {
+		t.Errorf("%d callers waited, %d calls retried, %d forced and %d expired refreshes; want 0 each",
+			p.Waited, p.Retried, p.Forced, p.Expired)
+	}
+	if s := p.Server; s == nil || s.Unauthenticated != 0 || s.Refreshes != p.Refreshes || s.Logins != 1 {
+		t.Errorf("server figures %+v, want 0 rejections, 1 login and the Source's %d refreshes", s, p.Refreshes)
+	}
+}
+
+// TestRevocationPhase: a revocation mid-run costs one shared forced refresh,
+// and every rejected call is retried unseen.
+func TestRevocationPhase(t *testing.T) {
+	p := runPhases(t, testConfig(phaseRevocation)).Phases[0]
+	checkCalls(t, p)
+	if p.Forced != 1 || p.Refreshes != 1 {
+		t.Errorf("%d refreshes, %d forced; want exactly 1, forced", p.Refreshes, p.Forced)
+	}
+	if s := p.Server; p.Retried == 0 || s == nil || p.Retried != s.Unauthenticated {
+		t.Errorf("%d calls retried, server figures %+v; want every rejection retried, at least one", p.Retried, s)
+	}
+	if p.Waited == 0 {
+		t.Error("no caller waited for the forced refresh: the revocation missed the load")
+	}
+}
+
+// TestFleetPhases: real worker processes sharing one credential through a
+// FileStore, and through Redis (a real redis-server, started here), make
+// one refresh per token lifetime between them.
+func TestFleetPhases(t *testing.T) {
+	rs := redistest.Start(t)
+	cfg := testConfig(phaseFleet)
+	cfg.redis = rs.Socket
+	sum := runPhases(t, cfg)
+	if len(sum.Phases) != 2 || sum.Phases[0].Name != "fleet-file" || sum.Phases[1].Name != "fleet-redis" {
+		t.Fatalf("phases %v, want fleet-file and fleet-redis", sum.Phases)
+	}
+	for _, p := range sum.Phases {
+		checkCalls(t, p)
+		if p.Processes != 2 {
+			t.Errorf("%s: %d processes, want 2", p.Name, p.Processes)
+		}
+		if p.Lifetimes < 1 || p.Refreshes != int64(p.Lifetimes) {
+			t.Errorf("%s: %d refreshes for %d token lifetimes, want one per lifetime, at least one", p.Name, p.Refreshes, p.Lifetimes)
+		}
+		// Each lifetime's token is refreshed by one process and adopted
+		// by the other.
+		if p.Adopted < int64(p.Lifetimes) {
+			t.Errorf("%s: %d tokens adopted for %d lifetimes, want at least one per lifetime", p.Name, p.Adopted, p.Lifetimes)
+		}
+		if s := p.Server; s == nil || s.Refreshes != p.Refreshes || s.RefreshesRefused != 0 || s.Logins != 0 {
+			t.Errorf("%s: server figures %+v, want the fleet's %d refreshes, none refused, no login but the seed", p.Name, s, p.Refreshes)
+		}
+	}
+	// The demo removes its record.
+	if n, err := rs.Client().Keys(t.Context(), "tokenrefresh-demo:*").Result(); err != nil || len(n) != 0 {
+		t.Errorf("Redis keys left behind: %v (%v)", n, err)
+	}
+}
+
+// TestRunJSON: -json prints one JSON object on stdout, the progress on
+// stderr, and the exit status matches the verdict.
+func TestRunJSON(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(t.Context(), []string{"-phases", phaseEarly, "-workers", "10", "-duration", "1s", "-json"}, &out, &errOut)
+	if code != exitPass {
+		t.Fatalf("exit status %d, want %d; stderr:\n%s", code, exitPass, errOut.String())
+	}
+	var sum summary
+	dec := json.NewDecoder(&out)
+	if err := dec.Decode(&sum); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
+	}
+	if dec.More() {
+		t.Error("stdout holds more than one JSON value")
+	}
+	if !sum.Pass || len(sum.Phases) != 1 || sum.Phases[0].Name != phaseEarly || sum.Phases[0].Calls == 0 {
+		t.Errorf("summary %+v, want one passing early-refresh phase with calls", sum)
+	}
+	if !strings.Contains(errOut.String(), "phase 1/1 early-refresh") || !strings.Contains(errOut.String(), "PASS") {
+		t.Errorf("stderr lacks the progress and the tables:\n%s", errOut.String())
+	}
+}
+
+// TestMetricsEndpoint scrapes -metrics-addr while a phase's Source is up.
+func TestMetricsEndpoint(t *testing.T) {
+	cfg := testConfig(phaseRevocation)
+	cfg.workers, cfg.duration = 10, time.Second
+	cfg.metricsAddr = "127.0.0.1:0"
+	var scraped string
+	cfg.phaseDone = func(_, url string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Errorf("GET %s: %v", url, err)
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		scraped = string(b)
+	}
+	runPhases(t, cfg)
+	for _, want := range []string{
+		`tokenrefresh_refreshes_total{demo_phase="revocation"`,
+		`tokenrefresh_rpc_retries_total{demo_phase="revocation"`,
+		`tokenrefresh_refresh_duration_seconds_bucket{demo_phase="revocation"`,
+	} {
+		if !strings.Contains(scraped, want) {
+			t.Errorf("the metrics lack %s:\n%s", want, scraped)
+		}
+	}
+}
+
+// TestRunFailsWhenRefreshesFail checks that the demo is not a rubber stamp:
+// a failed forced refresh fails the calls waiting for it, and the exit
+// status and verdict say so.
+func TestRunFailsWhenRefreshesFail(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(t.Context(), []string{"-phases", phaseRevocation, "-workers", "10", "-duration", "2s", "-fail-refreshes", "1"}, &out, &errOut)
+	if code != exitFail {
+		t.Errorf("exit status %d, want %d; output:\n%s%s", code, exitFail, out.String(), errOut.String())
+	}
+	for _, want := range []string{"FAIL: ", "Unavailable", "a failed refresh reaches every call waiting for it"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestRunExternalServer drives a separately started server through -addr
+// and -tls-ca, as with cmd/testserver: the revocation phase is left out.
+func TestRunExternalServer(t *testing.T) {
+	srv := testserver.New(testserver.WithAccessTokenTTL(testTTL))
+	ep, err := srv.Start(t.Context(), testserver.TLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Stop()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, ep.CertificatePEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var out, errOut bytes.Buffer
+	code := run(t.Context(), []string{"-addr", ep.Addr(), "-tls-ca", ca, "-workers", "10", "-processes", "2", "-duration", "1s"}, &out, &errOut)
+	if code != exitPass {
+		t.Fatalf("exit status %d, want %d; output:\n%s%s", code, exitPass, out.String(), errOut.String())
+	}
+	for _, want := range []string{"phase 1/2 early-refresh", "phase 2/2 fleet-file", "server counters n/a"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// One login for the early-refresh phase, one seeding the fleet's store.
+	if c := srv.Counters(); c.Logins != 2 || c.Unauthenticated != 0 {
+		t.Errorf("server saw %d logins and %d rejections, want 2 and 0", c.Logins, c.Unauthenticated)
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-workers", "0"}, "-workers must be at least 1"},
+		{[]string{"-workers", "3", "-processes", "4"}, "every process needs a caller"},
+		{[]string{"-duration", "-1s"}, "-duration must be positive"},
+		{[]string{"-ttl", "0"}, "-ttl must be positive"},
+		{[]string{"-phases", "early-refresh,nope"}, `unknown phase "nope"`},
+		{[]string{"-phases", ""}, "-phases names no phase"},
+		{[]string{"-phases", phaseEarly, "-redis", "127.0.0.1:6379"}, "-redis applies to the fleet phase"},
+		{[]string{"-addr", "127.0.0.1:1", "-ttl", "1s"}, "-ttl configures the embedded server"},
+		{[]string{"-addr", "127.0.0.1:1", "-fail-refreshes", "2"}, "-fail-refreshes configures the embedded server"},
+		{[]string{"-addr", "127.0.0.1:1", "-phases", phaseRevocation}, "needs the embedded server"},
+		{[]string{"-tls-ca", "ca.pem"}, "apply only with -addr"},
+		{[]string{"-addr", "127.0.0.1:1", "-insecure", "-tls-ca", "ca.pem"}, "mutually exclusive"},
+		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"-no-such-flag"}, "flag provided but not defined"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(t.Context(), tc.args, &out, &errOut); code != exitUsage {
+			t.Errorf("run(%q) = %d, want %d", tc.args, code, exitUsage)
+		}
+		if !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("run(%q) stderr lacks %q:\n%s", tc.args, tc.want, errOut.String())
+		}
+		if out.Len() > 0 {
+			t.Errorf("run(%q) wrote to stdout: %q", tc.args, out.String())
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run(t.Context(), []string{"-h"}, &out, &errOut); code != exitPass || !strings.Contains(errOut.String(), "-workers") {
+		t.Errorf("run(-h) = %d with usage %q, want %d and the flags", code, errOut.String(), exitPass)
+	}
+	// Phases run in their documented order, whatever order -phases gives.
+	cfg, err := parseFlags([]string{"-phases", "fleet,early-refresh,fleet"}, io.Discard)
+	if err != nil || strings.Join(cfg.phases, ",") != "early-refresh,fleet" {
+		t.Errorf("-phases fleet,early-refresh,fleet: %v (%v), want early-refresh,fleet", cfg.phases, err)
+	}
+}

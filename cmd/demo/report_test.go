@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
+)
+
+// TestTokenTracker feeds the tracker the events of each kind of refresh and
+// checks how it tells them apart.
+func TestTokenTracker(t *testing.T) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	ok := func(at, expiry time.Duration) tokensource.Event {
+		return tokensource.Event{Kind: tokensource.RefreshSucceeded, Time: t0.Add(at), Expiry: t0.Add(expiry), Waiters: 3}
+	}
+	early := func(at, expiry time.Duration) tokensource.Event {
+		e := ok(at, expiry)
+		e.Background, e.Waiters = true, 0
+		return e
+	}
+	forced := func(at, expiry time.Duration) tokensource.Event {
+		e := ok(at, expiry)
+		e.Forced = true
+		return e
+	}
+	sum := func(end time.Duration, events ...tokensource.Event) tokenSummary {
+		tr := &tokenTracker{}
+		for _, ev := range events {
+			tr.observe(ev)
+		}
+		return tr.summary(t0.Add(end))
+	}
+
+	s := sum(5*time.Second, ok(0, 2*time.Second), early(1500*time.Millisecond, 3500*time.Millisecond), early(3*time.Second, 5500*time.Millisecond))
+	if s.logins != 1 || s.early != 2 || s.refreshes != 2 || s.lifetimes != 2 || s.maxWaiters != 0 {
+		t.Errorf("early refreshes: %+v, want 1 login, 2 early refreshes, 2 lifetimes, no waiters (the login's are not the load's)", s)
+	}
+	s = sum(5*time.Second, ok(0, time.Hour), forced(2*time.Second, time.Hour))
+	if s.forced != 1 || s.refreshes != 1 || s.expired != 0 || s.maxWaiters != 3 {
+		t.Errorf("forced refresh: %+v, want 1 forced refresh with its 3 waiters", s)
+	}
+	// Replaced after its expiry: the callers waited.
+	s = sum(5*time.Second, ok(0, 2*time.Second), ok(2001*time.Millisecond, 4*time.Second))
+	if s.expired != 1 || s.lifetimes != 2 {
+		t.Errorf("expired: %+v, want 1 expired refresh and 2 lifetimes (the current token expired before the end)", s)
+	}
+	tr := &tokenTracker{}
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshFailed, Err: errors.New("boom"), Waiters: 7})
+	if s := tr.summary(t0); s.failures != 1 || s.lastFailure != "boom" {
+		t.Errorf("failure: %+v, want 1 failure with its error", s)
+	}
+}
+
+// TestJudge checks that each phase's verdict fails what the phase is meant
+// to rule out.
+func TestJudge(t *testing.T) {
+	server := func(refreshes, unauth int64) *serverFigures {
+		return &serverFigures{Logins: 1, Refreshes: refreshes, Unauthenticated: unauth}
+	}
+	for _, tc := range []struct {
+		name string
+		rep  phaseReport
+		want string // empty: PASS
+	}{
+		{"early ok", phaseReport{Name: phaseEarly, Calls: 10, Refreshes: 2, Early: 2, Lifetimes: 2, Server: server(2, 0)}, ""},
+		{"early waited", phaseReport{Name: phaseEarly, Calls: 10, Refreshes: 2, Early: 1, Expired: 1, Waited: 40, Server: server(2, 0)},
+			"1 token was replaced after they had expired; 40 callers waited for a refresh"},
+		{"early rejected", phaseReport{Name: phaseEarly, Calls: 10, Refreshes: 1, Forced: 1, Retried: 5, Server: server(1, 5)},
+			"1 refresh forced by 5 rejected calls"},
+		{"revocation ok", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 1, Forced: 1, Retried: 9, Server: server(1, 9)}, ""},
+		{"revocation storm", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 4, Forced: 4, Retried: 9, Server: server(4, 9)},
+			"4 refreshes (4 forced) for one revocation"},
+		{"revocation unseen", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 1, Forced: 1, Retried: 7, UnauthenticatedSeen: 2, Server: server(1, 9)},
+			"2 rejections reached the application; the interceptors retried 7 calls but the server rejected 9"},
+		{"fleet ok", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9, Server: &serverFigures{Refreshes: 3}}, ""},
+		{"fleet uncoordinated", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 12, Lifetimes: 3, Server: &serverFigures{Refreshes: 12}},
+			"12 refreshes fleet-wide for 3 token lifetimes, want one per lifetime"},
+		{"fleet reuse", phaseReport{Name: "fleet-redis", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Server: &serverFigures{Refreshes: 3, RefreshesRefused: 1}},
+			"the server refused 1 refreshes"},
+		{"failed calls", phaseReport{Name: phaseEarly, Calls: 10, Failed: 3}, "3 failed calls"},
+		{"interrupted", phaseReport{Name: phaseEarly, Calls: 10, Interrupted: true, Seconds: 1.5}, "interrupted after 1.5s"},
+	} {
+		r := tc.rep
+		r.judge()
+		switch {
+		case tc.want == "" && !r.Pass:
+			t.Errorf("%s: verdict %q, want PASS", tc.name, r.Verdict)
+		case tc.want != "" && (r.Pass || !strings.Contains(r.Verdict, tc.want)):
+			t.Errorf("%s: verdict %q, want a FAIL saying %q", tc.name, r.Verdict, tc.want)
+		}
+	}
+	s := summary{Phases: []*phaseReport{{Name: "a", Pass: true}, {Name: "b"}}}
+	if s.judge(); s.Pass || s.Verdict != "FAIL: b" {
+		t.Errorf("summary with a failed phase: %q, want FAIL: b", s.Verdict)
+	}
+	empty := summary{}
+	if empty.judge(); empty.Pass {
+		t.Error("a summary without phases passes")
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	var f progressFigures
+	read := func() progressFigures { return f }
+
+	var plain bytes.Buffer
+	p := newProgress(&plain, false, read)
+	f = progressFigures{ok: 1500}
+	p.tick(time.Second)
+	f = progressFigures{ok: 4500, failed: 2, refreshes: 1, waited: 37}
+	p.tick(2 * time.Second)
+	p.done()
+	lines := strings.Split(strings.TrimSuffix(plain.String(), "\n"), "\n")
+	if len(lines) != 2 || strings.Contains(plain.String(), "\r") {
+		t.Fatalf("plain output %q, want two lines without carriage returns", plain.String())
+	}
+	if want := "    2.0s  4,502 calls  3,000/s  2 failed  1 refresh  37 waited for a refresh"; lines[1] != want {
+		t.Errorf("second line %q, want %q", lines[1], want)
+	}
+
+	var tty bytes.Buffer
+	p = newProgress(&tty, true, read)
+	f = progressFigures{ok: 12_000_000}
+	p.tick(time.Second)
+	f = progressFigures{ok: 12_000_001} // 1 call/s: a shorter line
+	p.tick(2 * time.Second)
+	if strings.Contains(tty.String(), "\n") || strings.Count(tty.String(), "\r") != 2 {
+		t.Fatalf("terminal output %q, want two carriage-return redraws and no newline", tty.String())
+	}
+	redraws := strings.Split(tty.String(), "\r")
+	if last, prev := redraws[2], redraws[1]; len(last) != len(prev) || !strings.Contains(last, " 1/s") {
+		t.Errorf("the shorter line is not padded over the longer one: %q after %q", last, prev)
+	}
+	p.done()
+	if !strings.HasSuffix(tty.String(), "\n") {
+		t.Error("done did not end the redrawn line")
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	for _, v := range []uint64{0, 1, 31, 32, 33, 47, 48, 63, 64, 1000, 123_456_789, 1 << 40, 1<<63 - 1, 1<<64 - 1} {
+		i := bucketOf(v)
+		lo, width := bucketRange(i)
+		if i < 0 || i >= numBuckets || v < lo || v-lo >= width {
+			t.Errorf("value %d: bucket %d covers [%d, %d+%d)", v, i, lo, lo, width)
+		}
+	}
+	var h histogram
+	for v := 1; v <= 1000; v++ {
+		h.record(time.Duration(v) * time.Microsecond)
+	}
+	for _, tc := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 500 * time.Microsecond}, {0.99, 990 * time.Microsecond}, {1, 1000 * time.Microsecond}} {
+		got := h.quantile(tc.q)
+		if diff := got - tc.want; diff < -tc.want/16 || diff > tc.want/16 {
+			t.Errorf("quantile(%v) = %v, want %v ± 6.25%%", tc.q, got, tc.want)
+		}
+	}
+	var merged histogram
+	merged.merge(&h)
+	merged.merge(&h)
+	if merged.n != 2000 || merged.max != time.Millisecond || merged.quantile(0.5) != h.quantile(0.5) {
+		t.Errorf("merge: n %d, max %v, p50 %v; want 2000, 1ms, %v", merged.n, merged.max, merged.quantile(0.5), h.quantile(0.5))
+	}
+	if (&histogram{}).quantile(0.5) != 0 {
+		t.Error("an empty histogram has a non-zero quantile")
+	}
+
+	// A worker process sends its histogram as JSON.
+	b, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back histogram
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back != h {
+		t.Errorf("the JSON round trip changed the histogram: n %d max %v, want n %d max %v", back.n, back.max, h.n, h.max)
+	}
+	if err := json.Unmarshal([]byte(`{"counts":{"99999":1}}`), &back); err == nil {
+		t.Error("a bucket out of range was accepted")
+	}
+}
+
+func TestGroup(t *testing.T) {
+	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -98765: "-98,765"} {
+		if got := group(n); got != want {
+			t.Errorf("group(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

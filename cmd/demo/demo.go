@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
-	"sync/atomic"
+	"slices"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
 	tokenrefreshotel "github.com/tokenrefresh/grpc-tokenrefresh/otel"
@@ -89,21 +86,11 @@ type conn struct {
 // reach the -addr one. stop ends what dial started.
 func dial(ctx context.Context, cfg config, ttl time.Duration) (*conn, error) {
 	if !cfg.embedded() {
-		c := &conn{target: cfg.addr}
-		switch {
-		case cfg.insecure:
-			c.creds = insecure.NewCredentials()
-			c.iopts = append(c.iopts, interceptor.AllowInsecure())
-		case cfg.tlsCA != "":
-			creds, err := credentials.NewClientTLSFromFile(cfg.tlsCA, "")
-			if err != nil {
-				return nil, fmt.Errorf("reading -tls-ca: %w", err)
-			}
-			c.creds = creds
-		default:
-			c.creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+		creds, iopts, err := transportCreds(cfg.insecure, cfg.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-ca: %w", err)
 		}
-		return c, nil
+		return &conn{target: cfg.addr, creds: creds, iopts: iopts}, nil
 	}
 	sopts := []testserver.Option{
 		testserver.WithAccessTokenTTL(ttl),
@@ -156,10 +143,9 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 	fmt.Fprintln(out, phaseHeader(cfg, phase, c))
 
 	tracker := &tokenTracker{}
-	var retried atomic.Int64
-	iopts := append(c.iopts, interceptor.WithRetryObserver(func(context.Context, string, error) { retried.Add(1) }))
+	iopts := c.iopts
 	observe := tracker.observe
-	sopts := []tokensource.Option{}
+	var sopts []tokensource.Option
 	var obs *tokenrefreshotel.Observer
 	if m != nil {
 		if obs, err = m.observer(phase); err != nil {
@@ -170,60 +156,42 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 			obs.Observe(ev)
 		}
 		sopts = append(sopts, tokensource.WithRefreshHooks(obs.Hooks()))
-		iopts = append(iopts, obs.InterceptorOption())
+		iopts = append(slices.Clip(iopts), obs.InterceptorOption())
 	}
-	// Everything else is the library's default: the expiry leeway and the
-	// early-refresh window (a tenth and a quarter of the lifetime at most).
 	sopts = append(sopts, tokensource.WithObserver(observe))
-	cc, src, err := interceptor.NewClient(c.target, func(cc grpc.ClientConnInterface) *tokensource.Source {
-		return tokensource.New(testserver.NewRefresher(cc, cfg.user, cfg.password), sopts...)
-	}, grpc.WithTransportCredentials(c.creds), interceptor.WithInterceptorOptions(iopts...))
+	cl, err := newClient(ctx, c.target, c.creds, cfg.user, cfg.password, cfg.callTimeout, iopts, sopts...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", c.target, err)
+		return nil, err
 	}
-	defer cc.Close()
-	defer src.Close() // before cc.Close: a refresh in flight uses cc
+	defer cl.close()
 	if obs != nil {
-		reg, err := obs.ObserveStats(src)
+		reg, err := obs.ObserveStats(cl.src)
 		if err != nil {
 			return nil, err
 		}
 		defer func() { _ = reg.Unregister() }()
 	}
 
-	// The login happens before the load, so that the callers counted as
-	// waiting are the load's, not the first token's.
-	loginCtx, cancel := context.WithTimeout(ctx, cfg.callTimeout)
-	_, err = src.Token(loginCtx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("logging in: %w", err)
-	}
-	base := src.Stats()
-
 	if phase == phaseRevocation && c.srv != nil {
 		revoke := time.AfterFunc(cfg.duration/2, c.srv.ForceExpire)
 		defer revoke.Stop()
 	}
 	var total counters
-	p := newProgress(out, cfg.tty, func() progressFigures {
-		st := src.Stats()
-		return progressFigures{ok: total.ok.Load(), failed: total.failed.Load(),
-			refreshes: int64(st.Refreshes - base.Refreshes), waited: int64(st.Waited - base.Waited)}
-	})
+	p := newProgress(out, cfg.tty, func() progressFigures { return cl.figures(&total) })
 	res, elapsed, interrupted := runLoad(ctx, cfg.workers, cfg.duration, cfg.callTimeout, cfg.interval,
-		echov1.NewEchoServiceClient(cc), &total, p.tick)
+		echov1.NewEchoServiceClient(cl.cc), &total, p.tick)
 	p.done()
 
-	st := src.Stats()
+	f := cl.figures(&total)
+	st := cl.src.Stats()
 	t := tracker.summary(time.Now())
 	rep.setLoad(&res, elapsed, interrupted)
-	rep.Retried = retried.Load()
-	rep.Waited = int64(st.Waited - base.Waited)
+	rep.Retried = cl.retried.Load()
+	rep.Waited = f.Waited
 	rep.MaxWaiters = t.maxWaiters
 	rep.Refreshes = int64(t.refreshes)
 	rep.Early, rep.Forced, rep.Expired = t.early, t.forced, t.expired
-	rep.RefreshFailures = int64(st.Failures - base.Failures)
+	rep.RefreshFailures = int64(st.Failures - cl.base.Failures)
 	rep.Lifetimes = t.lifetimes
 	rep.Server = c.serverFigures()
 	if t.lastFailure != "" {

@@ -22,10 +22,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenrefresh/grpc-tokenrefresh/interceptor"
 	echov1 "github.com/tokenrefresh/grpc-tokenrefresh/proto/tokenrefresh/echo/v1"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
@@ -63,12 +60,8 @@ type workerSpec struct {
 // workerLine is one line a worker process writes to its stdout: a progress
 // snapshot each interval, then its result.
 type workerLine struct {
-	Progress *workerProgress `json:"progress,omitempty"`
-	Result   *workerReport   `json:"result,omitempty"`
-}
-
-type workerProgress struct {
-	OK, Failed, Refreshes, Waited int64
+	Progress *progressFigures `json:"progress,omitempty"`
+	Result   *workerReport    `json:"result,omitempty"`
 }
 
 type workerReport struct {
@@ -81,16 +74,17 @@ type workerReport struct {
 	LastError   string            `json:"last_error,omitempty"`
 }
 
-// redisClient connects to -redis: host:port, or a unix socket path.
+// redisClient connects to -redis: host:port, or a unix socket path (the
+// only kind with a slash).
 func redisClient(addr string) *redis.Client {
-	if strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "./") {
+	if strings.Contains(addr, "/") {
 		return redis.NewClient(&redis.Options{Network: "unix", Addr: addr})
 	}
 	return redis.NewClient(&redis.Options{Addr: addr})
 }
 
-// openStore opens the fleet's store. close releases its connection.
-func openStore(kind, path, key string) (st tokensource.Store, close func(), err error) {
+// openStore opens the fleet's store; release closes its connection.
+func openStore(kind, path, key string) (st tokensource.Store, release func(), err error) {
 	switch kind {
 	case storeFile:
 		return tokensource.NewFileStore(path), func() {}, nil
@@ -184,10 +178,10 @@ func runFleetPhase(ctx context.Context, cfg config, store string, out io.Writer)
 		var f progressFigures
 		for _, w := range ws {
 			if g := w.progress.Load(); g != nil {
-				f.ok += g.OK
-				f.failed += g.Failed
-				f.refreshes += g.Refreshes
-				f.waited += g.Waited
+				f.OK += g.OK
+				f.Failed += g.Failed
+				f.Refreshes += g.Refreshes
+				f.Waited += g.Waited
 			}
 		}
 		return f
@@ -278,7 +272,7 @@ type workerProc struct {
 	spec     workerSpec
 	cmd      *exec.Cmd
 	stderr   bytes.Buffer
-	progress atomic.Pointer[workerProgress]
+	progress atomic.Pointer[progressFigures]
 	result   *workerReport
 	err      error
 	done     chan struct{} // closed once the process has exited and result or err is set
@@ -362,19 +356,9 @@ func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
 		defer mu.Unlock()
 		_ = enc.Encode(l)
 	}
-	creds := insecure.NewCredentials()
-	var iopts []interceptor.Option
-	switch {
-	case spec.Insecure:
-		iopts = append(iopts, interceptor.AllowInsecure())
-	case spec.CAFile != "":
-		c, err := credentials.NewClientTLSFromFile(spec.CAFile, "")
-		if err != nil {
-			return err
-		}
-		creds = c
-	default:
-		creds = credentials.NewTLS(nil)
+	creds, iopts, err := transportCreds(spec.Insecure, spec.CAFile)
+	if err != nil {
+		return err
 	}
 	st, closeStore, err := openStore(spec.Store, spec.Path, spec.RedisKey)
 	if err != nil {
@@ -382,45 +366,23 @@ func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
 	}
 	defer closeStore()
 
-	var retried atomic.Int64
-	var lastErr atomic.Pointer[string]
-	iopts = append(iopts, interceptor.WithRetryObserver(func(context.Context, string, error) { retried.Add(1) }))
-	cc, src, err := interceptor.NewClient(spec.Target, func(cc grpc.ClientConnInterface) *tokensource.Source {
-		return tokensource.New(testserver.NewRefresher(cc, spec.User, spec.Password),
-			tokensource.WithStore(st),
-			tokensource.WithObserver(func(ev tokensource.Event) {
-				if ev.Err != nil && (ev.Kind == tokensource.RefreshFailed || ev.Kind == tokensource.ReauthRequired) {
-					msg := ev.Err.Error()
-					lastErr.Store(&msg)
-				}
-			}))
-	}, grpc.WithTransportCredentials(creds), interceptor.WithInterceptorOptions(iopts...))
+	// The first token comes from the store, before the load.
+	tracker := &tokenTracker{}
+	cl, err := newClient(ctx, spec.Target, creds, spec.User, spec.Password, spec.CallTimeout, iopts,
+		tokensource.WithStore(st), tokensource.WithObserver(tracker.observe))
 	if err != nil {
 		return err
 	}
-	defer cc.Close()
-	defer src.Close() // first: a refresh in flight saves its token through cc's answer
-
-	// The first token comes from the store, before the load.
-	tctx, cancel := context.WithTimeout(ctx, spec.CallTimeout)
-	_, err = src.Token(tctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("the first token: %w", err)
-	}
-	base := src.Stats()
+	defer cl.close()
 	var total counters
 	res, elapsed, interrupted := runLoad(ctx, spec.Callers, spec.Duration, spec.CallTimeout, spec.Interval,
-		echov1.NewEchoServiceClient(cc), &total, func(time.Duration) {
-			s := src.Stats()
-			write(workerLine{Progress: &workerProgress{OK: total.ok.Load(), Failed: total.failed.Load(),
-				Refreshes: int64(s.Refreshes - base.Refreshes), Waited: int64(s.Waited - base.Waited)}})
+		echov1.NewEchoServiceClient(cl.cc), &total, func(time.Duration) {
+			f := cl.figures(&total)
+			write(workerLine{Progress: &f})
 		})
 	rep := &workerReport{Load: res, Seconds: elapsed.Seconds(), Interrupted: interrupted,
-		Retried: retried.Load(), Base: base, Stats: src.Stats()}
-	if e := lastErr.Load(); e != nil {
-		rep.LastError = *e
-	}
+		Retried: cl.retried.Load(), Base: cl.base, Stats: cl.src.Stats(),
+		LastError: tracker.summary(time.Now()).lastFailure}
 	write(workerLine{Result: rep})
 	return nil
 }

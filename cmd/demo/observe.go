@@ -14,61 +14,60 @@ import (
 // revocation" checkable: a refresh storm would show as many forced or
 // expired replacements.
 type tokenTracker struct {
-	mu          sync.Mutex
-	have        bool      // a token has been obtained
-	expiry      time.Time // the current token's; zero: never expires
-	logins      int       // the first token (the Refresher logs in)
-	expired     int       // refreshes that replaced a token past its Expiry
-	early       int       // background refreshes of a still-valid token
-	forced      int       // refreshes forced by a rejection
-	other       int       // any other refresh of a still-valid token
-	failures    int
-	reauth      int
-	maxWaiters  int    // most callers released by one refresh
+	mu     sync.Mutex
+	have   bool      // a token has been obtained
+	expiry time.Time // the current token's; zero: never expires
+	counts tokenCounts
+}
+
+// tokenCounts are what tokenTracker counts.
+type tokenCounts struct {
+	logins      int    // the first token (the Refresher logs in)
+	expired     int    // refreshes that replaced a token past its Expiry
+	early       int    // background refreshes of a still-valid token
+	forced      int    // refreshes forced by a rejection
+	other       int    // any other refresh of a still-valid token
+	failures    int    // failed refreshes, re-authentication required included
+	maxWaiters  int    // most callers released by one refresh after the login
 	lastFailure string // the last refresh error, for the summary
 }
 
 func (t *tokenTracker) observe(ev tokensource.Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	c := &t.counts
 	login := !t.have
 	switch ev.Kind {
 	case tokensource.RefreshSucceeded:
 		switch {
 		case login:
-			t.logins++
+			c.logins++
 		case !t.expiry.IsZero() && !ev.Time.Before(t.expiry):
-			t.expired++
+			c.expired++
 		case ev.Forced:
-			t.forced++
+			c.forced++
 		case ev.Background:
-			t.early++
+			c.early++
 		default:
-			t.other++
+			c.other++
 		}
 		t.have, t.expiry = true, ev.Expiry
-	case tokensource.RefreshFailed:
-		t.failures++
-		t.lastFailure = ev.Err.Error()
-	case tokensource.ReauthRequired:
-		t.reauth++
-		t.lastFailure = ev.Err.Error()
+	case tokensource.RefreshFailed, tokensource.ReauthRequired:
+		c.failures++
+		c.lastFailure = ev.Err.Error()
 	default:
 		return
 	}
 	if !login { // the callers of the login are not the load's
-		t.maxWaiters = max(t.maxWaiters, ev.Waiters)
+		c.maxWaiters = max(c.maxWaiters, ev.Waiters)
 	}
 }
 
 // tokenSummary is what tokenTracker saw until the end of the load.
 type tokenSummary struct {
-	logins, refreshes             int // refreshes: successful, after the login
-	expired, early, forced, other int
-	failures, reauth              int
-	lifetimes                     int // tokens whose lifetime ended during the run
-	maxWaiters                    int
-	lastFailure                   string
+	tokenCounts
+	refreshes int // successful, after the login
+	lifetimes int // tokens whose lifetime ended during the run
 }
 
 // summary counts the token lifetimes that ended up to end: the tokens
@@ -77,18 +76,8 @@ type tokenSummary struct {
 func (t *tokenTracker) summary(end time.Time) tokenSummary {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := tokenSummary{
-		logins:      t.logins,
-		refreshes:   t.expired + t.early + t.forced + t.other,
-		expired:     t.expired,
-		early:       t.early,
-		forced:      t.forced,
-		other:       t.other,
-		failures:    t.failures,
-		reauth:      t.reauth,
-		maxWaiters:  t.maxWaiters,
-		lastFailure: t.lastFailure,
-	}
+	c := t.counts
+	s := tokenSummary{tokenCounts: c, refreshes: c.expired + c.early + c.forced + c.other}
 	s.lifetimes = s.refreshes
 	if t.have && !t.expiry.IsZero() && !end.Before(t.expiry) {
 		s.lifetimes++

@@ -308,9 +308,13 @@ func (s *summary) writeJSON(w io.Writer) error {
 	return enc.Encode(s)
 }
 
-// progressFigures are the running totals one progress line shows.
+// progressFigures are the running totals one progress line shows; a fleet
+// worker process sends its own as JSON.
 type progressFigures struct {
-	ok, failed, refreshes, waited int64
+	OK        int64 `json:"ok"`
+	Failed    int64 `json:"failed"`
+	Refreshes int64 `json:"refreshes"`
+	Waited    int64 `json:"waited"`
 }
 
 // progress prints one line per tick: on a terminal the line is redrawn in
@@ -335,12 +339,12 @@ func (p *progress) tick(elapsed time.Duration) {
 	f := p.read()
 	rate := 0.0
 	if d := elapsed - p.lastAt; d > 0 {
-		rate = float64(f.ok-p.lastOK) / d.Seconds()
+		rate = float64(f.OK-p.lastOK) / d.Seconds()
 	}
-	p.lastOK, p.lastAt = f.ok, elapsed
+	p.lastOK, p.lastAt = f.OK, elapsed
 	line := fmt.Sprintf("  %5.1fs  %s calls  %s/s  %s failed  %s  %s waited for a refresh",
-		elapsed.Seconds(), group(f.ok+f.failed), group(int64(rate)), group(f.failed),
-		plural(int(f.refreshes), "refresh", "refreshes"), group(f.waited))
+		elapsed.Seconds(), group(f.OK+f.Failed), group(int64(rate)), group(f.Failed),
+		plural(int(f.Refreshes), "refresh", "refreshes"), group(f.Waited))
 	if !p.tty {
 		fmt.Fprintln(p.out, line)
 		return

@@ -110,9 +110,9 @@ func TestProgressLine(t *testing.T) {
 
 	var plain bytes.Buffer
 	p := newProgress(&plain, false, read)
-	f = progressFigures{ok: 1500}
+	f = progressFigures{OK: 1500}
 	p.tick(time.Second)
-	f = progressFigures{ok: 4500, failed: 2, refreshes: 1, waited: 37}
+	f = progressFigures{OK: 4500, Failed: 2, Refreshes: 1, Waited: 37}
 	p.tick(2 * time.Second)
 	p.done()
 	lines := strings.Split(strings.TrimSuffix(plain.String(), "\n"), "\n")
@@ -125,9 +125,9 @@ func TestProgressLine(t *testing.T) {
 
 	var tty bytes.Buffer
 	p = newProgress(&tty, true, read)
-	f = progressFigures{ok: 12_000_000}
+	f = progressFigures{OK: 12_000_000}
 	p.tick(time.Second)
-	f = progressFigures{ok: 12_000_001} // 1 call/s: a shorter line
+	f = progressFigures{OK: 12_000_001} // 1 call/s: a shorter line
 	p.tick(2 * time.Second)
 	if strings.Contains(tty.String(), "\n") || strings.Count(tty.String(), "\r") != 2 {
 		t.Fatalf("terminal output %q, want two carriage-return redraws and no newline", tty.String())

@@ -28,7 +28,9 @@ import (
 // The fleet tests run real processes: the test binary re-executes itself as
 // worker processes (see TestMain), each a replica of one service with its own
 // Source, all sharing one Store and one rotating refresh token against one
-// testserver. They prove contract items 16–20 across process boundaries.
+// testserver. They prove the fleet's guarantees across process boundaries: one
+// refresh per need, nothing lost, no stall from a dead or paused holder, a hot
+// path without I/O, and members going on while the coordinator is down.
 
 // Environment of a worker process.
 const (

@@ -58,11 +58,11 @@ func TestFleetRedisRestarted(t *testing.T) {
 	}
 }
 
-// Contract item 20: with Redis down, a member with a valid token goes on;
-// once its token has expired, refreshing without the lease is refused with
-// Unavailable matching ErrCoordinatorUnavailable, and the Refresher is not
-// called; with WithUncoordinatedRefresh it refreshes locally. When Redis is
-// back, the default member recovers.
+// With Redis down, a member with a valid token goes on; once its token has
+// expired, refreshing without the lease is refused with Unavailable matching
+// ErrCoordinatorUnavailable, and the Refresher is not called; with
+// WithUncoordinatedRefresh it refreshes locally. When Redis is back, the
+// default member recovers.
 func TestFleetRedisDown(t *testing.T) {
 	for _, local := range []bool{false, true} {
 		name := "lease-required"

@@ -28,9 +28,9 @@ var fleetStores = []struct {
 // several times the RPC latency under that load.
 const fleetTokenTTL = 4 * time.Second
 
-// Contract items 16, 17, 19: 8 processes × 32 callers across at least 3
-// expiries make one Refresher call per expiry between them, with no failed
-// call and no reuse of a rotated refresh token.
+// 8 processes × 32 callers across at least 3 expiries make one Refresher call
+// per expiry between them, with no failed call and no reuse of a rotated
+// refresh token.
 func TestFleetOneRefreshPerExpiry(t *testing.T) {
 	for _, fs := range fleetStores {
 		t.Run(fs.name, func(t *testing.T) {
@@ -72,9 +72,9 @@ func TestFleetOneRefreshPerExpiry(t *testing.T) {
 	}
 }
 
-// Contract item 18: a holder killed with SIGKILL in the middle of its
-// refresh stops renewing its lease; after the lease TTL another member takes
-// over and refreshes, and no surviving caller fails.
+// A holder killed with SIGKILL in the middle of its refresh stops renewing its
+// lease; after the lease TTL another member takes over and refreshes, and no
+// surviving caller fails.
 func TestFleetHolderKilled(t *testing.T) {
 	for _, fs := range fleetStores {
 		t.Run(fs.name, func(t *testing.T) {
@@ -133,12 +133,12 @@ func TestFleetHolderKilled(t *testing.T) {
 	}
 }
 
-// Contract items 17 and 18: a holder stopped with SIGSTOP past its lease
-// loses it; a peer takes over and commits; when the holder resumes, its
-// commit is refused (it adopts the peer's token) and nothing is overwritten.
-// The grant is a slow fresh login per refresh (as client credentials),
-// because with a rotating refresh token a pause after the server rotated is
-// the one case no lease can fence (see the README).
+// A holder stopped with SIGSTOP past its lease loses it; a peer takes over and
+// commits; when the holder resumes, its commit is refused (it adopts the
+// peer's token) and nothing is overwritten. The grant is a slow fresh login
+// per refresh (as client credentials), because with a rotating refresh token a
+// pause after the server rotated is the one case no lease can fence (see the
+// README).
 func TestFleetHolderPaused(t *testing.T) {
 	for _, fs := range fleetStores {
 		t.Run(fs.name, func(t *testing.T) {

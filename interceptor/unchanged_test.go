@@ -12,10 +12,10 @@ import (
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
-// Contract item 15: a Refresher that hands back the token the server has
-// just rejected (a caching oauth2.ReuseTokenSource, typically) makes the
-// call fail with Unauthenticated matching tokensource.ErrUnchangedToken,
-// and the rejected token is not sent a second time.
+// A Refresher that hands back the token the server has just rejected (a
+// caching oauth2.ReuseTokenSource, typically) makes the call fail with
+// Unauthenticated matching tokensource.ErrUnchangedToken, and the rejected
+// token is not sent a second time.
 func TestUnchangedTokenNotRetried(t *testing.T) {
 	srv, creds := startServer(t, false)
 	var calls atomic.Int64

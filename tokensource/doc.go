@@ -175,7 +175,8 @@
 // and a Token value in an unexported field of a struct that is printed. Keep
 // a *Token there instead.
 //
-// How the Source works inside (the lock-free snapshot, the shared flight,
-// the refresh timeout, fleet leases) is described in docs/design.md in the
-// repository.
+// Every behaviour the library guarantees, with the tests that prove it, is
+// listed in docs/contract.md in the repository. How the Source works inside
+// (the lock-free snapshot, the shared flight, the refresh timeout, fleet
+// leases) is described in docs/design.md.
 package tokensource

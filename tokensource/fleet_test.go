@@ -12,9 +12,9 @@ import (
 	"time"
 )
 
-// Tests of the Source's side of fleet coordination (contract items 16–20)
-// with Sources sharing a MemoryStore, in one process. The stores' own
-// tests, and the fleet tests in e2e, use real processes and redis-server.
+// Tests of the Source's side of fleet coordination with Sources sharing a
+// MemoryStore, in one process. The stores' own tests, and the fleet tests in
+// e2e, use real processes and redis-server.
 
 // rotating is an authorization server's refresh-token grant in miniature:
 // every refresh rotates the refresh token, and presenting a used one is a
@@ -63,8 +63,8 @@ func fleet(t *testing.T, n int, r Refresher, st Store, opts ...Option) []*Source
 	return srcs
 }
 
-// Item 16: members that all need a token at an expiry make one Refresher
-// call between them, across several expiries; nobody presents a used
+// One refresh per need: members that all need a token at an expiry make one
+// Refresher call between them, across several expiries; nobody presents a used
 // refresh token.
 func TestFleetOneRefreshPerExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -112,9 +112,9 @@ func TestFleetOneRefreshPerExpiry(t *testing.T) {
 	})
 }
 
-// Item 16, forced: members rejected with the same token make one refresh; a
-// member rejected with a token the record has already replaced adopts the
-// new one without refreshing.
+// One refresh per rejected token: members rejected with the same token make
+// one refresh; a member rejected with a token the record has already replaced
+// adopts the new one without refreshing.
 func TestFleetForcedRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r, login := newRotating(time.Hour)
@@ -151,8 +151,9 @@ func TestFleetForcedRefresh(t *testing.T) {
 	})
 }
 
-// Item 19: in the early window members keep serving the valid token from the
-// hot path while one member refreshes; the others adopt its result.
+// In the early window members keep serving the valid token from the hot path,
+// without touching the Store, while one member refreshes; the others adopt its
+// result.
 func TestFleetEarlyWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r, login := newRotating(time.Hour)
@@ -191,7 +192,7 @@ func TestFleetEarlyWindow(t *testing.T) {
 	})
 }
 
-// Item 12 for fleets: a login token is committed to an empty shared record
+// Durability in a fleet: a login token is committed to an empty shared record
 // before it is handed out, and the member that did so is the only one whose
 // token counts; the others adopt it.
 func TestFleetSeedsInitialToken(t *testing.T) {
@@ -229,9 +230,8 @@ func (downStore) LoadRecord(context.Context) (Record, error) { return Record{}, 
 func (downStore) TryLease(context.Context) (Lease, error)    { return nil, errDown }
 func (downStore) Wait(context.Context, uint64) error         { return errDown }
 
-// Item 20: with the coordinator down, refreshing without the lease is off by
-// default and fails with a clear Unavailable-class cause; the opt-in allows
-// a local refresh.
+// Coordinator down: refreshing without the lease is off by default and fails
+// with a clear Unavailable-class cause; the opt-in allows a local refresh.
 func TestFleetCoordinatorDown(t *testing.T) {
 	t.Run("default", func(t *testing.T) {
 		r, _ := newRotating(time.Hour)
@@ -263,8 +263,8 @@ func TestFleetCoordinatorDown(t *testing.T) {
 	})
 }
 
-// Item 17: a holder whose commit is refused (its lease was lost and a peer
-// committed) adopts the peer's token instead of overwriting it.
+// Nothing is lost: a holder whose commit is refused (its lease was lost and a
+// peer committed) adopts the peer's token instead of overwriting it.
 func TestFleetLostLeaseAdoptsPeer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := NewMemoryStore()
@@ -293,9 +293,9 @@ func TestFleetLostLeaseAdoptsPeer(t *testing.T) {
 	})
 }
 
-// Item 18 for a hung Refresher: at the refresh timeout the holder gives up
-// the lease, so a peer can refresh; the holder's late commit is refused
-// because the peer committed first.
+// A hung Refresher cannot stall the fleet: at the refresh timeout the holder
+// gives up the lease, so a peer can refresh; the holder's late commit is
+// refused because the peer committed first.
 func TestFleetHungHolderReleasesLease(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := NewMemoryStore()

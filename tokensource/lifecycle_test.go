@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-// Tests of the credential's whole life (contract items 12–15): durability of
-// every token taken in, Close during a rotation, refresh timeouts that hold
-// against Refreshers ignoring their context, and unchanged tokens.
+// Tests of the credential's whole life: durability of every token taken in,
+// Close during a rotation, refresh timeouts that hold against Refreshers
+// ignoring their context, and unchanged tokens.
 
 // orderStore records whether Save completed before a token was handed out.
 type orderStore struct {
@@ -41,9 +41,9 @@ func refuseRefresher(t *testing.T) *counter {
 	}}
 }
 
-// Item 12: the login token from WithInitialToken is in an empty Store
-// before it is first handed out, so a restart right after the login needs
-// no new login. Today's bug: the store stayed empty until the first refresh.
+// The login token from WithInitialToken is in an empty Store before it is
+// first handed out, so a restart right after the login needs no new login.
+// Today's bug: the store stayed empty until the first refresh.
 func TestInitialTokenSavedBeforeHandedOut(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "token.json")
 	login := &Token{AccessToken: "login-access", RefreshToken: "login-refresh", Expiry: time.Now().Add(time.Hour)}
@@ -67,7 +67,7 @@ func TestInitialTokenSavedBeforeHandedOut(t *testing.T) {
 	mustClose(t, first)
 }
 
-// Item 12, with a plain (non-coordinating) Store that only counts: the save
+// The same with a plain (non-coordinating) Store that only counts: the save
 // happens before Token returns.
 func TestInitialTokenSavedPlainStore(t *testing.T) {
 	st := &orderStore{}
@@ -89,9 +89,9 @@ type plainStore struct{ st Store }
 func (p plainStore) Load(ctx context.Context) (*Token, error) { return p.st.Load(ctx) }
 func (p plainStore) Save(ctx context.Context, t *Token) error { return p.st.Save(ctx, t) }
 
-// Item 13: Close during a rotation. The authorization server has answered
-// (rotated the refresh token) after Close was called; Close waits for that
-// answer, saves it, and only then returns. Waiters are released at once.
+// Close during a rotation. The authorization server has answered (rotated the
+// refresh token) after Close was called; Close waits for that answer, saves
+// it, and only then returns. Waiters are released at once.
 func TestCloseDrainsRotation(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -151,8 +151,8 @@ func TestCloseDrainsRotation(t *testing.T) {
 	}
 }
 
-// Item 13's bound: Close waits for a Refresher that ignores its context no
-// longer than the refresh timeout.
+// Close waits for a Refresher that ignores its context no longer than the
+// refresh timeout.
 func TestCloseBoundedByRefreshTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		unblock := make(chan struct{})
@@ -179,9 +179,9 @@ func TestCloseBoundedByRefreshTimeout(t *testing.T) {
 	})
 }
 
-// Item 14: the refresh timeout releases the waiters of a Refresher that
-// ignores its context; no second Refresher call starts while it runs
-// (callers fail fast); its late result is validated, installed and saved.
+// The refresh timeout releases the waiters of a Refresher that ignores its
+// context; no second Refresher call starts while it runs (callers fail fast);
+// its late result is validated, installed and saved.
 func TestRefreshTimeoutWithRefresherIgnoringContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		unblock := make(chan struct{})
@@ -236,8 +236,8 @@ func TestRefreshTimeoutWithRefresherIgnoringContext(t *testing.T) {
 	})
 }
 
-// Item 14: a late result that is not a usable token is validated too, and
-// SetToken during the wait wins over a late result.
+// A late result that is not a usable token is validated too, and SetToken
+// during the wait wins over a late result.
 func TestRefreshTimeoutLateResultValidatedAndSuperseded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		unblock := make(chan *Token)
@@ -273,9 +273,9 @@ func TestRefreshTimeoutLateResultValidatedAndSuperseded(t *testing.T) {
 	})
 }
 
-// Item 15: a forced refresh that hands back the rejected access token is a
-// failed refresh with ErrUnchangedToken, an event, one warning naming the
-// likely cause, and backoff; Stats counts no refresh for it.
+// A forced refresh that hands back the rejected access token is a failed
+// refresh with ErrUnchangedToken, an event, one warning naming the likely
+// cause, and backoff; Stats counts no refresh for it.
 func TestUnchangedToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cached := &Token{AccessToken: "cached", Expiry: time.Now().Add(time.Hour)}
@@ -317,8 +317,8 @@ func TestUnchangedToken(t *testing.T) {
 	})
 }
 
-// Item 15's counting rule: a background refresh that returns the same token
-// is not counted as a refresh.
+// An unchanged token is not a refresh: a background refresh that returns the
+// same token is not counted as one.
 func TestStatsCountOnlyChangedTokens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cached := &Token{AccessToken: "same", Expiry: time.Now().Add(time.Hour)}

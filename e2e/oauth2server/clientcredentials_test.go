@@ -90,10 +90,9 @@ func TestClientCredentialsRecoversFromRevocation(t *testing.T) {
 }
 
 // The same revocation with FromOAuth2(cfg.TokenSource(ctx)), an
-// oauth2.ReuseTokenSource (item 15): the forced refresh hands back the
-// revoked token, so the calls fail with Unauthenticated matching
-// ErrUnchangedToken, the server makes no grant, and no call sends the
-// revoked token twice.
+// oauth2.ReuseTokenSource: the forced refresh hands back the revoked token, so
+// the calls fail with Unauthenticated matching ErrUnchangedToken, the server
+// makes no grant, and no call sends the revoked token twice.
 func TestFromOAuth2ReuseTokenSourceReportsUnchangedToken(t *testing.T) {
 	a := startAuthServer(t)
 	r := startResourceServer(t, a)

@@ -33,10 +33,10 @@ func checkChild(t *testing.T, a *authServer, fam string, rep childReport, want i
 	}
 }
 
-// A restart soon after login (item 12): the first process is given the
-// login's token, makes one call and stops before any refresh; a new process
-// on the same FileStore, with no login, must carry on and refresh with the
-// login's refresh token.
+// A restart soon after login: the first process is given the login's token,
+// makes one call and stops before any refresh; a new process on the same
+// FileStore, with no login, must carry on and refresh with the login's refresh
+// token.
 func TestRestartSoonAfterLogin(t *testing.T) {
 	a := startAuthServer(t)
 	r := startResourceServer(t, a)
@@ -65,11 +65,11 @@ func TestRestartSoonAfterLogin(t *testing.T) {
 	}
 }
 
-// Close during a rotation (item 13): the server has rotated the refresh
-// token and its answer is still on the way when the service shuts down.
-// Close must wait for that answer and save the rotated refresh token, so
-// that the restarted process presents the new one; presenting the consumed
-// one would revoke the whole family.
+// Close during a rotation: the server has rotated the refresh token and its
+// answer is still on the way when the service shuts down. Close must wait for
+// that answer and save the rotated refresh token, so that the restarted
+// process presents the new one; presenting the consumed one would revoke the
+// whole family.
 func TestCloseDuringRotation(t *testing.T) {
 	a := startAuthServer(t)
 	r := startResourceServer(t, a)

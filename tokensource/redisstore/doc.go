@@ -22,21 +22,20 @@
 //
 // # What it guarantees
 //
-// Together with a Source it provides items 16–20 of the project's behaviour
-// contract:
+// Together with a Source it guarantees:
 //
-//   - One refresh per need, fleet-wide (16). A member refreshes only under the
+//   - One refresh per need, fleet-wide. A member refreshes only under the
 //     fleet's lease, and only if the record it read under that lease still
 //     needs it; the others Wait and adopt the token it commits.
-//   - Nothing is lost (17). The holder reads the newest record (and so the
-//     newest refresh token) atomically with taking the lease, and its Commit
-//     is fenced: a Lua script writes only if the record still has the version
+//   - Nothing is lost. The holder reads the newest record (and so the newest
+//     refresh token) atomically with taking the lease, and its Commit is
+//     fenced: a Lua script writes only if the record still has the version
 //     read with the lease and no other member holds the lease. A member that
 //     lost its lease (it paused past the TTL and another took over) is refused
 //     with tokensource.ErrLeaseLost and overwrites nothing. A Commit after the
 //     lease expired or was released while nobody took it over still succeeds,
 //     so a late result is not lost.
-//   - A dead or paused holder cannot stall the fleet (18). The lease has a TTL
+//   - A dead or paused holder cannot stall the fleet. The lease has a TTL
 //     (WithLeaseTTL, default 10 s), renewed every third of it while the
 //     holder's Refresher runs; when the holder dies, hangs or is stopped, the
 //     lease expires and the next member takes over (Lease.TakenOver reports
@@ -44,9 +43,10 @@
 //     millisecond or so, and re-read every poll interval (WithPollInterval,
 //     default 250 ms) as the fallback for a lost notification and for a lease
 //     that expired (Redis announces no expiry).
-//   - The hot path stays local (19). The Store is touched only when a Source
+//   - The hot path stays local. The Store is touched only when a Source
 //     refreshes, loads or waits; a Source with a valid token does no I/O.
-//   - Redis down (20): see the section below.
+//   - Members with a valid token go on while Redis is down, and the others do
+//     not refresh without the lease: see "When Redis is down" below.
 //
 // A Store that read a record it cannot decode (ErrCorruptRecord,
 // ErrSealMismatch; both also match tokensource.ErrCorruptStore) fails the
@@ -123,7 +123,7 @@
 // connection, redis.ErrClosed, a server that is loading or failing over)
 // fails with an error matching tokensource.ErrCoordinatorUnavailable that
 // also wraps the cause; replies that mean misconfiguration (a wrong password,
-// NOPERM, WRONGTYPE) do not match it. What a Source does then is item 20:
+// NOPERM, WRONGTYPE) do not match it. What a Source does then:
 // members with a valid token go on serving it without noticing; a member
 // whose token expired does not refresh without the lease, because two members
 // presenting one rotating refresh token look like token theft to an

@@ -115,9 +115,9 @@ func TestSourcesShareOneRefresh(t *testing.T) {
 	}
 }
 
-// TestSourceRedisDown is item 20: with Redis down a member with a valid token
-// goes on, and one whose token expired fails with ErrCoordinatorUnavailable
-// instead of refreshing without the lease.
+// TestSourceRedisDown: with Redis down a member with a valid token goes on,
+// and one whose token expired fails with ErrCoordinatorUnavailable instead of
+// refreshing without the lease.
 func TestSourceRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := testContext(t)

@@ -7,30 +7,27 @@ import (
 	"time"
 )
 
-// runCoordinated is run for a Source whose Store is a Coordinator: the
-// flight's token comes from the fleet's shared record when a peer has
-// already replaced prev, and from this Source's Refresher only under the
-// fleet's lease, when the record read under that lease still needs it.
+// runCoordinated obtains the token of a Source whose Store is a
+// Coordinator: from the fleet's shared record when a peer has already
+// replaced prev, and from this Source's Refresher only under the fleet's
+// lease, when the record read under that lease still needs it.
 //
 // A record needs a refresh when its token is not usable (missing, invalid,
 // inside its expiry leeway) or when it is prev itself: the token this Source
 // saw expire, enter its early window, or be rejected. Anything else in the
 // record is newer than prev, and adopting it is what makes one Refresher call
-// per expiry fleet-wide (contract item 16).
-func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) outcome {
+// per expiry, or per rejected token, fleet-wide.
+func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) result {
 	c := s.coord
-	var out outcome
 	var waitStart time.Time
 	for {
 		rec, err := c.LoadRecord(wctx)
 		if err != nil {
 			return s.runUncoordinated(ctx, wctx, f, prev, current, err)
 		}
-		out.loadOK = true
-		cand, seed, need := s.decide(rec, prev)
-		if !need && !seed {
+		if cand, seed, need := s.decide(rec, prev); !need && !seed {
 			s.leaseWaited(f, waitStart)
-			return s.adopt(out, cand, prev)
+			return s.adopt(cand, prev)
 		}
 		lease, err := c.TryLease(wctx)
 		if err != nil {
@@ -43,8 +40,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 				waitStart = s.now()
 			}
 			if err := c.Wait(wctx, rec.Version); err != nil {
-				out.err = s.waitError(wctx, err)
-				return out
+				return result{kind: failed, err: s.waitError(wctx, err)}
 			}
 			continue
 		}
@@ -52,33 +48,27 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		waitStart = time.Time{}
 		if lease.TakenOver() {
 			s.log.Warn("tokensource: took over the fleet's refresh lease from a holder that stopped renewing it")
-			s.emit(Event{Kind: LeaseTakenOver, Refresh: f.id, Time: s.now(), Forced: f.forced, Background: f.background, Generation: f.gen})
+			s.emit(f.event(LeaseTakenOver, s.now(), f.gen))
 		}
-
-		rec = lease.Record()
-		cand, seed, need = s.decide(rec, prev)
-		if !need && !seed {
+		cand, seed, need := s.decide(lease.Record(), prev)
+		switch {
+		case !need && !seed:
 			s.releaseLease(ctx, lease)
-			return s.adopt(out, cand, prev)
-		}
-		if !need && seed {
+			return s.adopt(cand, prev)
+		case !need:
 			// The Store is empty and this Source has a usable login token:
 			// it becomes the fleet's, saved before it is handed out.
-			sctx, cancel := s.saveContext(ctx)
-			err := lease.Commit(sctx, cand)
-			cancel()
+			err := s.commit(ctx, lease, cand)
 			if errors.Is(err, ErrLeaseLost) {
 				continue // a peer stored a token meanwhile: look again
 			}
-			out.saveErr = err
-			out.tok = cand
-			return out
+			return result{kind: loaded, tok: cand, saveErr: err}
 		}
 		if cand != nil {
 			// Present the newest refresh token of the fleet.
 			current = cand
 		}
-		return s.refreshUnderLease(ctx, f, lease, prev, current, out)
+		return s.refresh(ctx, f, prev, current, s.underLease(lease))
 	}
 }
 
@@ -88,9 +78,9 @@ func (s *Source) leaseWaited(f *flight, start time.Time) {
 	if start.IsZero() {
 		return
 	}
-	now := s.now()
-	s.emit(Event{Kind: LeaseWaited, Refresh: f.id, Time: now, Duration: now.Sub(start), Forced: f.forced,
-		Background: f.background, Generation: f.gen})
+	ev := f.event(LeaseWaited, s.now(), f.gen)
+	ev.Duration = ev.Time.Sub(start)
+	s.emit(ev)
 }
 
 // decide looks at the shared record for a flight that replaces prev. cand is
@@ -112,61 +102,37 @@ func (s *Source) decide(rec Record, prev *Token) (cand *Token, seed, need bool) 
 
 // adopt makes the shared record's token the flight's result: a peer's
 // refresh, or, for a Source that had no token yet, what it loads at start.
-func (s *Source) adopt(out outcome, tok, prev *Token) outcome {
-	out.tok = tok
+func (s *Source) adopt(tok, prev *Token) result {
 	if prev == nil {
-		out.fromStore, out.candidate = true, tok
-	} else {
-		out.adopted = tok.AccessToken != prev.AccessToken
+		return result{kind: loaded, tok: tok, loaded: tok, storeRead: true, fromStore: true}
 	}
-	return out
+	return result{kind: adopted, tok: tok}
 }
 
-// refreshUnderLease calls the Refresher while this Source holds the fleet's
-// lease and commits the result before anyone sees it.
-func (s *Source) refreshUnderLease(ctx context.Context, f *flight, lease Lease, prev, current *Token, out outcome) outcome {
-	// A Refresher still running at the refresh timeout gives up the lease,
-	// so that a hung call cannot stall the fleet; a late result may still
-	// be committed (Lease.Commit allows it while nobody else has).
-	rc := s.callRefresher(ctx, f, prev, current, func() { s.releaseLease(ctx, lease) })
-	tok, refused, err, late := rc.tok, rc.refused, rc.err, rc.late
-	out.err, out.permanent, out.unchanged = err, rc.permanent, errors.Is(err, ErrUnchangedToken)
-	if late && !s.reoccupy(f) {
-		out.superseded = true
-		s.releaseLease(ctx, lease)
-		return out
+// underLease persists under the fleet's lease: a token is committed (fenced
+// by the record's version) before anyone sees it, and the lease is given up
+// with it.
+func (s *Source) underLease(lease Lease) persistence {
+	return persistence{
+		write:   func(ctx context.Context, t *Token) error { return s.commit(ctx, lease, t) },
+		release: func(ctx context.Context) { s.releaseLease(ctx, lease) },
 	}
-	if err != nil {
-		if refused != nil && refused.RefreshToken != "" && (current == nil || refused.RefreshToken != current.RefreshToken) {
-			// The Refresher may have consumed current's refresh token: the
-			// fleet must present the new one next.
-			out.rotated = refused.RefreshToken
-			out.saveErr = s.commit(ctx, lease, withRefreshToken(current, out.rotated))
-			return out
+}
+
+// adoptAfterLostLease handles the refresh result res whose commit was
+// refused: another member refreshed after this one's lease lapsed (this
+// process paused, say), and its commit is the fleet's token now.
+func (s *Source) adoptAfterLostLease(ctx context.Context, prev *Token, res result) result {
+	rctx, cancel := s.saveContext(ctx)
+	rec, err := s.coord.LoadRecord(rctx)
+	cancel()
+	if err == nil {
+		if cand, _, need := s.decide(rec, prev); !need {
+			s.log.Warn("tokensource: lost the fleet's refresh lease during the refresh; adopting the token a peer committed")
+			return s.adopt(cand, prev)
 		}
-		s.releaseLease(ctx, lease)
-		return out
 	}
-	out.tok = tok
-	out.refreshed = prev == nil || tok.AccessToken != prev.AccessToken
-	if cerr := s.commit(ctx, lease, tok); cerr != nil {
-		if errors.Is(cerr, ErrLeaseLost) {
-			// Another member refreshed after this one's lease lapsed (this
-			// process paused, say). Its commit is the fleet's token now.
-			rctx, cancel := s.saveContext(ctx)
-			rec, lerr := s.coord.LoadRecord(rctx)
-			cancel()
-			if lerr == nil {
-				if cand, _, need := s.decide(rec, prev); !need {
-					s.log.Warn("tokensource: lost the fleet's refresh lease during the refresh; adopting the token a peer committed")
-					out.refreshed = false
-					return s.adopt(out, cand, prev)
-				}
-			}
-		}
-		out.saveErr = cerr
-	}
-	return out
+	return res
 }
 
 // commit commits t under lease with a timeout of its own.
@@ -190,30 +156,16 @@ func (s *Source) releaseLease(ctx context.Context, lease Lease) {
 // WithUncoordinatedRefresh allows it, the Source does not refresh without the
 // fleet's lease: presenting a rotating refresh token a peer may present too
 // would look like token theft to the authorization server.
-func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, current *Token, err error) outcome {
-	var out outcome
+func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, current *Token, err error) result {
 	if wctx.Err() != nil {
-		out.err = s.waitError(wctx, err)
-		return out
+		return result{kind: failed, err: s.waitError(wctx, err)}
 	}
 	if !s.opts.uncoordinated || !errors.Is(err, ErrCoordinatorUnavailable) {
-		out.err = fmt.Errorf("tokensource: not refreshing without the fleet's lease: %w", err)
-		return out
+		return result{kind: failed, err: fmt.Errorf("tokensource: not refreshing without the fleet's lease: %w", err)}
 	}
 	s.log.Warn("tokensource: coordinator unavailable; refreshing locally (WithUncoordinatedRefresh)", "error", err)
-	rc := s.callRefresher(ctx, f, prev, current, nil)
-	tok, rerr, late := rc.tok, rc.err, rc.late
-	out.err, out.permanent, out.unchanged = rerr, rc.permanent, errors.Is(rerr, ErrUnchangedToken)
-	if late && !s.reoccupy(f) {
-		out.superseded = true
-		return out
-	}
-	if rerr == nil {
-		out.tok = tok
-		out.refreshed = prev == nil || tok.AccessToken != prev.AccessToken
-		out.saveErr = s.save(ctx, tok) // best effort: the coordinator is likely still down
-	}
-	return out
+	// Saved on a best-effort basis: the coordinator is likely still down.
+	return s.refresh(ctx, f, prev, current, s.toStore())
 }
 
 // waitError is the flight's error when wctx ended while the Source waited

@@ -50,9 +50,8 @@ type options struct {
 	backoffInitial     time.Duration
 	backoffMax         time.Duration
 	clock              func() time.Time // nil: time.Now, called directly on the hot path
-	observer           func(Event)
+	observers          []func(Event)
 	hooks              RefreshHooks
-	onReauth           func(error)
 	logger             *slog.Logger
 	uncoordinated      bool // refresh locally when the Coordinator is unavailable
 }
@@ -155,23 +154,39 @@ func WithClock(now func() time.Time) Option {
 
 // WithObserver registers f to receive an Event for every refresh start,
 // success and failure, re-authentication requirement, store failure, rate
-// limited refresh and SetToken. f is called without any lock held, from the
-// goroutine that did the work (usually the refresh goroutine, after the
-// waiters have been released); it must be quick and safe for concurrent use,
-// and must not call Close or wait for a token from the same Source. Close
-// waits for the calls made by refresh goroutines.
+// limited refresh and SetToken. It may be given several times: every
+// observer receives every event, in the order the options were given (an
+// adapter's observer, such as the otel package's, and one of your own can
+// sit side by side). f is called without any lock held, from the goroutine
+// that did the work (usually the refresh goroutine, after the waiters have
+// been released); it must be quick and safe for concurrent use, and must not
+// call Close or wait for a token from the same Source. Close waits for the
+// calls made by refresh goroutines. A nil f is ignored.
 func WithObserver(f func(Event)) Option {
-	return func(o *options) { o.observer = f }
+	return func(o *options) {
+		if f != nil {
+			o.observers = append(o.observers, f)
+		}
+	}
 }
 
-// WithOnReauthRequired registers f to be told, once each time the Source
-// enters the re-authentication-required state, that the user must log in
-// again (call Source.SetToken with the new token). err matches
+// WithOnReauthRequired is a shortcut for an observer of the ReauthRequired
+// event: f is told, once each time the Source enters the
+// re-authentication-required state, that the user must log in again (call
+// Source.SetToken with the new token). err is the event's Err: it matches
 // ErrReauthRequired and the Refresher's error. f is called from the refresh
 // goroutine without any lock held, after the waiting callers have received
-// the error; it may call SetToken but not Close (Close waits for it).
+// the error and in its place among the observers; it may call SetToken but
+// not Close (Close waits for it).
 func WithOnReauthRequired(f func(err error)) Option {
-	return func(o *options) { o.onReauth = f }
+	if f == nil {
+		return func(*options) {}
+	}
+	return WithObserver(func(e Event) {
+		if e.Kind == ReauthRequired {
+			f(e.Err)
+		}
+	})
 }
 
 // WithLogger makes the Source log refresh activity to l: successes at Debug,

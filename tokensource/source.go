@@ -234,7 +234,7 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 		s.mu.Unlock()
 		return st.tok, nil
 	}
-	return s.acquireLocked(ctx, false)
+	return s.waitUnlock(ctx, false)
 }
 
 // Refresh reports that a server rejected stale, which must be a token this
@@ -263,7 +263,7 @@ func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 			s.mu.Unlock()
 			return st.tok, nil
 		}
-		return s.acquireLocked(ctx, false)
+		return s.waitUnlock(ctx, false)
 	}
 	if s.reauthErr == nil && s.flight == nil && valid && s.opts.minRefreshInterval > 0 &&
 		!s.lastForced.IsZero() && now.Sub(s.lastForced) < s.opts.minRefreshInterval {
@@ -274,42 +274,51 @@ func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: gen})
 		return st.tok, nil
 	}
-	return s.acquireLocked(ctx, valid)
+	return s.waitUnlock(ctx, valid)
 }
 
-// acquireLocked returns the result of a refresh: the one in flight, or a new
+// joinLocked returns the refresh to wait for: the one in flight, or a new
 // one unless the Source is in the reauth state, backing off, or still
-// waiting for a Refresher the refresh timeout gave up on. s.mu must be held;
-// acquireLocked releases it.
-func (s *Source) acquireLocked(ctx context.Context, forced bool) (*Token, error) {
+// waiting for a Refresher the refresh timeout gave up on (then the error to
+// fail with at once). s.mu must be held; joinLocked keeps it, and counts
+// the caller among the flight's waiters.
+func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	if err := s.reauthErr; err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	if refreshingSource(ctx) == s {
-		s.mu.Unlock()
 		return nil, ErrSelfWait
 	}
 	f := s.flight
 	if f == nil {
-		now := s.now()
-		if s.running != nil || s.backingOffLocked(now) {
+		if s.running != nil || s.backingOffLocked(s.now()) {
 			// While a timed-out Refresher is still running no second call
 			// starts (it could present the same refresh token twice), so
 			// callers fail fast with its timeout error.
-			err := s.lastErr
-			s.mu.Unlock()
-			return nil, err
+			return nil, s.lastErr
 		}
 		if err := ctx.Err(); err != nil {
-			s.mu.Unlock()
 			return nil, fmt.Errorf("tokensource: not starting a token refresh: %w", err)
 		}
 		f = s.startLocked(ctx, s.cur.Load(), forced, false)
 	}
 	f.waiters++
-	s.mu.Unlock()
+	return f, nil
+}
 
+// waitUnlock joins the shared refresh (see joinLocked), unlocks s.mu, which
+// the caller holds, and waits for that refresh within ctx.
+func (s *Source) waitUnlock(ctx context.Context, forced bool) (*Token, error) {
+	f, err := s.joinLocked(ctx, forced)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return s.await(ctx, f)
+}
+
+// await waits for f within ctx; the caller is counted among its waiters.
+func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
 	s.waitHook(ctx, f)
 	s.waited.Add(1)
 	s.waiting.Add(1)
@@ -533,12 +542,6 @@ func (s *Source) Stats() Stats {
 		InFlight:       s.inFlight.Load(),
 		ReauthRequired: s.reauth.Load(),
 		Generation:     s.cur.Load().gen,
-	}
-}
-
-func (s *Source) emit(e Event) {
-	if s.opts.observer != nil {
-		s.opts.observer(e)
 	}
 }
 

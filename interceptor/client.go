@@ -40,11 +40,13 @@ var ErrNoSource = errors.New("interceptor: the connection's token source does no
 // opts are passed to grpc.NewClient; interceptor options go in
 // WithInterceptorOptions among them. newSource runs once, after the
 // connection was created and before NewClient returns; it is not called if
-// grpc.NewClient fails. If it returns nil, NewClient closes the connection
-// and returns an error. A call newSource makes through cc outside a refresh
-// fails with ErrNoSource. The caller closes both: the source first, because
-// Source.Close lets a Refresher call in flight finish (and save a rotated
-// refresh token), and that call may be using the connection.
+// grpc.NewClient fails. If it returns nil, a nil pointer included,
+// NewClient closes the connection and returns an error (the source exists
+// only at run time, and NewClient reports its failures as errors): no call
+// ever meets a nil source. A call newSource makes through cc outside a
+// refresh fails with ErrNoSource. The caller closes both: the source first,
+// because Source.Close lets a Refresher call in flight finish (and save a
+// rotated refresh token), and that call may be using the connection.
 //
 // A call through the connection costs what it costs with DialOptions plus
 // one atomic load: no lock, no allocation.

@@ -94,7 +94,12 @@
 // retry, and no retry at all when the source returns the rejected token
 // itself (a *tokensource.Source does so within its minimum refresh interval,
 // when the server keeps rejecting fresh tokens): the same token would be
-// rejected again, so the first error is returned.
+// rejected again, so the server's rejection is returned, with its code,
+// matching it with errors.Is, and with the reason appended to its message:
+//
+//	rpc error: code = Unauthenticated desc = token revoked; not retried: forced refresh rate-limited (WithMinRefreshInterval 1s)
+//
+// The same holds for a stream rejected when it is created.
 //
 // # Streams
 //
@@ -126,10 +131,9 @@
 // no lock is held across a blocking call on the underlying stream. SendMsg
 // returns nil for a message sent into a stream that turned out to be
 // rejected only if the message is part of the replay; otherwise io.EOF, as
-// grpc-go does, and RecvMsg reports the status. When a
-// receiving goroutine reopens the stream, the replay runs on a goroutine of
-// its own, so that the receiver can drain responses meanwhile; it ends with
-// the stream.
+// grpc-go does, and RecvMsg reports the status. The replay of a reopened
+// stream runs on a goroutine of its own, so that a receiver can drain
+// responses meanwhile; it ends with the stream.
 //
 // # Skipping
 //

@@ -3,10 +3,13 @@ package interceptor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
@@ -22,7 +25,11 @@ type TokenSource interface {
 	Token(ctx context.Context) (*tokensource.Token, error)
 	// Refresh reports that stale, exactly as returned by Token or Refresh,
 	// was rejected, and returns the token to retry with. Returning stale
-	// itself means there is no newer token; the call is then not retried.
+	// itself means there is no newer token; the call is then not retried,
+	// and its error says so. A source that also has a method
+	// MinRefreshInterval() time.Duration returning more than 0 (as
+	// *tokensource.Source does) is taken to hand back stale because of that
+	// rate limit, and the error names it.
 	Refresh(ctx context.Context, stale *tokensource.Token) (*tokensource.Token, error)
 }
 
@@ -33,7 +40,8 @@ type TokenSource interface {
 // Used on its own (not through DialOptions), it adds the transport security
 // check as a per-call credential, which costs one small allocation per call;
 // DialOptions installs it once per connection instead. It panics if src is
-// nil or an option is invalid (see WithHeader and WithScheme).
+// nil, a nil pointer included, or an option is invalid (see WithHeader and
+// WithScheme).
 func UnaryClientInterceptor(src TokenSource, opts ...Option) grpc.UnaryClientInterceptor {
 	return newInterceptor(src, newOptions(opts)).unary
 }
@@ -52,8 +60,8 @@ func StreamClientInterceptor(src TokenSource, opts ...Option) grpc.StreamClientI
 // grpc.WithChainStreamInterceptor (so they compose with other chained
 // interceptors in the order the dial options are given), plus, unless
 // AllowInsecure is given, the transport security check as a connection-wide
-// grpc.WithPerRPCCredentials. It panics if src is nil or an option is
-// invalid (see WithHeader and WithScheme).
+// grpc.WithPerRPCCredentials. It panics if src is nil, a nil pointer
+// included, or an option is invalid (see WithHeader and WithScheme).
 func DialOptions(src TokenSource, opts ...Option) []grpc.DialOption {
 	o := newOptions(opts)
 	o.guardInstalled = !o.allowInsecure
@@ -97,8 +105,14 @@ type headerValue struct {
 }
 
 func newInterceptor(src TokenSource, o *options) *interceptor {
-	if src == nil {
-		panic("interceptor: nil TokenSource")
+	if isNil(src) {
+		// Now rather than at the first call, where it would be a nil
+		// pointer dereference far from the mistake.
+		msg := "interceptor: the TokenSource is nil"
+		if src != nil {
+			msg += fmt.Sprintf(" (a nil %T)", src)
+		}
+		panic(msg)
 	}
 	i := &interceptor{src: src, opts: o, guard: &guard{header: o.header}}
 	if !o.allowInsecure && !o.guardInstalled {
@@ -123,7 +137,7 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	}
 	_, hv, rerr := i.renew(ctx, method, tok, err)
 	if rerr != nil {
-		return rerr
+		return i.notRetried(rerr, err)
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
 	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
@@ -147,7 +161,7 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 		}
 		fresh, hv, rerr := i.renew(ctx, method, tok, err)
 		if rerr != nil {
-			return nil, rerr
+			return nil, i.notRetried(rerr, err)
 		}
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected at stream creation, retrying with a new token", "method", method)
 		if cs, err = streamer(i.attachAgain(ctx, hv), desc, cc, method, opts...); err != nil {
@@ -200,10 +214,10 @@ func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerVal
 
 // renew asks the source for the token that replaces stale, which the server
 // rejected with rejection, and tells the retry observer (WithRetryObserver)
-// when the caller is about to retry with it. The error is the one the caller should see: the
-// mapped refresh failure, or rejection itself when the source has nothing
-// newer (its rate limit for forced refreshes, say), since the same token
-// would be rejected again. ctx must come from outgoing.
+// when the caller is about to retry with it. The error is the mapped refresh
+// failure, or errNoNewer when the source handed back stale (its rate limit
+// for forced refreshes, say): the same token would be rejected again, so the
+// call is not retried. ctx must come from outgoing.
 func (i *interceptor) renew(ctx context.Context, method string, stale *tokensource.Token, rejection error) (*tokensource.Token, *headerValue, error) {
 	tok, err := i.src.Refresh(ctx, stale)
 	if err != nil {
@@ -211,7 +225,7 @@ func (i *interceptor) renew(ctx context.Context, method string, stale *tokensour
 		return nil, nil, sourceError(ctx, err)
 	}
 	if tok == stale {
-		return nil, nil, rejection
+		return nil, nil, errNoNewer
 	}
 	hv, err := i.headerValue(tok)
 	if err == nil && i.opts.retried != nil {
@@ -220,6 +234,29 @@ func (i *interceptor) renew(ctx context.Context, method string, stale *tokensour
 		i.opts.retried(ctx, method, rejection)
 	}
 	return tok, hv, err
+}
+
+// errNoNewer is renew's report that the source had no newer token; callers
+// never return it, see notRetried.
+var errNoNewer = errors.New("interceptor: the token source has no newer token")
+
+// notRetried returns err, renew's error for rejection, as the caller sees
+// it: errNoNewer becomes rejection, saying why the call was not retried.
+func (i *interceptor) notRetried(err, rejection error) error {
+	if err != errNoNewer {
+		return err
+	}
+	src := i.src
+	if l, ok := src.(*lateSource); ok {
+		src = l.p.Load().TokenSource // bound: it handed back the token
+	}
+	why := "the token source has no newer token"
+	if s, ok := src.(interface{ MinRefreshInterval() time.Duration }); ok && s.MinRefreshInterval() > 0 {
+		why = fmt.Sprintf("forced refresh rate-limited (WithMinRefreshInterval %v)", s.MinRefreshInterval())
+	}
+	// The rejection's code, and errors.Is and errors.As still reach it.
+	st := status.Convert(rejection)
+	return &statusError{code: st.Code(), msg: st.Message() + "; not retried: " + why, causes: []error{rejection}}
 }
 
 // headerValue returns what to attach for tok, from the cache when tok is the

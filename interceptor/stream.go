@@ -20,16 +20,20 @@ import (
 // before the first response message can be repaired: refresh the token,
 // reopen the stream, replay what was sent, carry on.
 //
-// Concurrency: grpc allows one goroutine in SendMsg or CloseSend while
-// another is in RecvMsg, and Header, Trailer and Context from anywhere. mu
-// guards the fields below it and is never held across a call on an
-// underlying stream. recvLock is a channel used as a lock (so that a waiter
-// can give up when its context ends): it is held by the one goroutine that
-// may call RecvMsg on the underlying stream, that is the caller's RecvMsg,
-// or SendMsg or Header while they find out how a stream ended. Only a holder
-// of recvLock replaces the underlying stream. While it does, senders wait;
-// while the replacement replays the buffered sends, senders wait too, so
-// the server sees every message once and in order.
+// Lock rules. grpc allows one goroutine in SendMsg or CloseSend while
+// another is in RecvMsg, and Header, Trailer and Context from anywhere.
+//   - mu guards the fields below it and is never held across a call on an
+//     underlying stream.
+//   - recvLock is a channel used as a lock, so that a waiter can give up
+//     when its context ends. Its holder is the one goroutine that may call
+//     RecvMsg on the underlying stream, and the only one that may replace
+//     it: the caller's RecvMsg holds it for the whole call; Header and
+//     SendMsg take it, in settle, only to find out how a stream they saw
+//     end ended. settle is the one place that decides on a reopen, and
+//     resolve, which reopens, runs only inside it, under recvLock.
+//   - While the stream is replaced (reopening) and while the replacement
+//     replays the buffered sends (replaying), senders wait, so the server
+//     sees every message once and in order; a replay holds no lock.
 type clientStream struct {
 	i        *interceptor
 	ctx      context.Context // the caller's, without the token header (from outgoing)
@@ -58,8 +62,9 @@ type clientStream struct {
 	refreshedFor *tokensource.Token
 	// final, once set, is what RecvMsg returns from then on.
 	final error
-	// pending is a response that arrived while SendMsg or Header probed the
-	// stream; the next RecvMsg delivers it.
+	// pending is a response that arrived while settle asked for the status
+	// of a stream that SendMsg or Header saw end; the next RecvMsg delivers
+	// it.
 	pending *emptypb.Empty
 }
 
@@ -104,54 +109,29 @@ func newClientStream(i *interceptor, ctx context.Context, desc *grpc.StreamDesc,
 func (w *clientStream) Header() (metadata.MD, error) {
 	for {
 		w.mu.Lock()
-		a := w.cur
-		if w.reopening {
-			w.mu.Unlock()
-			select {
-			case <-a.done:
-				continue
-			case <-w.ctx.Done():
-				return nil, nil
-			}
-		}
-		maybe := w.canReopenLocked()
+		a, reopening, maybe := w.cur, w.reopening, w.canReopenLocked()
 		w.mu.Unlock()
-
-		md, err := a.cs.Header()
-		if md != nil {
-			w.mu.Lock()
-			if w.cur != a || w.reopening {
-				// A receiver replaced a meanwhile, or is replacing it:
-				// return the header of the stream the caller will talk to.
+		if !reopening {
+			md, err := a.cs.Header()
+			if md != nil {
+				w.mu.Lock()
+				if w.cur != a || w.reopening {
+					// A receiver replaced a meanwhile, or is replacing it:
+					// return the header of the stream the caller will talk to.
+					w.mu.Unlock()
+					continue
+				}
+				w.dropBufferLocked()
 				w.mu.Unlock()
-				continue
+				return md, err
 			}
-			w.dropBufferLocked()
-			w.mu.Unlock()
-			return md, err
+			if err != nil || !maybe {
+				return md, err
+			}
 		}
-		if err != nil || !maybe {
-			return md, err
-		}
-		// a ended without a header. grpc-go reports the status only
-		// through RecvMsg, so whoever holds recvLock asks for it.
-		select {
-		case w.recvLock <- struct{}{}:
-		case <-a.done: // a receiver dealt with it
-			continue
-		case <-w.ctx.Done():
+		// a ended without a header, or is being replaced.
+		if !w.settle(a, nil) {
 			return nil, nil
-		}
-		w.mu.Lock()
-		mine := w.cur == a && w.canReopenLocked()
-		w.mu.Unlock()
-		var next *attempt
-		if mine {
-			next = w.probe(a)
-		}
-		<-w.recvLock
-		if next != nil {
-			w.replayAsync(next)
 		}
 	}
 }
@@ -219,52 +199,13 @@ func (w *clientStream) SendMsg(m any) error {
 		w.mu.Unlock()
 		return err
 	}
-	return w.sendEnded(a)
-}
-
-// sendEnded handles io.EOF from SendMsg on attempt a after the message was
-// kept for a replay. It returns nil only if the stream was reopened, and so
-// the message is part of the replay; otherwise io.EOF, as grpc-go does, so
-// that the caller turns to RecvMsg for the status.
-func (w *clientStream) sendEnded(a *attempt) error {
-	select {
-	case w.recvLock <- struct{}{}:
-	case <-a.done:
-		// A RecvMsg or Header under way dealt with a's end. No other
-		// sender can have dropped the kept message meanwhile, so if a was
-		// replaced, the message is in the replay.
-		w.mu.Lock()
-		moved := w.cur != a
-		w.mu.Unlock()
-		if moved {
-			return nil
-		}
-		return io.EOF
-	case <-w.ctx.Done():
-		return io.EOF
-	}
-	// Whoever held recvLock let it go without resolving a (it received a
-	// response, say): a ended, so this wait was short, and probing is safe.
-	w.mu.Lock()
-	moved := w.cur != a
-	mine := !moved && w.canReopenLocked()
-	w.mu.Unlock()
-	var next *attempt
-	if mine {
-		next = w.probe(a)
-	}
-	<-w.recvLock
-	switch {
-	case moved: // already reopened, with the message replayed
+	// a ended. The message is part of the replay if a was reopened (no
+	// other sender can have dropped it meanwhile); otherwise io.EOF, as
+	// grpc-go does, so that the caller turns to RecvMsg for the status.
+	if w.settle(a, nil) && w.current() != a {
 		return nil
-	case next != nil:
-		// This goroutine is the caller's sender: replaying here keeps
-		// the caller's next SendMsg behind the replay at no extra cost.
-		w.replay(next)
-		return nil
-	default:
-		return io.EOF
 	}
+	return io.EOF
 }
 
 // RecvMsg receives the next response. If the underlying stream fails with a
@@ -290,30 +231,11 @@ func (w *clientStream) RecvMsg(m any) error {
 		w.mu.Unlock()
 
 		err := a.cs.RecvMsg(m)
-		switch {
-		case err == nil:
-			w.mu.Lock()
-			if !w.received {
-				w.markReceivedLocked()
-			}
-			w.mu.Unlock()
-			return nil
-		case err == io.EOF:
-			w.mu.Lock()
-			w.endLocked(a, err)
-			w.mu.Unlock()
+		if err == nil || err == io.EOF {
+			w.settled(a, err, nil)
 			return err
 		}
-		next := w.resolve(a, err)
-		if next == nil {
-			w.mu.Lock()
-			if w.final != nil {
-				err = w.final
-			}
-			w.mu.Unlock()
-			return err
-		}
-		w.replayAsync(next)
+		w.settle(a, err) // a was reopened, or w.final is set
 	}
 }
 
@@ -331,32 +253,72 @@ func (w *clientStream) lockRecv() error {
 	}
 }
 
-// probe finds out how attempt a ended when SendMsg or Header noticed the
-// end. The caller holds recvLock. It returns the new attempt if the stream
-// was reopened (its replay still to do), nil otherwise.
-func (w *clientStream) probe(a *attempt) *attempt {
-	// Empty keeps the bytes of any message as unknown fields, so a response
-	// that arrives after all is not lost: the next RecvMsg decodes it.
-	capture := new(emptypb.Empty)
-	err := a.cs.RecvMsg(capture)
-	switch {
-	case err == nil:
+// settle deals with the end of attempt a and reports whether the caller
+// may carry on (false: its context ended while it waited). On return, a was
+// reopened (the replay started), or the call's outcome is recorded (w.final
+// or w.pending), or a is not the current attempt any more.
+//
+// The receiver, which holds recvLock, passes the error a's RecvMsg
+// returned. Header and SendMsg, which saw a end otherwise, pass nil: settle
+// then takes recvLock, unless another goroutine settles a meanwhile (a.done),
+// and asks a for its status itself. That wait is short: a ended, so whoever
+// holds recvLock is about to return.
+func (w *clientStream) settle(a *attempt, err error) bool {
+	if err == nil {
+		select {
+		case w.recvLock <- struct{}{}:
+		case <-a.done:
+			return true
+		case <-w.ctx.Done():
+			return false
+		}
+		defer func() { <-w.recvLock }()
 		w.mu.Lock()
-		w.pending = capture
-		w.markReceivedLocked()
+		mine := w.cur == a && w.canReopenLocked()
 		w.mu.Unlock()
-		return nil
-	case err == io.EOF:
-		w.mu.Lock()
-		w.endLocked(a, err)
-		w.mu.Unlock()
-		return nil
+		if !mine {
+			return true
+		}
+		// Empty keeps the bytes of any message as unknown fields, so a
+		// response that arrives after all is not lost: the next RecvMsg
+		// decodes it.
+		capture := new(emptypb.Empty)
+		if err = a.cs.RecvMsg(capture); err == nil || err == io.EOF {
+			w.settled(a, err, capture)
+			return true
+		}
 	}
-	return w.resolve(a, err)
+	switch next := w.resolve(a, err); {
+	case next == nil:
+	case len(next.replayBuf) == 0 && !next.replayClose:
+		w.replay(next)
+	default:
+		// On a goroutine of its own, so that a receiver can go on receiving
+		// meanwhile (a server that answers every message could otherwise
+		// fill the flow-control windows and stall the replay). Senders wait
+		// for the replay in any case.
+		go w.replay(next)
+	}
+	return true
 }
 
-// resolve acts on err, which ended attempt a. The caller holds recvLock. If
-// the token was rejected and the stream can be reopened, resolve refreshes
+// settled records what a's RecvMsg returned when it did not end the call
+// with an error: a response (kept in w.pending when it is the captured
+// one), or the clean end of the stream.
+func (w *clientStream) settled(a *attempt, err error, captured *emptypb.Empty) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == io.EOF {
+		w.endLocked(a, err)
+		return
+	}
+	w.pending = captured
+	w.markReceivedLocked()
+}
+
+// resolve acts on err, which ended attempt a; only settle calls it, with
+// recvLock held, so nobody else replaces a meanwhile. If the token was
+// rejected and the stream can be reopened, resolve refreshes
 // the token, opens the new stream and returns it (its replay still to do).
 // Otherwise it records err (or the refresh failure) as the call's final
 // error, refreshing the source for later calls when the token was rejected
@@ -393,7 +355,9 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 
 	tok, hv, rerr := w.i.renew(w.ctx, w.method, a.tok, err)
 	var cs grpc.ClientStream
-	if rerr == nil {
+	if rerr == errNoNewer {
+		rerr = err // the server's rejection itself, as is
+	} else if rerr == nil {
 		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",
 			"method", w.method, "replay_messages", len(buf))
 		cs, rerr = w.streamer(w.i.attachAgain(w.ctx, hv), w.desc, w.cc, w.method, w.opts...)
@@ -405,30 +369,12 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 		w.endLocked(a, rerr)
 		return nil
 	}
-	next := &attempt{
-		cs:          cs,
-		tok:         tok,
-		done:        make(chan struct{}),
-		replayed:    make(chan struct{}),
-		replayBuf:   buf,
-		replayClose: closeSent,
-	}
+	next := &attempt{cs: cs, tok: tok, done: make(chan struct{}), replayed: make(chan struct{}),
+		replayBuf: buf, replayClose: closeSent}
 	w.cur, w.reopening, w.replaying = next, false, true
 	a.closed = true
 	close(a.done)
 	return next
-}
-
-// replayAsync replays on a goroutine of its own, so that the caller's
-// goroutine (a receiver) can go on receiving meanwhile: a server that
-// answers every message could otherwise fill the flow-control windows and
-// stall the replay.
-func (w *clientStream) replayAsync(a *attempt) {
-	if len(a.replayBuf) == 0 && !a.replayClose {
-		w.replay(a)
-		return
-	}
-	go w.replay(a)
 }
 
 // replay sends the kept messages, and CloseSend if the caller had closed,
@@ -531,7 +477,7 @@ func (w *clientStream) current() *attempt {
 // protoWireFormat reports whether the call's messages travel in the protocol
 // buffers wire format, as they do unless a call option (possibly a default
 // one of the connection) selects another codec. Replay depends on it: a
-// probe captures a response it was not asked for as the unknown fields of
+// settle captures a response it was not asked for as the unknown fields of
 // an emptypb.Empty, which any other codec would fail to decode or, worse,
 // decode into nothing. Codecs are resolved as grpc-go does: a forced codec
 // wins over a content subtype, and the last option of a kind wins.
@@ -558,7 +504,7 @@ func protoWireFormat(opts []grpc.CallOption) bool {
 	return name == "" || name == "proto"
 }
 
-// deliver decodes a response captured by probe into the caller's message.
+// deliver decodes a response captured by settle into the caller's message.
 func deliver(p *emptypb.Empty, m any) error {
 	pm, ok := m.(proto.Message)
 	if !ok {

@@ -356,7 +356,7 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	tok, hv, rerr := w.i.renew(w.ctx, w.method, a.tok, err)
 	var cs grpc.ClientStream
 	if rerr == errNoNewer {
-		rerr = err // the server's rejection itself, as is
+		rerr = w.i.notRetried(rerr, err) // the server's rejection, saying why
 	} else if rerr == nil {
 		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",
 			"method", w.method, "replay_messages", len(buf))

@@ -505,7 +505,7 @@ func TestStreamSourceHasNothingNewer(t *testing.T) {
 	h.src.next = nil // Refresh returns the current token
 	cs := h.open()
 	_, err := recv(t, cs)
-	if err != errRejected {
+	if !errors.Is(err, errRejected) || status.Code(err) != status.Code(errRejected) {
 		t.Fatalf("RecvMsg = %v, want the server's rejection", err)
 	}
 	if n := h.attempts(); n != 1 {

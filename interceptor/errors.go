@@ -48,6 +48,9 @@ func (e *statusError) Unwrap() []error { return e.causes }
 //     the refresh handed back the token the server had just rejected;
 //   - ErrNoSource (a call from inside NewClient's newSource):
 //     FailedPrecondition;
+//   - errors.Is(err, tokensource.ErrStoreUnusable): FailedPrecondition, since
+//     the Store cannot work as configured (a FileStore's directory is
+//     missing, say) and retrying cannot help until that is fixed;
 //   - anything else (a transient refresh failure, ErrClosed,
 //     ErrInvalidToken, a refresh that hit its own timeout): Unavailable.
 func sourceError(ctx context.Context, err error) error {
@@ -64,7 +67,7 @@ func sourceError(ctx context.Context, err error) error {
 		}
 	}
 	code := codes.Unavailable
-	if errors.Is(err, ErrNoSource) {
+	if errors.Is(err, ErrNoSource) || errors.Is(err, tokensource.ErrStoreUnusable) {
 		code = codes.FailedPrecondition
 	} else if errors.Is(err, tokensource.ErrReauthRequired) || errors.Is(err, tokensource.ErrUnchangedToken) {
 		code = codes.Unauthenticated

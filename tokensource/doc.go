@@ -104,8 +104,8 @@
 // # Errors
 //
 // Errors match sentinels with errors.Is; the interceptor package maps them
-// to gRPC codes (Unauthenticated for the first two, Unavailable for the
-// transient ones).
+// to gRPC codes (Unauthenticated for the first two, FailedPrecondition for
+// ErrStoreUnusable, Unavailable for the transient ones).
 //
 //	ErrReauthRequired          the Refresher returned a Permanent error: log in again (then SetToken)
 //	ErrUnchangedToken          a forced refresh handed back the token the server had just rejected
@@ -114,6 +114,7 @@
 //	ErrRefresherPanicked       the Refresher panicked; the stack is logged
 //	ErrClosed                  the Source was closed
 //	ErrCorruptStore            the token file cannot be parsed; it is left untouched
+//	ErrStoreUnusable           the Store cannot work as configured (a FileStore's directory is missing); not transient
 //	ErrCoordinatorUnavailable  the fleet's shared store (Redis) cannot be reached
 //	ErrLeaseLost               another member took over the fleet's refresh lease
 //	ErrSelfWait                code inside a refresh asked the same Source for a token it would wait for

@@ -97,3 +97,12 @@ func validateToken(t *Token, now time.Time) error {
 // oauth2.Config.TokenSource return): use ClientCredentials or
 // OAuth2Refresher instead.
 var ErrUnchangedToken = errors.New("tokensource: the refresh returned the token the server had just rejected")
+
+// ErrStoreUnusable is matched (errors.Is) by the errors of a Store that
+// cannot work as configured: a FileStore whose directory does not exist, is
+// not a directory or cannot be written, say. Retrying cannot help until the
+// configuration is fixed, so such an error does not match
+// ErrCoordinatorUnavailable, which means a transient outage. The error names
+// what is wrong (the file or directory, and the cause) and wraps the
+// operating system's error.
+var ErrStoreUnusable = errors.New("tokensource: the token store cannot work as configured")

@@ -12,7 +12,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 )
 
 // ErrCorruptStore is matched (errors.Is) by the error FileStore.Load returns
@@ -151,8 +153,15 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 }
 
 // NewFileStore returns a FileStore for the file at path, with the lock file
-// path+".lock" beside it. Nothing is read or created until first use; the
-// directory must exist.
+// path+".lock" beside it. The directory must exist and be writable. Nothing
+// is read, created or checked until first use, so a path that cannot work is
+// detected by the first TryLease or Save (for a Source, by its first Token
+// or SetToken call): their error matches ErrStoreUnusable, not
+// ErrCoordinatorUnavailable, and names the directory or file and the cause
+// ("directory … does not exist", "… is not a directory", permission denied,
+// a read-only filesystem). Load and LoadRecord read a missing directory as
+// an empty store, like a missing file, and report the other causes the same
+// way.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
 	o := fileStoreOptions{ttl: defaultFileLeaseTTL, poll: defaultFilePollInterval}
 	for _, opt := range opts {
@@ -196,6 +205,9 @@ func (f *FileStore) readRecord() (Record, error) {
 		return Record{}, nil
 	}
 	if err != nil {
+		if uerr := f.unusable("cannot read the token file", err); uerr != nil {
+			return Record{}, uerr
+		}
 		return Record{}, fmt.Errorf("tokensource: reading token file: %w", err)
 	}
 	return parseTokenFile(f.path, data)
@@ -281,6 +293,9 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 		return f.writeLocked(lf, lr, max(cur, lr.Revision)+1, t)
 	})
 	if err != nil {
+		if errors.Is(err, ErrStoreUnusable) {
+			return err
+		}
 		return fmt.Errorf("tokensource: saving token: %w", err)
 	}
 	return nil
@@ -323,6 +338,9 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 	}
 	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
+		if uerr := f.unusable("cannot create a file in directory "+quotePath(filepath.Dir(f.path)), err); uerr != nil {
+			return uerr
+		}
 		return err
 	}
 	tmpName := tmp.Name()
@@ -347,6 +365,9 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 		return err
 	}
 	if err := f.rename(tmpName, f.path); err != nil {
+		if uerr := f.unusable("cannot replace the token file", err); uerr != nil {
+			return uerr
+		}
 		return err
 	}
 	committed = true
@@ -365,6 +386,95 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 		}
 	}
 	return nil
+}
+
+// storeUnusableError is a FileStore error whose cause is the configuration:
+// see ErrStoreUnusable.
+type storeUnusableError struct {
+	path    string // the FileStore's path
+	problem string // what is wrong, naming the file or directory
+	err     error  // the operating system's error
+}
+
+func (e *storeUnusableError) Error() string {
+	return "tokensource: FileStore " + quotePath(e.path) + ": " + e.problem
+}
+
+func (e *storeUnusableError) Is(target error) bool { return target == ErrStoreUnusable }
+
+func (e *storeUnusableError) Unwrap() error { return e.err }
+
+// unusable explains err, the failure of an operation on the FileStore's
+// files, when its cause is the configuration rather than a passing
+// condition: the directory does not exist or is not a directory, the path
+// is a directory, access is denied or the filesystem is read-only. It
+// returns nil for any other cause. what describes the operation for the
+// message ("cannot read the token file"). It looks at the directory again
+// because the operating system's error rarely says which part of the path
+// is wrong; it runs only on failures.
+func (f *FileStore) unusable(what string, err error) error {
+	dir := filepath.Dir(f.path)
+	problem := ""
+	switch fi, serr := os.Stat(dir); {
+	case errors.Is(serr, fs.ErrPermission):
+		problem = "directory " + quotePath(dir) + " cannot be reached: " + errorCause(serr)
+	case serr != nil:
+		// A part of the directory's path that is a file makes Unix report
+		// ENOTDIR and Windows "not found": name that part.
+		if file := fileAncestor(dir); file != "" {
+			problem = "directory " + quotePath(dir) + " does not exist: " + quotePath(file) + " is not a directory"
+		} else if errors.Is(serr, fs.ErrNotExist) {
+			problem = "directory " + quotePath(dir) + " does not exist"
+		}
+	case !fi.IsDir():
+		problem = quotePath(dir) + " is not a directory"
+	default:
+		if fi, serr := os.Stat(f.path); serr == nil && fi.IsDir() {
+			problem = "the path is a directory, not a file"
+		} else if errors.Is(err, fs.ErrPermission) || readOnlyFS(err) {
+			problem = what + ": " + errorCause(err)
+		}
+	}
+	if problem == "" {
+		return nil
+	}
+	return &storeUnusableError{path: f.path, problem: problem, err: err}
+}
+
+// fileAncestor returns the nearest ancestor of dir (or dir itself) that
+// exists and is not a directory, or "" if there is none.
+func fileAncestor(dir string) string {
+	for p := dir; ; p = filepath.Dir(p) {
+		if fi, err := os.Stat(p); err == nil {
+			if fi.IsDir() {
+				return ""
+			}
+			return p
+		}
+		if filepath.Dir(p) == p {
+			return ""
+		}
+	}
+}
+
+// errorCause is err without the operation and path that an *fs.PathError
+// adds ("permission denied" rather than "open /x/y: permission denied"),
+// for messages that name the path themselves.
+func errorCause(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// quotePath quotes p for an error message. Unlike %q it leaves backslashes
+// alone, so that a Windows path reads as it was typed.
+func quotePath(p string) string {
+	if strings.ContainsFunc(p, func(r rune) bool { return r == '"' || !unicode.IsPrint(r) }) {
+		return strconv.Quote(p)
+	}
+	return `"` + p + `"`
 }
 
 var _ Coordinator = (*FileStore)(nil)

@@ -89,6 +89,12 @@ func writeLeaseRecord(lf *os.File, lr leaseRecord) error {
 func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) error {
 	lf, err := os.OpenFile(f.lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		// A lock file that cannot be opened because of the configuration
+		// is not an outage: retrying, or refreshing without the lock,
+		// would not help.
+		if uerr := f.unusable("cannot open the lock file "+quotePath(f.lockPath)+" for writing", err); uerr != nil {
+			return uerr
+		}
 		return fmt.Errorf("%w: opening the lock file: %w", ErrCoordinatorUnavailable, err)
 	}
 	defer lf.Close()
@@ -123,8 +129,9 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 // holder stopped renewing it is taken over after its TTL (TakenOver
 // reports it). The lease is renewed every TTL/3 until Commit or Release,
 // one of which must be called. Errors of the lock file match
-// ErrCoordinatorUnavailable; a corrupt token file fails with ErrCorruptStore
-// and leaves the lease alone.
+// ErrCoordinatorUnavailable, except that a path that cannot work as
+// configured (see NewFileStore) fails with ErrStoreUnusable; a corrupt
+// token file fails with ErrCorruptStore and leaves the lease alone.
 func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -152,7 +159,8 @@ func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrCorruptStore) {
+		// These errors say what is wrong on their own, without the lease.
+		if errors.Is(err, ErrCorruptStore) || errors.Is(err, ErrStoreUnusable) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("tokensource: taking the refresh lease: %w", err)
@@ -344,7 +352,7 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrLeaseLost) {
+		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrStoreUnusable) {
 			return err
 		}
 		return fmt.Errorf("tokensource: committing token: %w", err)
@@ -379,6 +387,9 @@ func (l *fileLease) releaseLocked(ctx context.Context) error {
 		return writeLeaseRecord(lf, lr)
 	})
 	if err != nil {
+		if errors.Is(err, ErrStoreUnusable) {
+			return err
+		}
 		return fmt.Errorf("tokensource: releasing the refresh lease: %w", err)
 	}
 	l.released = true

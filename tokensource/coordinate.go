@@ -157,8 +157,11 @@ func (s *Source) releaseLease(ctx context.Context, lease Lease) {
 // fleet's lease: presenting a rotating refresh token a peer may present too
 // would look like token theft to the authorization server.
 func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, current *Token, err error) result {
-	if wctx.Err() != nil {
+	switch {
+	case wctx.Err() != nil:
 		return result{kind: failed, err: s.waitError(wctx, err)}
+	case errors.Is(err, ErrStoreUnusable):
+		return result{kind: failed, err: err} // the Store's own words: a mistake in its configuration
 	}
 	if !s.opts.uncoordinated || !errors.Is(err, ErrCoordinatorUnavailable) {
 		return result{kind: failed, err: fmt.Errorf("tokensource: not refreshing without the fleet's lease: %w", err)}

@@ -12,9 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
-	"unicode"
 )
 
 // ErrCorruptStore is matched (errors.Is) by the error FileStore.Load returns
@@ -205,7 +203,7 @@ func (f *FileStore) readRecord() (Record, error) {
 		return Record{}, nil
 	}
 	if err != nil {
-		if uerr := f.unusable("cannot read the token file", err); uerr != nil {
+		if uerr := f.unusable(err); uerr != nil {
 			return Record{}, uerr
 		}
 		return Record{}, fmt.Errorf("tokensource: reading token file: %w", err)
@@ -338,7 +336,7 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 	}
 	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		if uerr := f.unusable("cannot create a file in directory "+quotePath(filepath.Dir(f.path)), err); uerr != nil {
+		if uerr := f.unusable(err); uerr != nil {
 			return uerr
 		}
 		return err
@@ -365,7 +363,7 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 		return err
 	}
 	if err := f.rename(tmpName, f.path); err != nil {
-		if uerr := f.unusable("cannot replace the token file", err); uerr != nil {
+		if uerr := f.unusable(err); uerr != nil {
 			return uerr
 		}
 		return err
@@ -388,93 +386,53 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 	return nil
 }
 
-// storeUnusableError is a FileStore error whose cause is the configuration:
-// see ErrStoreUnusable.
-type storeUnusableError struct {
-	path    string // the FileStore's path
-	problem string // what is wrong, naming the file or directory
-	err     error  // the operating system's error
+// unusableError is a FileStore error caused by its configuration: see
+// ErrStoreUnusable.
+type unusableError struct {
+	path, problem string
+	err           error
 }
 
-func (e *storeUnusableError) Error() string {
-	return "tokensource: FileStore " + quotePath(e.path) + ": " + e.problem
-}
+func (e *unusableError) Error() string        { return fmt.Sprintf("tokensource: FileStore %q: %s", e.path, e.problem) }
+func (e *unusableError) Is(target error) bool { return target == ErrStoreUnusable }
+func (e *unusableError) Unwrap() error        { return e.err }
 
-func (e *storeUnusableError) Is(target error) bool { return target == ErrStoreUnusable }
-
-func (e *storeUnusableError) Unwrap() error { return e.err }
-
-// unusable explains err, the failure of an operation on the FileStore's
-// files, when its cause is the configuration rather than a passing
-// condition: the directory does not exist or is not a directory, the path
-// is a directory, access is denied or the filesystem is read-only. It
-// returns nil for any other cause. what describes the operation for the
-// message ("cannot read the token file"). It looks at the directory again
-// because the operating system's error rarely says which part of the path
-// is wrong; it runs only on failures.
-func (f *FileStore) unusable(what string, err error) error {
+// unusable explains err, a failure on the FileStore's files, when its cause
+// is the configuration rather than a passing condition: the directory is
+// missing or not a directory, the path is a directory, or access is denied.
+// It returns nil for other causes. It looks at the path again (after a
+// failure only) because the operating system's error rarely says which part
+// of it is wrong.
+func (f *FileStore) unusable(err error) error {
 	dir := filepath.Dir(f.path)
-	problem := ""
+	var problem string
 	switch fi, serr := os.Stat(dir); {
-	case errors.Is(serr, fs.ErrPermission):
-		problem = "directory " + quotePath(dir) + " cannot be reached: " + errorCause(serr)
-	case serr != nil:
-		// A part of the directory's path that is a file makes Unix report
-		// ENOTDIR and Windows "not found": name that part.
-		if file := fileAncestor(dir); file != "" {
-			problem = "directory " + quotePath(dir) + " does not exist: " + quotePath(file) + " is not a directory"
-		} else if errors.Is(serr, fs.ErrNotExist) {
-			problem = "directory " + quotePath(dir) + " does not exist"
-		}
-	case !fi.IsDir():
-		problem = quotePath(dir) + " is not a directory"
-	default:
-		if fi, serr := os.Stat(f.path); serr == nil && fi.IsDir() {
+	case errors.Is(serr, fs.ErrPermission) || serr == nil && fi.IsDir() && errors.Is(err, fs.ErrPermission):
+		problem = fmt.Sprintf("permission denied in directory %q", dir)
+	case errors.Is(serr, fs.ErrNotExist) || serr != nil && fileAncestor(dir):
+		problem = fmt.Sprintf("directory %q does not exist", dir)
+	case serr == nil && !fi.IsDir():
+		problem = fmt.Sprintf("%q is not a directory", dir)
+	case serr == nil:
+		if pi, perr := os.Stat(f.path); perr == nil && pi.IsDir() {
 			problem = "the path is a directory, not a file"
-		} else if errors.Is(err, fs.ErrPermission) || readOnlyFS(err) {
-			problem = what + ": " + errorCause(err)
 		}
 	}
 	if problem == "" {
 		return nil
 	}
-	return &storeUnusableError{path: f.path, problem: problem, err: err}
+	return &unusableError{path: f.path, problem: problem, err: err}
 }
 
-// fileAncestor returns the nearest ancestor of dir (or dir itself) that
-// exists and is not a directory, or "" if there is none.
-func fileAncestor(dir string) string {
-	for p := dir; ; p = filepath.Dir(p) {
+// fileAncestor reports whether a part of dir's path is a file (Unix then
+// reports ENOTDIR rather than "not found").
+func fileAncestor(dir string) bool {
+	for p := dir; filepath.Dir(p) != p; p = filepath.Dir(p) {
 		if fi, err := os.Stat(p); err == nil {
-			if fi.IsDir() {
-				return ""
-			}
-			return p
-		}
-		if filepath.Dir(p) == p {
-			return ""
+			return !fi.IsDir()
 		}
 	}
-}
-
-// errorCause is err without the operation and path that an *fs.PathError
-// adds ("permission denied" rather than "open /x/y: permission denied"),
-// for messages that name the path themselves.
-func errorCause(err error) string {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
-}
-
-// quotePath quotes p for an error message. Unlike %q it leaves backslashes
-// alone, so that a Windows path reads as it was typed.
-func quotePath(p string) string {
-	if strings.ContainsFunc(p, func(r rune) bool { return r == '"' || !unicode.IsPrint(r) }) {
-		return strconv.Quote(p)
-	}
-	return `"` + p + `"`
+	return false
 }
 
 var _ Coordinator = (*FileStore)(nil)

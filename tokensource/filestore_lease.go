@@ -92,7 +92,7 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		// A lock file that cannot be opened because of the configuration
 		// is not an outage: retrying, or refreshing without the lock,
 		// would not help.
-		if uerr := f.unusable("cannot open the lock file "+quotePath(f.lockPath)+" for writing", err); uerr != nil {
+		if uerr := f.unusable(err); uerr != nil {
 			return uerr
 		}
 		return fmt.Errorf("%w: opening the lock file: %w", ErrCoordinatorUnavailable, err)

@@ -27,8 +27,3 @@ func tryLockFile(f *os.File) (bool, error) { return processLock(f).TryLock(), ni
 func unlockFile(f *os.File) { processLock(f).Unlock() }
 
 func replaceFile(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
-
-// readOnlyFS reports false: these platforms share no read-only error (Plan 9
-// has no EROFS), so a read-only filesystem is not recognised as a
-// configuration mistake there.
-func readOnlyFS(error) bool { return false }

@@ -41,6 +41,3 @@ func unlockFile(f *os.File) {
 
 // replaceFile renames oldpath to newpath, replacing it atomically.
 func replaceFile(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
-
-// readOnlyFS reports whether err says the filesystem is mounted read-only.
-func readOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }

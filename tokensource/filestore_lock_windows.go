@@ -67,6 +67,3 @@ func replaceFile(oldpath, newpath string) error {
 		time.Sleep(delay)
 	}
 }
-
-// readOnlyFS reports whether err says the volume is write-protected.
-func readOnlyFS(err error) bool { return errors.Is(err, windows.ERROR_WRITE_PROTECT) }

@@ -393,7 +393,9 @@ type unusableError struct {
 	err           error
 }
 
-func (e *unusableError) Error() string        { return fmt.Sprintf("tokensource: FileStore %q: %s", e.path, e.problem) }
+func (e *unusableError) Error() string {
+	return fmt.Sprintf("tokensource: FileStore %q: %s", e.path, e.problem)
+}
 func (e *unusableError) Is(target error) bool { return target == ErrStoreUnusable }
 func (e *unusableError) Unwrap() error        { return e.err }
 

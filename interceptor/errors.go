@@ -18,22 +18,26 @@ import (
 var ErrInsecureTransport = errors.New("interceptor: refusing to send a token over a connection without transport security")
 
 // statusError is an error with a gRPC status (status.Code and
-// status.FromError see its code) that still unwraps to its causes for
-// errors.Is. Its message never contains token text: causes come from the
-// token source, whose errors never carry tokens, or from this package.
+// status.FromError see its code, message and details) that still unwraps to
+// its causes for errors.Is. Its message never contains token text: causes
+// come from the token source, whose errors never carry tokens, from this
+// package, or from the server.
 type statusError struct {
-	code   codes.Code
-	msg    string
+	st     *status.Status
 	causes []error
 }
 
+func newStatusError(code codes.Code, msg string, causes ...error) *statusError {
+	return &statusError{st: status.New(code, msg), causes: causes}
+}
+
 func (e *statusError) Error() string {
-	return fmt.Sprintf("rpc error: code = %s desc = %s", e.code, e.msg)
+	return fmt.Sprintf("rpc error: code = %s desc = %s", e.st.Code(), e.st.Message())
 }
 
 // GRPCStatus lets status.FromError, status.Code and grpc-go itself read the
-// error's code and message.
-func (e *statusError) GRPCStatus() *status.Status { return status.New(e.code, e.msg) }
+// error's status.
+func (e *statusError) GRPCStatus() *status.Status { return e.st }
 
 // Unwrap returns the causes for errors.Is and errors.As.
 func (e *statusError) Unwrap() []error { return e.causes }
@@ -60,11 +64,7 @@ func sourceError(ctx context.Context, err error) error {
 		if !errors.Is(err, ctxErr) {
 			causes = append(causes, ctxErr)
 		}
-		return &statusError{
-			code:   status.FromContextError(ctxErr).Code(),
-			msg:    "interceptor: waiting for a token: " + err.Error(),
-			causes: causes,
-		}
+		return newStatusError(status.FromContextError(ctxErr).Code(), "interceptor: waiting for a token: "+err.Error(), causes...)
 	}
 	code := codes.Unavailable
 	if errors.Is(err, ErrNoSource) || errors.Is(err, tokensource.ErrStoreUnusable) {
@@ -72,25 +72,17 @@ func sourceError(ctx context.Context, err error) error {
 	} else if errors.Is(err, tokensource.ErrReauthRequired) || errors.Is(err, tokensource.ErrUnchangedToken) {
 		code = codes.Unauthenticated
 	}
-	return &statusError{code: code, msg: "interceptor: cannot obtain a token: " + err.Error(), causes: []error{err}}
+	return newStatusError(code, "interceptor: cannot obtain a token: "+err.Error(), err)
 }
 
 // invalidTokenError reports a token the interceptor will not send; err,
 // from tokensource's Sendable, describes the problem without quoting the
 // token and matches tokensource.ErrInvalidToken.
 func invalidTokenError(err error) error {
-	return &statusError{
-		code:   codes.Unavailable,
-		msg:    "interceptor: cannot use the token from the token source: " + err.Error(),
-		causes: []error{err},
-	}
+	return newStatusError(codes.Unavailable, "interceptor: cannot use the token from the token source: "+err.Error(), err)
 }
 
 func insecureTransportError(detail string) error {
-	return &statusError{
-		code: codes.Unauthenticated,
-		msg: ErrInsecureTransport.Error() + " (" + detail + "); " +
-			"use TLS transport credentials, or interceptor.AllowInsecure() for local testing",
-		causes: []error{ErrInsecureTransport},
-	}
+	return newStatusError(codes.Unauthenticated, ErrInsecureTransport.Error()+" ("+detail+"); "+
+		"use TLS transport credentials, or interceptor.AllowInsecure() for local testing", ErrInsecureTransport)
 }

@@ -254,22 +254,11 @@ func (i *interceptor) notRetried(err, rejection error) error {
 	if s, ok := src.(interface{ MinRefreshInterval() time.Duration }); ok && s.MinRefreshInterval() > 0 {
 		why = fmt.Sprintf("forced refresh rate-limited (WithMinRefreshInterval %v)", s.MinRefreshInterval())
 	}
+	// The rejection's code and details; errors.Is and errors.As reach it.
 	p := status.Convert(rejection).Proto()
 	p.Message += "; not retried: " + why
-	return &notRetriedError{st: status.FromProto(p), rejection: rejection}
+	return &statusError{st: status.FromProto(p), causes: []error{rejection}}
 }
-
-// notRetriedError is a rejection the interceptor did not retry, with the
-// reason in its status message. Its status keeps the rejection's code and
-// details, and errors.Is and errors.As still reach the rejection.
-type notRetriedError struct {
-	st        *status.Status
-	rejection error
-}
-
-func (e *notRetriedError) Error() string              { return e.st.Err().Error() }
-func (e *notRetriedError) GRPCStatus() *status.Status { return e.st }
-func (e *notRetriedError) Unwrap() error              { return e.rejection }
 
 // headerValue returns what to attach for tok, from the cache when tok is the
 // token last used.

@@ -59,32 +59,19 @@
 //
 // # What a caller can rely on
 //
-//   - Token returns a valid token without blocking, taking a lock or
-//     allocating, while the current one is valid. Otherwise it waits for the
-//     one shared refresh, and returns when that ends or when its own ctx
-//     does, whichever comes first.
-//   - Renewal is early: inside the early window (WithEarlyRefresh) callers
-//     keep receiving the valid token at once while one background refresh
-//     runs. A failed background refresh never fails a caller that still has
-//     a valid token.
-//   - Refresh(ctx, stale) reports that a server rejected stale (pass back the
-//     *Token that Token returned). If the Source already holds a newer token
-//     it is returned at once, with no refresh. Forced refreshes are at most
-//     one per WithMinRefreshInterval, so a server that rejects every token
-//     cannot cause a refresh storm.
-//   - A refresh runs on a context detached from the caller that started it,
-//     with its own timeout: a caller that gives up cancels nothing for the
-//     others. The timeout holds even for a Refresher that ignores its
-//     context, and a result that arrives late is still validated, installed
-//     and saved.
-//   - A token from the Refresher is checked before it is stored or handed
-//     out: nil, empty, already expired, or with a byte outside visible ASCII
-//     (0x21–0x7E) is an error matching ErrInvalidToken, never sent.
-//   - After a failure the Source backs off (jittered, doubling), and callers
-//     without a valid token get the last error at once instead of hanging.
-//   - Close releases every waiter at once with ErrClosed, lets a Refresher
-//     call in flight finish (bounded by the refresh timeout) and saves its
-//     result: the authorization server may already have rotated.
+// Token returns a valid token without blocking, locking or allocating while
+// the current one is valid; otherwise it waits, within its own ctx, for the
+// one shared refresh, which runs detached from its callers with its own
+// timeout (a caller that gives up cancels nothing for the others). Renewal
+// is early (WithEarlyRefresh): callers keep the valid token while one
+// background refresh runs, and a failed background refresh fails none of
+// them. Refresh(ctx, stale) reports a rejected token: a newer one comes back
+// at once, and forced refreshes are rate-limited (WithMinRefreshInterval).
+// A token is checked before it is stored or handed out (ErrInvalidToken).
+// After a failure the Source backs off and callers get the last error at
+// once. Close releases every waiter with ErrClosed and lets a Refresher call
+// in flight finish and save its result. docs/contract.md in the repository
+// lists every guarantee with the tests that show it.
 //
 // # Defaults
 //

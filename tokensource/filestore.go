@@ -53,19 +53,14 @@ const (
 // (see Coordinator). It coordinates through a second file beside the token
 // file, path+".lock", which it creates with mode 0600 and never removes:
 //
-//   - An exclusive lock on that file (flock on Unix) guards short critical
-//     sections only: taking, renewing and giving up the refresh lease, and
-//     the read-compare-write of Save and Lease.Commit. It is never held
-//     while a Refresher runs. flock is used rather than fcntl (POSIX) record
-//     locks because flock locks belong to an open file description: every
-//     critical section opens the file anew, so two FileStores (or two
-//     goroutines) of one process exclude each other just as two processes
-//     do, whereas fcntl locks belong to the process and would let them all
-//     in at once (and are dropped when any descriptor of the file is
-//     closed). The kernel drops a flock when its process dies, so a crash
-//     inside a critical section blocks nobody; a process stopped (SIGSTOP)
-//     inside one delays the others' critical sections, within their ctx,
-//     until it continues.
+//   - An exclusive lock on that file (flock on Unix, LockFileEx on Windows;
+//     both belong to one open file, so two FileStores of one process exclude
+//     each other as two processes do) guards short critical sections only:
+//     taking, renewing and giving up the refresh lease, and the
+//     read-compare-write of Save and Lease.Commit. It is never held while a
+//     Refresher runs. A process that dies inside a critical section blocks
+//     nobody; one stopped (SIGSTOP) inside one delays the others' critical
+//     sections, within their ctx, until it continues.
 //   - The file's contents are the lease: a random owner per lease and its
 //     expiry, now plus the lease TTL (WithFileLeaseTTL, default 10 s). The
 //     holder renews it every TTL/3 until Commit or Release. A holder that
@@ -78,30 +73,15 @@ const (
 //     read, and only if no other live member holds the lease, so a holder
 //     that lost its lease cannot overwrite a newer token.
 //
-// Waiters (Wait) poll: every poll interval (WithFilePollInterval, default
-// 10 ms) they read the token file's revision and the lease. Polling was
-// chosen over inotify and its kin because it works the same on every
-// platform and filesystem (inotify misses changes made through NFS and
-// other network filesystems, and needs a watch on the directory, since
-// every write replaces the file), costs a few system calls per interval for
-// each waiting Source (not each waiting goroutine), and is only done while
-// a peer refreshes.
-//
-// On Windows the lock is a LockFileEx lock, which like flock belongs to one
-// open handle, so the semantics are the same. Windows locks are mandatory,
-// though, and would make locked bytes unreadable to the waiters that read
-// the lease without a lock; the lock therefore covers one byte far beyond
-// the end of the lock file, which nobody reads. Windows also cannot replace
-// a file that another process has open, so a Save or Commit that meets a
-// concurrent reader retries its rename for up to a second. On platforms
-// with neither flock nor LockFileEx (AIX, Solaris, Plan 9, js, WASI) the
-// lock excludes only the FileStores of one process.
-//
-// Keep the file on a local filesystem: on NFS, Linux emulates flock with
-// POSIX locks, which do not exclude two FileStores of one process. A
-// process of an earlier release of this package writes the token file
-// without the lock and a revision (version 1); it is read, and counts as
-// revision 1, but is not fenced.
+// Waiters (Wait) poll the token file's revision and the lease every poll
+// interval (WithFilePollInterval, default 10 ms), and only while a peer
+// refreshes: polling works the same on every platform and filesystem. On
+// platforms with neither flock nor LockFileEx (AIX, Solaris, Plan 9, js,
+// WASI) the lock excludes only the FileStores of one process. Keep the file
+// on a local filesystem: on NFS, Linux emulates flock with POSIX locks,
+// which do not exclude two FileStores of one process. A token file of an
+// earlier release (version 1, without a revision) is read as revision 1.
+// docs/design.md in the repository explains these choices.
 //
 // All methods are safe for concurrent use.
 type FileStore struct {
@@ -152,14 +132,10 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 
 // NewFileStore returns a FileStore for the file at path, with the lock file
 // path+".lock" beside it. The directory must exist and be writable. Nothing
-// is read, created or checked until first use, so a path that cannot work is
-// detected by the first TryLease or Save (for a Source, by its first Token
-// or SetToken call): their error matches ErrStoreUnusable, not
-// ErrCoordinatorUnavailable, and names the directory or file and the cause
-// ("directory … does not exist", "… is not a directory", permission denied,
-// a read-only filesystem). Load and LoadRecord read a missing directory as
-// an empty store, like a missing file, and report the other causes the same
-// way.
+// is read or created until first use: a path that cannot work is reported by
+// the first TryLease or Save (for a Source, its first Token or SetToken) with
+// an error that matches ErrStoreUnusable and names the directory and the
+// cause. Load reads a missing directory as an empty store.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
 	o := fileStoreOptions{ttl: defaultFileLeaseTTL, poll: defaultFilePollInterval}
 	for _, opt := range opts {

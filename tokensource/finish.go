@@ -14,8 +14,10 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 	if s.flight == f {
 		s.flight = nil
 	}
-	s.running = nil
-	s.inFlight.Store(false)
+	if s.running == f { // not for SetToken, which may overtake a timed-out Refresher
+		s.running = nil
+		s.inFlight.Store(false)
+	}
 	if res.kind == superseded {
 		s.mu.Unlock()
 		close(f.end)
@@ -30,6 +32,11 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		}
 	}
 	switch res.kind {
+	case set:
+		// A login: it ends the re-authentication state and the rate limit.
+		s.reauthErr, s.lastForced = nil, time.Time{}
+		s.reauth.Store(false)
+		fallthrough
 	case refreshed, loaded, adopted:
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
 		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
@@ -162,6 +169,9 @@ func (s *Source) report(f *flight, start time.Time, res result, ev Event, releas
 		ev.Expiry = res.tok.Expiry
 	}
 	switch res.kind {
+	case set:
+		s.log.Debug("tokensource: token set", "expiry", expiryString(ev.Expiry))
+		ev.Kind, ev.Duration = TokenSet, 0
 	case adopted:
 		s.log.Debug("tokensource: adopted the token a peer committed", "expiry", expiryString(ev.Expiry),
 			"duration", ev.Duration, "waiters", ev.Waiters)

@@ -28,6 +28,7 @@ const (
 	unchanged                        // a failure that also arms the rate limit: err matches ErrUnchangedToken
 	permanent                        // err requires re-authentication; no more refreshes
 	superseded                       // a late result after SetToken installed a newer token: dropped, not saved
+	set                              // tok from SetToken
 )
 
 // result is what a flight produced.
@@ -106,15 +107,7 @@ type persistence struct {
 // Coordinator, and on a best-effort basis for one refreshing while its
 // Coordinator is unavailable (WithUncoordinatedRefresh).
 func (s *Source) toStore() persistence {
-	return persistence{
-		write: func(ctx context.Context, t *Token) error {
-			if s.opts.store == nil {
-				return nil
-			}
-			return s.save(ctx, t)
-		},
-		release: func(context.Context) {},
-	}
+	return persistence{write: s.save, release: func(context.Context) {}}
 }
 
 // refresh is one refresh attempt of f: a Refresher call with current (prev
@@ -156,10 +149,14 @@ func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p
 	return res
 }
 
-// save stores t. It gets a timeout of its own, and ignores the cancellation
-// of ctx (keeping its values), so neither a slow refresh nor Close can cut
-// short the write of a rotated refresh token.
+// save stores t in the Store, if there is one. It gets a timeout of its
+// own, and ignores the cancellation of ctx (keeping its values), so neither
+// a slow refresh nor Close can cut short the write of a rotated refresh
+// token.
 func (s *Source) save(ctx context.Context, t *Token) error {
+	if s.opts.store == nil {
+		return nil
+	}
 	sctx, cancel := s.saveContext(ctx)
 	defer cancel()
 	return s.opts.store.Save(sctx, t)

@@ -432,34 +432,11 @@ func (s *Source) SetToken(ctx context.Context, t *Token) error {
 	s.loaded = true // t is newer than anything the Store holds
 	s.mu.Unlock()
 
-	var saveErr error
-	if s.opts.store != nil {
-		saveErr = s.save(ctx, &c)
-	}
-
-	now := s.now()
-	s.mu.Lock()
-	s.flight = nil
-	st := s.newState(&c, s.cur.Load().gen+1, now)
-	s.installLocked(st)
-	s.reauthErr, s.lastErr, s.failures = nil, nil, 0
-	s.rotated = ""
-	s.retryAt, s.lastForced = time.Time{}, time.Time{}
-	s.reauth.Store(false)
-	f.tok = &c
-	if saveErr != nil {
-		s.storeFailures.Add(1)
-	}
-	s.mu.Unlock()
-	close(f.done)
-	close(f.end)
-
-	s.log.Debug("tokensource: token set", "expiry", expiryString(c.Expiry))
-	s.emit(Event{Kind: TokenSet, Time: now, Expiry: c.Expiry, Generation: st.gen})
-	if saveErr != nil {
-		s.log.Error("tokensource: saving the token from SetToken failed; using it anyway", "error", saveErr)
-		s.emit(Event{Kind: StoreFailed, Time: now, Err: saveErr, Generation: st.gen})
-		return fmt.Errorf("tokensource: SetToken: token installed but not saved: %w", saveErr)
+	res, start := result{kind: set, tok: &c, saveErr: s.save(ctx, &c)}, s.now()
+	ev, released, retryIn := s.apply(f, res)
+	s.report(f, start, res, ev, released, retryIn)
+	if res.saveErr != nil {
+		return fmt.Errorf("tokensource: SetToken: token installed but not saved: %w", res.saveErr)
 	}
 	return nil
 }

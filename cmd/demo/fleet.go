@@ -52,17 +52,27 @@ type workerSpec struct {
 	Callers     int           `json:"callers"`
 	Duration    time.Duration `json:"duration"`
 	CallTimeout time.Duration `json:"call_timeout"`
-	Interval    time.Duration `json:"interval"`
+	Interval    time.Duration `json:"interval"` // between progress reports
 	User        string        `json:"user"`
 	Password    string        `json:"password"`
 }
 
-// workerLine is one line a worker process writes to its stdout: a progress
-// snapshot each interval, then its result.
+// workerLine is one line a worker process writes to its stdout: that it is
+// ready, then a progress snapshot each interval, then its result.
 type workerLine struct {
+	Ready    bool             `json:"ready,omitempty"`
 	Progress *progressFigures `json:"progress,omitempty"`
 	Result   *workerReport    `json:"result,omitempty"`
 }
+
+// startLine is what the demo writes to a ready worker's stdin to start its
+// load: the whole fleet starts at once, when every process is ready.
+const startLine = "start\n"
+
+// progressReports is how many progress reports a worker sends per progress
+// line the demo prints, so that a line shows figures at most a tenth of an
+// interval old rather than up to a whole interval.
+const progressReports = 10
 
 type workerReport struct {
 	Load        workerResult      `json:"load"`
@@ -112,7 +122,7 @@ func runFleetPhase(ctx context.Context, cfg config, store string, out io.Writer)
 
 	spec := workerSpec{
 		Target: c.target, Insecure: cfg.insecure, CAFile: cfg.tlsCA, Store: store,
-		Duration: cfg.duration, CallTimeout: cfg.callTimeout, Interval: cfg.interval,
+		Duration: cfg.duration, CallTimeout: cfg.callTimeout, Interval: cfg.interval / progressReports,
 		User: cfg.user, Password: cfg.password,
 	}
 	if c.caPEM != nil {
@@ -173,6 +183,18 @@ func runFleetPhase(ctx context.Context, cfg config, store string, out io.Writer)
 		}
 		ws[i] = w
 	}
+	// The phase's clock starts when every process is ready: starting a
+	// process, connecting and reading the fleet's token are not the load's
+	// time, and a progress line must not count them.
+	if err := awaitReady(ctx, ws); err != nil {
+		for _, w := range ws {
+			w.kill()
+		}
+		return nil, err
+	}
+	for _, w := range ws {
+		w.start()
+	}
 
 	p := newProgress(out, cfg.tty, func() progressFigures {
 		var f progressFigures
@@ -199,7 +221,12 @@ wait:
 	for {
 		select {
 		case <-ticker.C:
-			p.tick(time.Since(start))
+			// The workers' loads end after cfg.duration; a line after that,
+			// while they wind down and exit, would show a rate of calls
+			// that were made earlier.
+			if elapsed := time.Since(start); elapsed < cfg.duration+cfg.interval/2 {
+				p.tick(elapsed)
+			}
 		case <-done:
 			break wait
 		}
@@ -235,15 +262,19 @@ wait:
 		}
 	}
 	if len(errs) > 0 {
-		return nil, errors.New(strings.Join(errs, "; "))
+		if ctx.Err() == nil {
+			return nil, errors.New(strings.Join(errs, "; "))
+		}
+		// Interrupted (Ctrl-C): a worker stopped before it could report.
+		// The phase reports what the others did, as interrupted.
+		rep.Errors = append(rep.Errors, errs...)
 	}
 	elapsed := time.Duration(rep.Seconds * float64(time.Second))
 	interrupted := rep.Interrupted || ctx.Err() != nil
 	rep.setLoad(&load, elapsed, interrupted)
+	// The server's figures include the seed's login: the one login the
+	// phase announces, which the fleet then shares.
 	rep.Server = c.serverFigures()
-	if rep.Server != nil {
-		rep.Server.Logins-- // the seed, not the fleet's
-	}
 	return rep, nil
 }
 
@@ -267,11 +298,37 @@ func seed(ctx context.Context, cfg config, c *conn, st tokensource.Store) error 
 	return nil
 }
 
+// awaitReady waits until every worker is ready to start its load. A worker
+// that exits first fails the phase. If ctx ends first (Ctrl-C), the workers
+// have been told to stop too and report an interrupted load, so awaitReady
+// returns nil and the phase ends as interrupted.
+func awaitReady(ctx context.Context, ws []*workerProc) error {
+	for _, w := range ws {
+		select {
+		case <-w.ready:
+		case <-w.done:
+			if ctx.Err() != nil {
+				return nil // stopped by Ctrl-C while starting up
+			}
+			err := w.err
+			if err == nil {
+				err = errors.New("exited before it was ready")
+			}
+			return fmt.Errorf("worker %d: %w", w.spec.Index, err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
 // workerProc is a running worker process, as the demo sees it.
 type workerProc struct {
 	spec     workerSpec
 	cmd      *exec.Cmd
+	stdin    io.WriteCloser // startLine goes here
 	stderr   bytes.Buffer
+	ready    chan struct{} // closed when the worker reports that it is ready
 	progress atomic.Pointer[progressFigures]
 	result   *workerReport
 	err      error
@@ -283,7 +340,7 @@ func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc
 	if err != nil {
 		return nil, err
 	}
-	w := &workerProc{spec: spec, done: make(chan struct{})}
+	w := &workerProc{spec: spec, ready: make(chan struct{}), done: make(chan struct{})}
 	w.cmd = exec.CommandContext(ctx, self)
 	w.cmd.Env = append(os.Environ(), envWorker+"="+string(b))
 	w.cmd.Stderr = &w.stderr
@@ -293,6 +350,9 @@ func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc
 	w.cmd.WaitDelay = 10 * time.Second
 	stdout, err := w.cmd.StdoutPipe()
 	if err != nil {
+		return nil, err
+	}
+	if w.stdin, err = w.cmd.StdinPipe(); err != nil {
 		return nil, err
 	}
 	if err := w.cmd.Start(); err != nil {
@@ -307,6 +367,9 @@ func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc
 			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 				continue // not ours: a stray line does not end the run
 			}
+			if l.Ready && !isClosed(w.ready) {
+				close(w.ready)
+			}
 			if l.Progress != nil {
 				w.progress.Store(l.Progress)
 			}
@@ -316,6 +379,9 @@ func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc
 		}
 		err := w.cmd.Wait()
 		switch {
+		case err != nil && w.result != nil && ctx.Err() != nil:
+			// Told to stop (Ctrl-C), the worker reported its interrupted
+			// load; Wait reports the cancellation, which is no failure.
 		case err != nil:
 			w.err = fmt.Errorf("%w; stderr: %s", err, strings.TrimSpace(w.stderr.String()))
 		case w.result == nil:
@@ -325,15 +391,33 @@ func startWorker(ctx context.Context, self string, spec workerSpec) (*workerProc
 	return w, nil
 }
 
+// start tells a ready worker to start its load. A worker that has exited
+// meanwhile is reported by its done channel, not here.
+func (w *workerProc) start() {
+	_, _ = io.WriteString(w.stdin, startLine)
+	_ = w.stdin.Close()
+}
+
 func (w *workerProc) kill() {
 	_ = w.cmd.Process.Kill()
 	<-w.done
 }
 
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
 // runWorker is the body of a worker process: a replica of one service with
 // its own connection and Source, sharing the fleet's credential through the
-// store. It writes workerLines to stdout and returns the exit status.
-func runWorker(specJSON string, stdout, stderr io.Writer) int {
+// store. Once it holds the fleet's token it says so on stdout and waits for
+// startLine on stdin before it starts its load. It writes workerLines to
+// stdout and returns the exit status.
+func runWorker(specJSON string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var spec workerSpec
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		fmt.Fprintln(stderr, "demo worker: bad", envWorker+":", err)
@@ -341,14 +425,14 @@ func runWorker(specJSON string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := work(ctx, spec, stdout); err != nil {
+	if err := work(ctx, spec, stdin, stdout); err != nil {
 		fmt.Fprintf(stderr, "demo worker %d: %v\n", spec.Index, err)
 		return exitFail
 	}
 	return exitPass
 }
 
-func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
+func work(ctx context.Context, spec workerSpec, stdin io.Reader, stdout io.Writer) error {
 	var mu sync.Mutex
 	enc := json.NewEncoder(stdout)
 	write := func(l workerLine) {
@@ -374,6 +458,10 @@ func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
 		return err
 	}
 	defer cl.close()
+	write(workerLine{Ready: true})
+	if err := awaitStart(ctx, stdin); err != nil {
+		return err
+	}
 	var total counters
 	res, elapsed, interrupted := runLoad(ctx, spec.Callers, spec.Duration, spec.CallTimeout, spec.Interval,
 		echov1.NewEchoServiceClient(cl.cc), &total, func(time.Duration) {
@@ -385,4 +473,28 @@ func work(ctx context.Context, spec workerSpec, stdout io.Writer) error {
 		LastError: tracker.summary(time.Now()).lastFailure}
 	write(workerLine{Result: rep})
 	return nil
+}
+
+// awaitStart waits for startLine on stdin. If ctx ends first (the demo was
+// interrupted) it returns nil, and the load that follows ends at once as
+// interrupted, so the demo still gets a result.
+func awaitStart(ctx context.Context, stdin io.Reader) error {
+	started := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		switch {
+		case line == startLine:
+			started <- nil
+		case err != nil:
+			started <- fmt.Errorf("waiting for the start: the demo closed stdin: %w", err)
+		default:
+			started <- fmt.Errorf("waiting for the start: unexpected line %q on stdin", line)
+		}
+	}()
+	select {
+	case err := <-started:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 }

@@ -22,10 +22,12 @@
 //     application sees none of it.
 //  3. fleet-file: 4 worker processes (this binary, started again) share one
 //     credential through a tokensource.FileStore, each with its own Source
-//     and connection. Between them they make one refresh per token lifetime,
-//     and the server never sees a rotated refresh token twice. With
-//     -redis ADDR a fourth phase, fleet-redis, does the same through
-//     tokensource/redisstore on that Redis server.
+//     and connection, after one login that seeds the store. The phase
+//     starts once every process is connected and holds that token. Between
+//     them they make one refresh per token lifetime, and the server never
+//     sees a rotated refresh token twice. With -redis ADDR a fourth phase,
+//     fleet-redis, does the same through tokensource/redisstore on that
+//     Redis server.
 //
 // While a phase runs, one progress line a second shows the calls so far, the
 // rate, the failures, the refreshes and the callers that have waited for a
@@ -47,8 +49,9 @@
 //	demo -addr 127.0.0.1:50051 -tls-ca /tmp/ts.pem
 //
 // The revocation phase needs the embedded server and is left out, the
-// server-side counters are not available, and -ttl, -refresh-latency and
-// -fail-refreshes must be set on the server instead.
+// server-side counters are not available, and the demo's -ttl,
+// -refresh-latency and -fail-refreshes are refused: set the server's
+// -access-ttl, -refresh-latency and -fail-refreshes instead.
 package main
 
 import (
@@ -77,7 +80,7 @@ const (
 func main() {
 	// A fleet phase starts this binary again as its worker processes.
 	if spec := os.Getenv(envWorker); spec != "" {
-		os.Exit(runWorker(spec, os.Stdout, os.Stderr))
+		os.Exit(runWorker(spec, os.Stdin, os.Stdout, os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -160,8 +163,13 @@ func (c config) embedded() bool { return c.addr == "" }
 
 func (c config) runs(phase string) bool { return slices.Contains(c.phases, phase) }
 
-// embeddedOnly are the flags that configure the embedded server.
-var embeddedOnly = []string{"ttl", "refresh-latency", "fail-refreshes"}
+// embeddedOnly are the flags that configure the embedded server, and the
+// flag of cmd/testserver that does the same for an external one.
+var embeddedOnly = []struct{ name, server string }{
+	{"ttl", "-access-ttl"},
+	{"refresh-latency", "-refresh-latency"},
+	{"fail-refreshes", "-fail-refreshes"},
+}
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	c := config{interval: time.Second}
@@ -177,14 +185,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	phases := strings.Join(allPhases, ",")
 	fs.IntVar(&c.workers, "workers", 200, "concurrent callers in each phase (in a fleet phase, shared among the processes)")
 	fs.DurationVar(&c.duration, "duration", 6*time.Second, "how long each phase runs")
-	fs.DurationVar(&c.ttl, "ttl", 3*time.Second, "lifetime of access tokens (embedded server; the revocation phase uses 1h)")
+	fs.DurationVar(&c.ttl, "ttl", 3*time.Second, "lifetime of access tokens (embedded server; the revocation phase uses 1h; with -addr, the server's -access-ttl decides)")
 	fs.StringVar(&phases, "phases", phases, "comma-separated `list` of the phases to run: "+strings.Join(allPhases, ", "))
 	fs.IntVar(&c.processes, "processes", 4, "worker processes in a fleet phase")
 	fs.StringVar(&c.redis, "redis", "", "`address` (host:port, or a unix socket path) of a Redis server: also run the fleet on tokensource/redisstore")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the in-process Sources' OpenTelemetry metrics as Prometheus text on http://`host:port`/metrics")
 	fs.BoolVar(&c.json, "json", false, "print the summary to stdout as one JSON object (the progress goes to stderr)")
-	fs.DurationVar(&c.refreshLatency, "refresh-latency", 0, "delay the server adds to every token refresh (embedded server)")
-	fs.IntVar(&c.failRefreshes, "fail-refreshes", 0, "fail the first `N` token refreshes of each phase with Unavailable (embedded server)")
+	fs.DurationVar(&c.refreshLatency, "refresh-latency", 0, "delay the server adds to every token refresh (embedded server; with -addr, the server's -refresh-latency decides)")
+	fs.IntVar(&c.failRefreshes, "fail-refreshes", 0, "fail the first `N` token refreshes of each phase with Unavailable (embedded server; with -addr, the server's -fail-refreshes decides)")
 	fs.DurationVar(&c.callTimeout, "call-timeout", 10*time.Second, "deadline of each RPC")
 	fs.StringVar(&c.addr, "addr", "", "`host:port` of an external test server (default: start one in-process)")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "with -addr, PEM `file` of the CA that signed the server's certificate (default: system roots)")
@@ -248,9 +256,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		return c, nil
 	}
-	for _, name := range embeddedOnly {
-		if set[name] {
-			return fail("-%s configures the embedded server; with -addr set it on the server instead", name)
+	for _, f := range embeddedOnly {
+		if set[f.name] {
+			return fail("-%s configures the embedded server; with -addr set it on the server instead (cmd/testserver %s)", f.name, f.server)
 		}
 	}
 	if c.insecure && c.tlsCA != "" {

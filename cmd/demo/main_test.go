@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +22,7 @@ import (
 // as the demo starts itself.
 func TestMain(m *testing.M) {
 	testutil.Main(m, testutil.Role(envWorker, func(spec string) int {
-		return runWorker(spec, os.Stdout, os.Stderr)
+		return runWorker(spec, os.Stdin, os.Stdout, os.Stderr)
 	}))
 }
 
@@ -49,6 +51,13 @@ func testConfig(phases ...string) config {
 
 func runPhases(t *testing.T, cfg config) *summary {
 	t.Helper()
+	sum, _ := runPhasesOutput(t, cfg)
+	return sum
+}
+
+// runPhasesOutput is runPhases that also returns what the demo printed.
+func runPhasesOutput(t *testing.T, cfg config) (*summary, string) {
+	t.Helper()
 	var out bytes.Buffer
 	sum, err := runDemo(t.Context(), cfg, &out)
 	t.Logf("output:\n%s", out.String())
@@ -58,7 +67,24 @@ func runPhases(t *testing.T, cfg config) *summary {
 	if len(sum.Phases) == 0 {
 		t.Fatal("no phase ran")
 	}
-	return sum
+	return sum, out.String()
+}
+
+// progressLine matches a progress line as printed off a terminal, taking
+// its elapsed time and its calls.
+var progressLine = regexp.MustCompile(`(?m)^ +([0-9.]+)s  ([0-9,]+) calls  `)
+
+// phaseOutput returns what the demo printed for the phase named name, from
+// its header to the next phase's.
+func phaseOutput(t *testing.T, out, name string) string {
+	t.Helper()
+	for _, part := range strings.Split(out, "\nphase ")[1:] {
+		if header, _, _ := strings.Cut(part, "\n"); strings.HasSuffix(header, " "+name) {
+			return part
+		}
+	}
+	t.Fatalf("no output for phase %s", name)
+	return ""
 }
 
 func checkCalls(t *testing.T, p *phaseReport) {
@@ -117,7 +143,7 @@ func TestFleetPhases(t *testing.T) {
 	rs := redistest.Start(t)
 	cfg := testConfig(phaseFleet)
 	cfg.redis = rs.Socket
-	sum := runPhases(t, cfg)
+	sum, out := runPhasesOutput(t, cfg)
 	if len(sum.Phases) != 2 || sum.Phases[0].Name != "fleet-file" || sum.Phases[1].Name != "fleet-redis" {
 		t.Fatalf("phases %v, want fleet-file and fleet-redis", sum.Phases)
 	}
@@ -134,8 +160,28 @@ func TestFleetPhases(t *testing.T) {
 		if p.Adopted < int64(p.Lifetimes) {
 			t.Errorf("%s: %d tokens adopted for %d lifetimes, want at least one per lifetime", p.Name, p.Adopted, p.Lifetimes)
 		}
-		if s := p.Server; s == nil || s.Refreshes != p.Refreshes || s.RefreshesRefused != 0 || s.Logins != 0 {
-			t.Errorf("%s: server figures %+v, want the fleet's %d refreshes, none refused, no login but the seed", p.Name, s, p.Refreshes)
+		// The server's figures count the seed's login, the one the phase
+		// announces: no process logged in itself.
+		if s := p.Server; s == nil || s.Refreshes != p.Refreshes || s.RefreshesRefused != 0 || s.Logins != 1 {
+			t.Errorf("%s: server figures %+v, want the fleet's %d refreshes, none refused, one login: the seed", p.Name, s, p.Refreshes)
+		}
+		text := phaseOutput(t, out, p.Name)
+		// The header announces one login and the table reports it.
+		if !strings.Contains(text, "one login, then the processes share") || !strings.Contains(text, ", 1 login\n") {
+			t.Errorf("%s: the output does not announce and report the same one login:\n%s", p.Name, text)
+		}
+		// The phase's clock starts when the processes are ready, so its
+		// first progress line already counts calls.
+		if m := progressLine.FindStringSubmatch(text); m == nil {
+			t.Errorf("%s: no progress line:\n%s", p.Name, text)
+		} else if m[2] == "0" {
+			t.Errorf("%s: the first progress line, at %ss, counts no call: %q", p.Name, m[1], m[0])
+		}
+		// Nor does it print lines after the load, while the processes exit.
+		for _, m := range progressLine.FindAllStringSubmatch(text, -1) {
+			if at, err := strconv.ParseFloat(m[1], 64); err != nil || at > (cfg.duration+cfg.interval/2).Seconds() {
+				t.Errorf("%s: progress line at %ss in a phase of %v: %q", p.Name, m[1], cfg.duration, m[0])
+			}
 		}
 	}
 	// The demo removes its record.
@@ -255,7 +301,9 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"-phases", ""}, "-phases names no phase"},
 		{[]string{"-phases", phaseEarly, "-redis", "127.0.0.1:6379"}, "-redis applies to the fleet phase"},
 		{[]string{"-addr", "127.0.0.1:1", "-ttl", "1s"}, "-ttl configures the embedded server"},
+		{[]string{"-addr", "127.0.0.1:1", "-ttl", "1s"}, "set it on the server instead (cmd/testserver -access-ttl)"},
 		{[]string{"-addr", "127.0.0.1:1", "-fail-refreshes", "2"}, "-fail-refreshes configures the embedded server"},
+		{[]string{"-addr", "127.0.0.1:1", "-refresh-latency", "1s"}, "(cmd/testserver -refresh-latency)"},
 		{[]string{"-addr", "127.0.0.1:1", "-phases", phaseRevocation}, "needs the embedded server"},
 		{[]string{"-tls-ca", "ca.pem"}, "apply only with -addr"},
 		{[]string{"-addr", "127.0.0.1:1", "-insecure", "-tls-ca", "ca.pem"}, "mutually exclusive"},

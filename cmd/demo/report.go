@@ -80,6 +80,9 @@ type phaseReport struct {
 
 // serverFigures are the embedded server's counters for a phase.
 type serverFigures struct {
+	// Logins counts every login the server saw in the phase: the
+	// Source's first token, or in a fleet phase the one that seeded the
+	// store.
 	Logins    int64 `json:"logins"`
 	Refreshes int64 `json:"refreshes"`
 	// RefreshesRefused counts Refresh calls the server refused, such as a
@@ -145,6 +148,11 @@ func (r *phaseReport) judge() {
 	if s := r.Server; s != nil && s.RefreshesRefused > 0 && r.RefreshFailures == 0 {
 		problem("the server refused %d refreshes (a rotated refresh token presented again)", s.RefreshesRefused)
 	}
+	// With -addr the token lifetime is the server's to set: -ttl is refused.
+	shorterTTL := "a shorter -ttl"
+	if r.Server == nil {
+		shorterTTL = "shorter-lived access tokens on the server (cmd/testserver -access-ttl)"
+	}
 	var what string
 	switch {
 	case r.Name == phaseEarly:
@@ -158,7 +166,7 @@ func (r *phaseReport) judge() {
 			problem("%s waited for a refresh", plural(int(r.Waited), "caller", "callers"))
 		}
 		if r.Early == 0 && !r.Interrupted {
-			note("no token reached its early-refresh window: use a longer -duration or a shorter -ttl")
+			note("no token reached its early-refresh window: use a longer -duration or %s", shorterTTL)
 		}
 		what = fmt.Sprintf("%s renewed in the background before expiry; 0 calls rejected, 0 callers waited",
 			plural(r.Early, "token", "tokens"))
@@ -184,8 +192,13 @@ func (r *phaseReport) judge() {
 		if s := r.Server; s != nil && s.Refreshes != r.Refreshes {
 			problem("the server granted %d refreshes but the processes made %d", s.Refreshes, r.Refreshes)
 		}
+		// The phase announces one login, the seed's, which the processes
+		// share: another one is a process that did not use the store.
+		if s := r.Server; s != nil && s.Logins != 1 {
+			problem("the server saw %s, want 1 (the one that seeded the store)", plural(int(s.Logins), "login", "logins"))
+		}
 		if r.Lifetimes == 0 && !r.Interrupted {
-			note("the shared token was never renewed: use a longer -duration or a shorter -ttl")
+			note("the shared token was never renewed: use a longer -duration or %s", shorterTTL)
 		}
 		ratio := "n/a"
 		if r.Lifetimes > 0 {

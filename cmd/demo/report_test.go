@@ -77,11 +77,17 @@ func TestJudge(t *testing.T) {
 			"4 refreshes (4 forced) for one revocation"},
 		{"revocation unseen", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 1, Forced: 1, Retried: 7, UnauthenticatedSeen: 2, Server: server(1, 9)},
 			"2 rejections reached the application; the interceptors retried 7 calls but the server rejected 9"},
-		{"fleet ok", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9, Server: &serverFigures{Refreshes: 3}}, ""},
-		{"fleet uncoordinated", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 12, Lifetimes: 3, Server: &serverFigures{Refreshes: 12}},
+		// A fleet's server figures count the login that seeded the store.
+		{"fleet ok", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9, Server: server(3, 0)}, ""},
+		{"fleet ok, external server", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9}, ""},
+		{"fleet uncoordinated", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 12, Lifetimes: 3, Server: server(12, 0)},
 			"12 refreshes fleet-wide for 3 token lifetimes, want one per lifetime"},
-		{"fleet reuse", phaseReport{Name: "fleet-redis", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Server: &serverFigures{Refreshes: 3, RefreshesRefused: 1}},
+		{"fleet reuse", phaseReport{Name: "fleet-redis", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Server: &serverFigures{Logins: 1, Refreshes: 3, RefreshesRefused: 1}},
 			"the server refused 1 refreshes"},
+		{"fleet login", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 6, Server: &serverFigures{Logins: 2, Refreshes: 3}},
+			"the server saw 2 logins, want 1 (the one that seeded the store)"},
+		{"fleet seed not counted", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9, Server: &serverFigures{Refreshes: 3}},
+			"the server saw 0 logins, want 1"},
 		{"failed calls", phaseReport{Name: phaseEarly, Calls: 10, Failed: 3}, "3 failed calls"},
 		{"interrupted", phaseReport{Name: phaseEarly, Calls: 10, Interrupted: true, Seconds: 1.5}, "interrupted after 1.5s"},
 	} {
@@ -94,6 +100,28 @@ func TestJudge(t *testing.T) {
 			t.Errorf("%s: verdict %q, want a FAIL saying %q", tc.name, r.Verdict, tc.want)
 		}
 	}
+	// A phase too short to renew a token says how to lengthen it, naming
+	// only flags that apply: with -addr (no server figures) -ttl is
+	// refused, and the lifetime is the server's -access-ttl.
+	for _, tc := range []struct {
+		name    string
+		rep     phaseReport
+		want    string
+		notWant string
+	}{
+		{"early, embedded", phaseReport{Name: phaseEarly, Calls: 10, Server: server(0, 0)}, "a shorter -ttl", "-access-ttl"},
+		{"early, external", phaseReport{Name: phaseEarly, Calls: 10}, "cmd/testserver -access-ttl", "a shorter -ttl"},
+		{"fleet, embedded", phaseReport{Name: "fleet-file", Processes: 2, Calls: 10, Server: server(0, 0)}, "a shorter -ttl", "-access-ttl"},
+		{"fleet, external", phaseReport{Name: "fleet-file", Processes: 2, Calls: 10}, "cmd/testserver -access-ttl", "a shorter -ttl"},
+	} {
+		r := tc.rep
+		r.judge()
+		notes := strings.Join(r.Notes, "\n")
+		if !r.Pass || !strings.Contains(notes, tc.want) || strings.Contains(notes, tc.notWant) {
+			t.Errorf("%s: verdict %q, notes %q; want PASS and a note with %q, without %q", tc.name, r.Verdict, notes, tc.want, tc.notWant)
+		}
+	}
+
 	s := summary{Phases: []*phaseReport{{Name: "a", Pass: true}, {Name: "b"}}}
 	if s.judge(); s.Pass || s.Verdict != "FAIL: b" {
 		t.Errorf("summary with a failed phase: %q, want FAIL: b", s.Verdict)

@@ -83,27 +83,35 @@ for d in "${dirs[@]}"; do
 done
 
 # go.work: replace every module of the repository that another requires,
-# at VERSION, with its directory (edited only when that changes, since
-# go work edit rewrites the layout).
-current=$("$GO" work edit -json | awk '
-	/"Old":/ { o = 1; p = ""; v = ""; next }
-	o && /"Path":/ { gsub(/[",]/, "", $2); p = $2 }
-	o && /"Version":/ { gsub(/[",]/, "", $2); v = "@" $2 }
-	o && /}/ { print p v; o = 0 }' | sort)
+# at VERSION, with its directory. The versions are set in place, keeping the
+# file's layout and comments (go work edit would rewrite both); go work edit
+# only adds or drops a replacement when the set of required modules changed.
+replacements() {
+	"$GO" work edit -json | awk '
+		/"Old":/ { o = 1; p = ""; v = ""; next }
+		o && /"Path":/ { gsub(/[",]/, "", $2); p = $2 }
+		o && /"Version":/ { gsub(/[",]/, "", $2); v = "@" $2 }
+		o && /}/ { print p v; o = 0 }' | sort
+}
+core_re=$(printf '%s' "$core" | sed 's/[.]/[.]/g')
+sed -E -i "s#^([[:space:]]*(replace[[:space:]]+)?$core_re(/[^[:space:]]*)?[[:space:]]+)v[^[:space:]]+([[:space:]]+=>)#\1$version\4#" go.work
 required=$(for d in "${dirs[@]}"; do in_repo_requires "$d"; done | awk '{ print $1 }' | sort -u)
 wanted=$(for r in $required; do echo "$r@$version"; done | sort)
-if [ "$current" != "$wanted" ]; then
-	edits=()
-	for r in $current; do
-		edits+=("-dropreplace=$r")
-	done
+edits=()
+for r in $(comm -23 <(replacements) <(printf '%s\n' "$wanted")); do
+	edits+=("-dropreplace=$r")
+done
+for r in $(comm -13 <(replacements) <(printf '%s\n' "$wanted")); do
+	p=${r%@*}
 	for d in "${dirs[@]}"; do
-		if printf '%s\n' "$required" | grep -qx "${path[$d]}"; then
+		if [ "${path[$d]}" = "$p" ]; then
 			rel=./$d
 			[ "$d" = . ] && rel=./
-			edits+=("-replace=${path[$d]}@$version=$rel")
+			edits+=("-replace=$r=$rel")
 		fi
 	done
+done
+if [ ${#edits[@]} -gt 0 ]; then
 	"$GO" work edit "${edits[@]}"
 fi
 

@@ -1,17 +1,26 @@
 # grpc-tokenrefresh. Tools are pinned in tools/go.mod and run with `go tool`,
 # so nothing is installed outside the Go module proxy.
 GO      ?= go
-TOOL    := $(GO) tool -modfile=tools/go.mod
-PKGS    := ./...
-# Nested modules, each with a go.mod of its own so that the core go.mod never
-# gains their dependencies (otel: the OpenTelemetry adapter; e2e/oauth2server:
-# the tests against zitadel/oidc's authorization server). `./...` stops at
-# their boundary, so lint, test-go and bench-smoke visit each one in turn.
-# cmd/demo is one too: it serves its metrics through the OpenTelemetry
-# Prometheus exporter.
-MODULES := otel e2e/oauth2server cmd/demo
+# `go tool -modfile` refuses to run in workspace mode, and the tools module
+# stays out of go.work (its dependencies would raise the versions the
+# library is tested with): the tools run with GOWORK=off.
+TOOL    := GOWORK=off $(GO) tool -modfile=tools/go.mod
+# staticcheck, though, loads the workspace's packages, which GOWORK=off
+# (inherited from `go tool`) would hide: it runs as a binary built from
+# tools/go.mod.
+STATICCHECK := bin/tools/staticcheck
+# The modules besides the core, each with a go.mod of its own so that the
+# core go.mod never gains their dependencies: otel (OpenTelemetry),
+# tokensource/redisstore (go-redis), cmd/demo (the Prometheus exporter), e2e
+# (fleet tests on Redis) and e2e/oauth2server (zitadel/oidc's authorization
+# server). go.work puts them all in one workspace, so one go command takes
+# the packages of every module. `./...` stops at a nested module's boundary,
+# hence the explicit patterns; if it ever crossed it, a go command would
+# still list each package once.
+MODULES := otel tokensource/redisstore cmd/demo e2e e2e/oauth2server
+PKGS    := ./... $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
-.PHONY: all generate lint test test-go check-generated bench bench-fleet bench-smoke fuzz soak demo testserver
+.PHONY: all generate lint test test-go check-generated bench bench-fleet bench-smoke fuzz soak demo testserver release-check tidy $(STATICCHECK)
 
 all: test
 
@@ -19,20 +28,19 @@ all: test
 generate:
 	$(TOOL) buf generate
 
-## lint: go vet, staticcheck, buf lint and a gofmt check
-lint:
+## lint: go vet, staticcheck, buf lint and a gofmt check, over every module
+lint: $(STATICCHECK)
 	$(GO) vet $(PKGS)
-	$(TOOL) staticcheck $(PKGS)
-	@for m in $(MODULES); do \
-		echo "vet + staticcheck: $$m"; \
-		(cd $$m && $(GO) vet ./... && $(GO) tool -modfile=$(CURDIR)/tools/go.mod staticcheck ./...) || exit 1; \
-	done
+	$(STATICCHECK) $(PKGS)
 	$(TOOL) buf lint
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 
-## test: lint, the race-enabled test suite, and generated-code freshness
-test: lint test-go fuzz bench-smoke check-generated
+$(STATICCHECK):
+	@GOWORK=off $(GO) build -modfile=tools/go.mod -o $@ honnef.co/go/tools/cmd/staticcheck
+
+## test: lint, the race-enabled test suite, fuzzing, benchmarks once, generated-code freshness, installability
+test: lint test-go fuzz bench-smoke check-generated release-check
 
 # Fuzz budgets are counts of executions, not durations: with a duration, Go
 # 1.26's fuzz coordinator can fail a clean run with a bare "context deadline
@@ -48,9 +56,6 @@ SOAK     ?= 20s
 
 test-go:
 	$(GO) test -race -count=1 $(PKGS)
-	@for m in $(MODULES); do \
-		(cd $$m && $(GO) test -race -count=1 ./...) || exit 1; \
-	done
 
 ## fuzz: each fuzz target briefly (about 5 s each; FUZZTIME=1m for longer); the seed corpora also run in test-go
 fuzz:
@@ -92,9 +97,7 @@ bench-fleet:
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/ ./tokensource/ ./tokensource/redisstore/ ./interceptor/
 	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x ./e2e/ -fleetbench.expiries 2
-	@for m in $(MODULES); do \
-		(cd $$m && $(GO) test -run '^$$' -bench . -benchtime 1x ./...) || exit 1; \
-	done
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./otel/... ./e2e/oauth2server/... ./cmd/demo/...
 
 ## demo: the main job: early refresh, a revocation and a fleet of processes on one FileStore (about 20 s)
 # Built into bin/ and exec'd, so that signals reach it (it starts its fleet's
@@ -103,7 +106,7 @@ bench-smoke:
 DEMO_BIN   ?= bin/demo
 DEMO_FLAGS ?=
 demo:
-	@cd cmd/demo && $(GO) build -o $(CURDIR)/$(DEMO_BIN) .
+	@$(GO) build -o $(DEMO_BIN) ./cmd/demo
 	@exec $(DEMO_BIN) $(DEMO_FLAGS)
 
 ## testserver: build the bundled test gRPC server into bin/ and run it: TLS on 127.0.0.1:50051, CA in bin/testserver.pem
@@ -116,3 +119,15 @@ TESTSERVER_FLAGS ?= -tls -tls-cert-out bin/testserver.pem
 testserver:
 	@$(GO) build -o $(TESTSERVER_BIN) ./cmd/testserver
 	@exec $(TESTSERVER_BIN) $(TESTSERVER_FLAGS)
+
+## release-check: prove the modules install as published: a file module proxy with every module at VERSION,
+## a consumer module outside the repository that `go get`s core, redisstore and otel from it and runs
+## against testserver and a real redis-server (scripts/release-check.sh; about 10 s with warm caches)
+VERSION ?=
+release-check:
+	GO=$(GO) scripts/release-check.sh $(VERSION)
+
+## tidy: `go mod tidy` in every module, with the modules of the repository at VERSION (default: the version
+## the nested go.mod files require; see docs/releasing.md)
+tidy:
+	GO=$(GO) scripts/tidy.sh $(VERSION)

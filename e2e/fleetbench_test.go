@@ -87,7 +87,7 @@ func BenchmarkFleet(b *testing.B) {
 		// overwrites the record, and the last commit released the lease.
 		rs := redistest.Start(b)
 		run(b, "refresh", func(testing.TB) (string, tokensource.Store) {
-			return "redis:" + rs.Socket, redisstore.New(rs.Client(), fleetKey)
+			return "redis:" + rs.Socket, redisstore.New(redisClient(b, rs), fleetKey)
 		}, true)
 	})
 	b.Run("uncoordinated=login-per-process", func(b *testing.B) {

@@ -33,7 +33,7 @@ func TestFleetRedisRestarted(t *testing.T) {
 		grant: "refresh", leaseTTL: 2 * time.Second,
 		store: func(t testing.TB) (string, tokensource.Store) {
 			rs = redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
-			return "redis:" + rs.Socket, redisstore.New(rs.Client(), fleetKey)
+			return "redis:" + rs.Socket, redisstore.New(redisClient(t, rs), fleetKey)
 		},
 	}
 	f := startFleet(t, cfg)
@@ -77,7 +77,7 @@ func TestFleetRedisDown(t *testing.T) {
 			}
 			defer ep.Stop()
 			rs := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
-			rc := rs.Client()
+			rc := redisClient(t, rs)
 			st := redisstore.New(rc, fleetKey)
 			login, err := srv.IssueToken(testserver.DefaultUser)
 			if err != nil {

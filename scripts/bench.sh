@@ -23,7 +23,8 @@ GO=${GO:-go}
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/grpc-tokenrefresh-bench.XXXXXX")}
 mkdir -p "$OUT"
 raw="$OUT/bench.txt"
-benchstat() { "$GO" tool -modfile=tools/go.mod benchstat "$@"; }
+# GOWORK=off: `go tool -modfile` refuses to run in workspace mode (go.work).
+benchstat() { GOWORK=off "$GO" tool -modfile=tools/go.mod benchstat "$@"; }
 
 echo "Raw output: $raw"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)

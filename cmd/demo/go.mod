@@ -2,16 +2,12 @@ module github.com/tokenrefresh/grpc-tokenrefresh/cmd/demo
 
 go 1.26.0
 
-replace (
-	github.com/tokenrefresh/grpc-tokenrefresh => ../..
-	github.com/tokenrefresh/grpc-tokenrefresh/otel => ../../otel
-)
-
 require (
 	github.com/prometheus/client_golang v1.24.1
 	github.com/redis/go-redis/v9 v9.22.0
-	github.com/tokenrefresh/grpc-tokenrefresh v0.0.0-00010101000000-000000000000
-	github.com/tokenrefresh/grpc-tokenrefresh/otel v0.0.0-00010101000000-000000000000
+	github.com/tokenrefresh/grpc-tokenrefresh v0.1.0
+	github.com/tokenrefresh/grpc-tokenrefresh/otel v0.1.0
+	github.com/tokenrefresh/grpc-tokenrefresh/tokensource/redisstore v0.1.0
 	go.opentelemetry.io/otel v1.47.0
 	go.opentelemetry.io/otel/exporters/prometheus v0.69.0
 	go.opentelemetry.io/otel/sdk/metric v1.47.0

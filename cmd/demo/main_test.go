@@ -185,7 +185,9 @@ func TestFleetPhases(t *testing.T) {
 		}
 	}
 	// The demo removes its record.
-	if n, err := rs.Client().Keys(t.Context(), "tokenrefresh-demo:*").Result(); err != nil || len(n) != 0 {
+	rc := redisClient(rs.Socket)
+	defer rc.Close()
+	if n, err := rc.Keys(t.Context(), "tokenrefresh-demo:*").Result(); err != nil || len(n) != 0 {
 		t.Errorf("Redis keys left behind: %v (%v)", n, err)
 	}
 }

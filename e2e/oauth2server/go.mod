@@ -2,13 +2,10 @@ module github.com/tokenrefresh/grpc-tokenrefresh/e2e/oauth2server
 
 go 1.25.0
 
-replace github.com/tokenrefresh/grpc-tokenrefresh => ../..
-
 require (
 	github.com/go-jose/go-jose/v4 v4.1.4
-	github.com/tokenrefresh/grpc-tokenrefresh v0.0.0-00010101000000-000000000000
+	github.com/tokenrefresh/grpc-tokenrefresh v0.1.0
 	github.com/zitadel/oidc/v3 v3.45.6
-	go.uber.org/goleak v1.3.0
 	golang.org/x/oauth2 v0.36.0
 	google.golang.org/grpc v1.84.0
 )
@@ -30,6 +27,7 @@ require (
 	go.opentelemetry.io/otel v1.44.0 // indirect
 	go.opentelemetry.io/otel/metric v1.44.0 // indirect
 	go.opentelemetry.io/otel/trace v1.44.0 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/net v0.57.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.40.0 // indirect

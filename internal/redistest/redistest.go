@@ -9,18 +9,18 @@
 package redistest
 
 import (
+	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // startTimeout bounds how long Start and Restart wait for the server to answer
@@ -45,9 +45,13 @@ func Binary(tb testing.TB) string {
 // Server is a redis-server process owned by one test. Its methods may be
 // called from any goroutine.
 type Server struct {
-	// Socket is the path of the server's unix socket. It stays the same
-	// across Restart, so clients and worker processes can keep using it.
+	// Socket is the path of the server's unix socket (network "unix"). It
+	// stays the same across Restart, so clients and worker processes can
+	// keep using it.
 	Socket string
+	// Password is the value of a "--requirepass" argument given to Start,
+	// or "" when the server accepts every client.
+	Password string
 
 	tb   testing.TB
 	bin  string
@@ -79,44 +83,17 @@ func Start(tb testing.TB, args ...string) *Server {
 		dir:    dir,
 		args:   append([]string(nil), args...),
 	}
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--requirepass" {
+			s.Password = args[i+1]
+		}
+	}
 	tb.Cleanup(func() {
 		s.Stop()
 		_ = os.RemoveAll(dir)
 	})
 	s.Restart()
 	return s
-}
-
-// Options returns client options for the server's socket: go-redis's
-// defaults (command retries included, as in production) with the setting
-// redisstore recommends, ContextTimeoutEnabled, and a single dial attempt, so
-// that a test that stops the server sees the failure in well under a second
-// instead of after five dial attempts per command.
-func (s *Server) Options() *redis.Options {
-	return &redis.Options{
-		Network:               "unix",
-		Addr:                  s.Socket,
-		DialerRetries:         1,
-		ContextTimeoutEnabled: true,
-	}
-}
-
-// QuietClientLogs discards go-redis's own log lines (dial failures while a
-// test has stopped the server on purpose). It changes a process-wide setting:
-// call it from TestMain.
-func QuietClientLogs() {
-	redis.SetLogger(quietLogger{})
-}
-
-type quietLogger struct{}
-
-func (quietLogger) Printf(context.Context, string, ...any) {}
-
-// Client returns a client for the server, closed when the test ends.
-func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(s.Options())
-	s.tb.Cleanup(func() { _ = c.Close() })
-	return c
 }
 
 // Stop kills the server and waits for it to exit. It is idempotent; Restart
@@ -175,18 +152,13 @@ func (s *Server) Restart() {
 // passes. Polling is the only readiness signal redis-server offers without
 // parsing its log.
 func (s *Server) waitReady(exited <-chan struct{}) error {
-	c := redis.NewClient(&redis.Options{Network: "unix", Addr: s.Socket, MaxRetries: -1, DialerRetries: 1, DialTimeout: time.Second})
-	defer c.Close()
 	deadline := time.Now().Add(startTimeout)
 	var last error
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil || isAuthError(err) {
-			return nil // a server with requirepass answers, so it is up
+		last = ping(s.Socket)
+		if last == nil {
+			return nil
 		}
-		last = err
 		select {
 		case <-exited:
 			return errors.New("the process exited")
@@ -196,8 +168,32 @@ func (s *Server) waitReady(exited <-chan struct{}) error {
 	return fmt.Errorf("no PING answer within %v: %v", startTimeout, last)
 }
 
-func isAuthError(err error) bool {
-	return redis.HasErrorPrefix(err, "NOAUTH") || redis.HasErrorPrefix(err, "WRONGPASS")
+// ping sends one PING in RESP, Redis's wire format, and reads the one-line
+// answer. +PONG means ready; so does a refusal for want of a password
+// (NOAUTH, WRONGPASS), since only a running server refuses. Any other error
+// reply (LOADING while the server reads its data) means not yet.
+func ping(socket string) error {
+	c, err := net.DialTimeout("unix", socket, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(time.Second)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	switch {
+	case line == "+PONG", strings.HasPrefix(line, "-NOAUTH"), strings.HasPrefix(line, "-WRONGPASS"):
+		return nil
+	}
+	return fmt.Errorf("PING answered %q", line)
 }
 
 // lockedWriter serialises the writes of the process's two output streams.

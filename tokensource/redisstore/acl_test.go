@@ -20,7 +20,7 @@ const aclRules = "resetkeys ~svc-a:* resetchannels &svc-a:* -@all " +
 func TestACLUser(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := testContext(t)
-	admin := srv.Client()
+	admin := newClient(t, srv)
 	args := []any{"ACL", "SETUSER", "svc-a", "reset", "on", ">svc-a-password"}
 	for _, r := range strings.Fields(aclRules) {
 		args = append(args, r)
@@ -34,7 +34,7 @@ func TestACLUser(t *testing.T) {
 	}
 
 	client := func(user, password string) *redis.Client {
-		opts := srv.Options()
+		opts := clientOptions(srv)
 		opts.Username, opts.Password = user, password
 		c := redis.NewClient(opts)
 		t.Cleanup(func() { _ = c.Close() })

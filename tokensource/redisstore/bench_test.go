@@ -18,9 +18,9 @@ import (
 func BenchmarkAdoptionLatency(b *testing.B) {
 	srv := redistest.Start(b)
 	ctx := context.Background()
-	holder := New(srv.Client(), "token")
-	waiter := New(srv.Client(), "token", WithPollInterval(noPoll))
-	admin := srv.Client()
+	holder := New(newClient(b, srv), "token")
+	waiter := New(newClient(b, srv), "token", WithPollInterval(noPoll))
+	admin := newClient(b, srv)
 
 	lat := make([]time.Duration, 0, b.N)
 	for b.Loop() {
@@ -86,7 +86,7 @@ func BenchmarkTokenWithStore(b *testing.B) {
 			b.Helper()
 			var s *tokensource.Source
 			if name == "redisstore" {
-				st := New(srv.Client(), "token")
+				st := New(newClient(b, srv), "token")
 				if err := st.Save(ctx, tok); err != nil {
 					b.Fatal(err)
 				}

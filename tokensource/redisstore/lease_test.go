@@ -94,7 +94,7 @@ func TestLeaseRenewedPastTTL(t *testing.T) {
 	// The passing of time is what this test is about: three TTLs, during
 	// which only the renewal can keep the lease alive.
 	time.Sleep(3 * shortTTL)
-	if got := srv.Client().Get(ctx, a.leaseKey).Val(); got != owner {
+	if got := newClient(t, srv).Get(ctx, a.leaseKey).Val(); got != owner {
 		t.Fatalf("after 3 TTLs the lease key holds %q; want the holder's owner (renewed)", got)
 	}
 	mustNotLease(t, ctx, b)
@@ -301,7 +301,7 @@ func TestScriptsIdempotentForRetries(t *testing.T) {
 			t.Fatalf("commit attempt %d refused (%v); a retry of an applied commit must succeed", i+1, res[1])
 		}
 	}
-	if v := srv.Client().HGet(ctx, s.recordKey, "version").Val(); v != "1" {
+	if v := newClient(t, srv).HGet(ctx, s.recordKey, "version").Val(); v != "1" {
 		t.Fatalf("version %s after a retried commit; want 1 (applied once)", v)
 	}
 	// A different payload at that version is not ours: refused.
@@ -326,11 +326,11 @@ func TestTryLeaseCutOffGivesLeaseBack(t *testing.T) {
 	if err := mustLease(t, ctx, s).Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	admin := srv.Client()
+	admin := newClient(t, srv)
 	sleeping := make(chan error, 1)
 	go func() { sleeping <- admin.Do(ctx, "DEBUG", "SLEEP", "2").Err() }()
 	// The server is inside DEBUG SLEEP once it stops answering PING.
-	probe := srv.Client()
+	probe := newClient(t, srv)
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		err := probe.Ping(pctx).Err()

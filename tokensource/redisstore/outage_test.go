@@ -45,7 +45,7 @@ func TestRedisDown(t *testing.T) {
 	checkUnavailable(t, "Release", l.Release(ctx))
 
 	// A closed client is unavailable too (redis.ErrClosed).
-	c := redis.NewClient(srv.Options())
+	c := redis.NewClient(clientOptions(srv))
 	_ = c.Close()
 	_, err = New(c, "token").LoadRecord(ctx)
 	checkUnavailable(t, "LoadRecord on a closed client", err)

@@ -15,7 +15,7 @@ func sealKey(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 // rawRecord returns every field of the record hash as stored in Redis.
 func rawRecord(t *testing.T, srv *redistest.Server, s *Store) map[string]string {
 	t.Helper()
-	m, err := srv.Client().HGetAll(testContext(t), s.recordKey).Result()
+	m, err := newClient(t, srv).HGetAll(testContext(t), s.recordKey).Result()
 	if err != nil {
 		t.Fatalf("HGETALL: %v", err)
 	}
@@ -116,7 +116,7 @@ func TestSealMismatch(t *testing.T) {
 
 	// A sealed record copied under another key name does not open there.
 	raw := rawRecord(t, srv, sealed)
-	if err := srv.Client().HSet(ctx, "copy", "version", raw["version"], "payload", raw["payload"]).Err(); err != nil {
+	if err := newClient(t, srv).HSet(ctx, "copy", "version", raw["version"], "payload", raw["payload"]).Err(); err != nil {
 		t.Fatal(err)
 	}
 	check("copied to another key", member(t, srv, "copy", WithSealKey(sealKey(1))))
@@ -124,7 +124,7 @@ func TestSealMismatch(t *testing.T) {
 	// A modified ciphertext does not open.
 	p := []byte(raw["payload"])
 	p[len(p)-1] ^= 1
-	if err := srv.Client().HSet(ctx, "sealed", "payload", p).Err(); err != nil {
+	if err := newClient(t, srv).HSet(ctx, "sealed", "payload", p).Err(); err != nil {
 		t.Fatal(err)
 	}
 	check("tampered", member(t, srv, "sealed", WithSealKey(sealKey(1))))
@@ -157,7 +157,7 @@ func TestSealKeyRotation(t *testing.T) {
 
 func TestInvalidSealKeyPanics(t *testing.T) {
 	srv := redistest.Start(t)
-	c := srv.Client()
+	c := newClient(t, srv)
 	for _, key := range [][]byte{nil, make([]byte, 15), make([]byte, 33)} {
 		func() {
 			defer func() {

@@ -76,7 +76,7 @@ func TestKeysAndPrefixIsolation(t *testing.T) {
 		t.Fatalf("a Commit: %v (b's commit must not fence a)", err)
 	}
 
-	keys, err := srv.Client().Keys(ctx, "*").Result()
+	keys, err := newClient(t, srv).Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatalf("KEYS: %v", err)
 	}
@@ -93,7 +93,7 @@ func TestCorruptRecord(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := testContext(t)
 	s := member(t, srv, "token")
-	raw := srv.Client()
+	raw := newClient(t, srv)
 
 	cases := []struct {
 		name   string

@@ -26,7 +26,7 @@ func startWait(ctx context.Context, s *Store, version uint64) <-chan error {
 // a test writes only once its waiters listen.
 func waitSubscribed(t *testing.T, ctx context.Context, srv *redistest.Server, s *Store, n int64) {
 	t.Helper()
-	c := srv.Client()
+	c := newClient(t, srv)
 	for {
 		m, err := c.PubSubNumSub(ctx, s.channel).Result()
 		if err != nil {
@@ -108,7 +108,7 @@ func TestWaitFallsBackToReRead(t *testing.T) {
 	done := startWait(ctx, waiter, 0)
 	waitSubscribed(t, ctx, srv, waiter, 1)
 	// A write that publishes nothing, as if the notification were lost.
-	if err := srv.Client().HIncrBy(ctx, waiter.recordKey, "version", 1).Err(); err != nil {
+	if err := newClient(t, srv).HIncrBy(ctx, waiter.recordKey, "version", 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
@@ -128,7 +128,7 @@ func TestWaitWakesWhenLeaseExpires(t *testing.T) {
 	if err := waiter.Wait(ctx, 0); err != nil {
 		t.Fatalf("Wait for an expiring lease = %v; want nil", err)
 	}
-	if n := srv.Client().Exists(ctx, waiter.leaseKey).Val(); n != 0 {
+	if n := newClient(t, srv).Exists(ctx, waiter.leaseKey).Val(); n != 0 {
 		t.Fatal("Wait returned while the lease was live")
 	}
 }

@@ -59,8 +59,12 @@ func newRig(t testing.TB, opts ...tokenrefreshotel.Option) *rig {
 // observe is the function to give tokensource.WithObserver.
 func (r *rig) observe(e tokensource.Event) {
 	r.obs.Observe(e)
-	r.events <- e
+	r.record(e)
 }
+
+// record only records e for waitFor: for a Source that has the Observer
+// from SourceOptions beside it (every observer receives every event).
+func (r *rig) record(e tokensource.Event) { r.events <- e }
 
 // waitFor returns the next event of kind k, skipping others; it fails the
 // test if none arrives within the test's patience.

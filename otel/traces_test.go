@@ -235,7 +235,7 @@ func TestBackgroundRefreshIsRootSpan(t *testing.T) {
 	rg := newRig(t)
 	clock := testutil.NewClock(time.Now())
 	ref := &spanRefresher{refresher: &refresher{life: time.Hour, clock: clock.Now}}
-	src := newSource(t, ref, append(rg.obs.SourceOptions(), tokensource.WithObserver(rg.observe),
+	src := newSource(t, ref, append(rg.obs.SourceOptions(), tokensource.WithObserver(rg.record),
 		tokensource.WithClock(clock.Now),
 		tokensource.WithInitialToken(&tokensource.Token{AccessToken: "first", Expiry: clock.Now().Add(time.Hour)}))...)
 	clock.Advance(time.Hour - 10*time.Second - 225*time.Second + time.Second) // into the early window

@@ -88,13 +88,9 @@ func (s *Source) leaseWaited(f *flight, start time.Time) {
 // need reports that cand must be refreshed; with seed and !need, cand is a
 // usable login token for an empty record.
 func (s *Source) decide(rec Record, prev *Token) (cand *Token, seed, need bool) {
-	cand = rec.Token
+	cand = rec.Token.clone()
 	if cand == nil && s.opts.initial != nil {
-		c := *s.opts.initial
-		cand, seed = &c, true
-	} else if cand != nil {
-		c := *cand
-		cand = &c
+		cand, seed = s.opts.initial.clone(), true
 	}
 	usable := s.usable(cand, s.now()) && (prev == nil || cand.AccessToken != prev.AccessToken)
 	return cand, seed, !usable

@@ -43,15 +43,10 @@
 //     login's token in WithInitialToken. It runs the refresh-token grant with
 //     the refresh context and keeps the rotated refresh token. invalid_grant
 //     is Permanent.
-//   - Any other oauth2.TokenSource: FromOAuth2(ts). It cannot do two things.
-//     oauth2.TokenSource.Token takes no context, so when the refresh timeout
-//     passes the Source releases its waiters but the call keeps running until
-//     ts gives up (give it an HTTP client with a timeout). And it cannot make
-//     a caching source fetch: the oauth2.ReuseTokenSource that
-//     Config.TokenSource and clientcredentials.Config.TokenSource return
-//     hands back the token the server has just rejected, which the Source
-//     reports as ErrUnchangedToken until that token expires. Do not wrap
-//     those; use the two adapters above.
+//   - Any other oauth2.TokenSource: FromOAuth2(ts). It can neither pass the
+//     refresh context to ts nor make a caching source fetch (see FromOAuth2),
+//     so do not wrap the oauth2.ReuseTokenSource that Config.TokenSource and
+//     clientcredentials.Config.TokenSource return: use the two adapters above.
 //
 // Source.OAuth2 goes the other way: it presents a Source as an
 // oauth2.TokenSource. Error messages never contain the token endpoint's
@@ -70,8 +65,7 @@
 // A token is checked before it is stored or handed out (ErrInvalidToken).
 // After a failure the Source backs off and callers get the last error at
 // once. Close releases every waiter with ErrClosed and lets a Refresher call
-// in flight finish and save its result. docs/contract.md in the repository
-// lists every guarantee with the tests that show it.
+// in flight finish and save its result.
 //
 // # Defaults
 //

@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -48,10 +49,7 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 			return nil, err
 		}
 		ot, err := ts.Token()
-		if err != nil {
-			return nil, classifyOAuth2Error(err, refreshPermanent)
-		}
-		return fromOAuth2Token(ot, ""), nil
+		return fromOAuth2(ot, err, refreshPermanent, "")
 	})
 }
 
@@ -86,10 +84,7 @@ func ClientCredentials(cfg *clientcredentials.Config) Refresher {
 		// Config.Token builds a new token source on each call, so nothing is
 		// reused, and sends the request with ctx.
 		ot, err := cfg.Token(ctx)
-		if err != nil {
-			return nil, classifyOAuth2Error(err, clientCredentialsPermanent)
-		}
-		return fromOAuth2Token(ot, ""), nil
+		return fromOAuth2(ot, err, clientCredentialsPermanent, "")
 	})
 }
 
@@ -114,10 +109,7 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 		// refresh at once instead of returning the token it was given.
 		ts := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: current.RefreshToken, Expiry: time.Unix(1, 0)})
 		ot, err := ts.Token()
-		if err != nil {
-			return nil, classifyOAuth2Error(err, refreshPermanent)
-		}
-		return fromOAuth2Token(ot, current.RefreshToken), nil
+		return fromOAuth2(ot, err, refreshPermanent, current.RefreshToken)
 	})
 }
 
@@ -168,17 +160,17 @@ func (e *retrieveError) Error() string {
 
 func (e *retrieveError) Unwrap() error { return e.re }
 
-// fromOAuth2Token maps the fields the Source uses; keepRefresh is used when
-// the response carried no refresh token.
-func fromOAuth2Token(ot *oauth2.Token, keepRefresh string) *Token {
+// fromOAuth2 converts the outcome of an oauth2 token request: err through
+// classifyOAuth2Error, ot to the fields the Source uses, with keepRefresh
+// when the response carried no refresh token.
+func fromOAuth2(ot *oauth2.Token, err error, permanent []string, keepRefresh string) (*Token, error) {
+	if err != nil {
+		return nil, classifyOAuth2Error(err, permanent)
+	}
 	if ot == nil {
-		return nil // rejected by the Source's validation
+		return nil, nil // rejected by the Source's validation
 	}
-	t := &Token{AccessToken: ot.AccessToken, RefreshToken: ot.RefreshToken, Expiry: ot.Expiry}
-	if t.RefreshToken == "" {
-		t.RefreshToken = keepRefresh
-	}
-	return t
+	return &Token{AccessToken: ot.AccessToken, RefreshToken: cmp.Or(ot.RefreshToken, keepRefresh), Expiry: ot.Expiry}, nil
 }
 
 // OAuth2 returns a view of s as an oauth2.TokenSource, for code such as

@@ -73,14 +73,7 @@ func defaultOptions() options {
 // is not handed out; it is passed to the Refresher as the current token (so
 // its RefreshToken is used). The Source keeps its own copy of t.
 func WithInitialToken(t *Token) Option {
-	return func(o *options) {
-		if t != nil {
-			c := *t
-			o.initial = &c
-		} else {
-			o.initial = nil
-		}
-	}
+	return func(o *options) { o.initial = t.clone() }
 }
 
 // WithStore persists tokens in st: the Source loads it once, on first use,
@@ -170,14 +163,12 @@ func WithObserver(f func(Event)) Option {
 	}
 }
 
-// WithOnReauthRequired is a shortcut for an observer of the ReauthRequired
-// event: f is told, once each time the Source enters the
+// WithOnReauthRequired is a shortcut for an observer (see WithObserver) of
+// the ReauthRequired event: f is told, once each time the Source enters the
 // re-authentication-required state, that the user must log in again (call
 // Source.SetToken with the new token). err is the event's Err: it matches
-// ErrReauthRequired and the Refresher's error. f is called from the refresh
-// goroutine without any lock held, after the waiting callers have received
-// the error and in its place among the observers; it may call SetToken but
-// not Close (Close waits for it).
+// ErrReauthRequired and the Refresher's error. f is called after the waiting
+// callers have received the error; it may call SetToken.
 func WithOnReauthRequired(f func(err error)) Option {
 	if f == nil {
 		return func(*options) {}

@@ -7,15 +7,9 @@ import (
 	"time"
 )
 
-// A flight (run) has three steps:
-//
-//  1. runLocal or runCoordinated obtains the token: from the Store on first
-//     use, from a peer of the fleet, or from one Refresher call (refresh),
-//     made durable before anyone sees it. The ways differ only in their
-//     persistence: saved to the Store, or committed under the fleet's lease.
-//  2. apply makes the result the Source's state under its lock, with the
-//     counters, and releases the waiters.
-//  3. report logs it and tells the observers, without any lock held.
+// A flight (run) obtains a token (runLocal or runCoordinated), applies it to
+// the Source's state (apply) and reports it (report): see "One refresh
+// pipeline" in docs/design.md.
 
 // resultKind says how a flight ended.
 type resultKind uint8
@@ -73,10 +67,9 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 		if err != nil {
 			return result{kind: failed, err: fmt.Errorf("tokensource: loading the token store: %w", err)}
 		}
-		ld = result{kind: loaded, tok: s.opts.initial, storeRead: true, fromStore: t != nil}
-		if t != nil {
-			c := *t
-			ld.tok = &c
+		ld = result{kind: loaded, tok: t.clone(), storeRead: true, fromStore: t != nil}
+		if t == nil {
+			ld.tok = s.opts.initial
 		}
 		ld.loaded, prev, current = ld.tok, ld.tok, ld.tok
 		if !f.forced && validateToken(ld.tok, s.now()) == nil {

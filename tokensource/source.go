@@ -39,12 +39,10 @@ func (st *state) withFreshUntil(t time.Time) *state {
 }
 
 // flight is one refresh (or SetToken) in progress. done is closed when tok
-// and err are final for the callers waiting on it; every waiter selects on
-// done, on its own ctx.Done() and on Source.closing, which is why this is a
-// broadcast channel rather than a sync.Cond (see the design notes). done
-// can close before the refresh goroutine has finished: when the refresh
-// timeout releases the waiters of a Refresher that ignores its context. end
-// is closed when the goroutine is done with the flight.
+// and err are final for the callers waiting on it (a channel, not a
+// sync.Cond: see docs/design.md); that can be before the refresh goroutine
+// has finished, when the refresh timeout releases the waiters of a Refresher
+// that ignores its context. end is closed when the goroutine is done with it.
 type flight struct {
 	done chan struct{}
 	end  chan struct{}
@@ -167,12 +165,9 @@ func (s *Source) newState(tok *Token, gen uint64, now time.Time) *state {
 	case tok.Expiry.IsZero():
 		st.staleAt, st.refreshAt, st.freshUntil = farFuture, farFuture, farFuture
 	default:
-		// Round(0) drops a monotonic clock reading (a Refresher that sets
-		// Expiry to time.Now().Add(ttl) leaves one, as does the oauth2
-		// package), so that expiry is judged by the wall clock, as servers
-		// and golang.org/x/oauth2 judge it. Compared by the monotonic clock,
-		// which stops while the machine sleeps, a token would count as
-		// fresh for as long as the machine had slept past its expiry.
+		// Round(0) drops a monotonic clock reading (time.Now().Add(ttl)
+		// leaves one): by the monotonic clock, which stops while the machine
+		// sleeps, a token would stay fresh for as long as it slept.
 		exp := tok.Expiry.Round(0)
 		life := exp.Sub(now)
 		st.staleAt = exp.Add(-min(s.opts.leeway, life/leewayDivisor))
@@ -242,12 +237,11 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // to a newer valid token, Refresh returns that token at once without
 // refreshing. If stale is still the current token (or stale is nil), Refresh
 // waits for one shared refresh, joining the one in progress if there is one,
-// and returns its result. A forced refresh is rate-limited: if the previous
-// forced refresh finished less than the minimum refresh interval ago
-// (WithMinRefreshInterval), Refresh returns the current token unchanged so a
-// server that rejects every token cannot drive a refresh storm. If the
-// Refresher hands back the rejected access token, the refresh fails with an
-// error matching ErrUnchangedToken. Other errors are as for Token; in the
+// and returns its result. A forced refresh is rate-limited: within the
+// minimum refresh interval after the previous one (WithMinRefreshInterval),
+// Refresh returns the current token unchanged. If the Refresher hands back
+// the rejected access token, the refresh fails with an error matching
+// ErrUnchangedToken. Other errors are as for Token; in the
 // re-authentication-required state Refresh of the current token fails at
 // once with an error matching ErrReauthRequired.
 func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
@@ -489,19 +483,16 @@ func (s *Source) Close() error {
 	case <-idle:
 		return nil
 	case <-r.refDone:
-		// A result may be on its way to the Store: the save has a timeout
-		// of its own.
-		<-idle
-		return nil
 	case <-timer.C:
+		select {
+		case <-r.refDone:
+		default:
+			s.log.Warn("tokensource: Close is not waiting for a Refresher that ignores its context past the refresh timeout; its result will still be saved if it arrives",
+				"refresh_timeout", s.opts.refreshTimeout)
+			return nil
+		}
 	}
-	select {
-	case <-r.refDone:
-		<-idle
-	default:
-		s.log.Warn("tokensource: Close is not waiting for a Refresher that ignores its context past the refresh timeout; its result will still be saved if it arrives",
-			"refresh_timeout", s.opts.refreshTimeout)
-	}
+	<-idle // a result may be on its way to the Store: the save has a timeout of its own
 	return nil
 }
 
@@ -520,18 +511,4 @@ func (s *Source) Stats() Stats {
 		ReauthRequired: s.reauth.Load(),
 		Generation:     s.cur.Load().gen,
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

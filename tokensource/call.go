@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,10 +37,7 @@ func (s *Source) startRefresher(ctx context.Context, f *flight, current *Token) 
 			if p := recover(); p != nil {
 				// Recovered, and logged even without WithLogger: see
 				// ErrRefresherPanicked and docs/design.md.
-				l := s.log
-				if s.opts.logger == nil {
-					l = slog.Default()
-				}
+				l := cmp.Or(s.opts.logger, slog.Default())
 				what := panicSummary(p)
 				l.Error("tokensource: the Refresher panicked", "panic", what, "stack", string(debug.Stack()))
 				ch <- refResult{err: fmt.Errorf("%w (%s)", ErrRefresherPanicked, what)}

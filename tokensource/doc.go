@@ -112,11 +112,8 @@
 // from a refresh) before handing it out. A restart on the same store never
 // needs a login that the previous process did not need. A failed save is
 // reported (StoreFailed) and the token is used anyway, since it may hold the
-// only copy of a rotated refresh token.
-//
-// NewMemoryStore keeps the token in memory. NewFileStore keeps it in a JSON
-// file with mode 0600, replaced atomically, so a crash leaves the old or the
-// new token, never a torn file.
+// only copy of a rotated refresh token. NewFileStore keeps the token in a
+// file replaced atomically, NewMemoryStore in memory.
 //
 // # Fleets
 //
@@ -138,13 +135,11 @@
 // WithObserver receives an Event for every refresh start and end,
 // re-authentication, store failure, token load, SetToken, rate-limited
 // refresh and fleet coordination step: never on the hot path.
-// Event.Refresh identifies the refresh an event belongs to.
-// WithRefreshHooks adds what events cannot carry, the callers' contexts: the
-// context of the caller that started a refresh (from which a tracer derives
-// the refresh's own context, so that the Refresher's RPCs nest under its
-// span), each caller that waits on it, and its end. Stats returns counters
-// (refreshes, failures, callers waiting now, …) without a lock. WithLogger
-// adds log/slog output. The module
+// Event.Refresh identifies the refresh an event belongs to. WithRefreshHooks
+// adds the callers' contexts, which events cannot carry, so that a tracer can
+// nest the Refresher's RPCs under a span of the refresh. Stats returns
+// counters (refreshes, failures, callers waiting now, …) without a lock.
+// WithLogger adds log/slog output. The module
 // github.com/tokenrefresh/grpc-tokenrefresh/otel turns all of it into
 // OpenTelemetry metrics and spans.
 //

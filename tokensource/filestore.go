@@ -95,11 +95,7 @@ type FileStore struct {
 }
 
 // FileStoreOption configures a FileStore.
-type FileStoreOption func(*fileStoreOptions)
-
-type fileStoreOptions struct {
-	ttl, poll time.Duration
-}
+type FileStoreOption func(*FileStore)
 
 // WithFileLeaseTTL sets how long a refresh lease lasts without renewal,
 // default 10 s: how long a holder that died or hangs (or a process that is
@@ -107,9 +103,9 @@ type fileStoreOptions struct {
 // it every d/3 while its Refresher runs, so d does not bound the refresh.
 // A d that is not positive keeps the default.
 func WithFileLeaseTTL(d time.Duration) FileStoreOption {
-	return func(o *fileStoreOptions) {
+	return func(f *FileStore) {
 		if d > 0 {
-			o.ttl = d
+			f.ttl = d
 		}
 	}
 }
@@ -119,9 +115,9 @@ func WithFileLeaseTTL(d time.Duration) FileStoreOption {
 // lease's expiry) and the waiters noticing it. A d that is not positive
 // keeps the default.
 func WithFilePollInterval(d time.Duration) FileStoreOption {
-	return func(o *fileStoreOptions) {
+	return func(f *FileStore) {
 		if d > 0 {
-			o.poll = d
+			f.poll = d
 		}
 	}
 }
@@ -133,18 +129,18 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 // an error that matches ErrStoreUnusable and names the directory and the
 // cause. Load reads a missing directory as an empty store.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
-	o := fileStoreOptions{ttl: defaultFileLeaseTTL, poll: defaultFilePollInterval}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	return &FileStore{
+	f := &FileStore{
 		path:     path,
 		lockPath: path + ".lock",
-		ttl:      o.ttl,
-		poll:     o.poll,
+		ttl:      defaultFileLeaseTTL,
+		poll:     defaultFilePollInterval,
 		rename:   replaceFile,
 		now:      time.Now,
 	}
+	for _, opt := range opts {
+		opt(f)
+	}
+	return f
 }
 
 // Path returns the file's path.
@@ -204,8 +200,7 @@ func parseTokenFile(path string, data []byte) (Record, error) {
 			return Record{}, fmt.Errorf("%w: %s: missing revision", ErrCorruptStore, path)
 		}
 	default:
-		// The number is not quoted: any text of the file stays out of the
-		// error.
+		// The number is not quoted: no text of the file goes into the error.
 		return Record{}, fmt.Errorf("%w: %s: unsupported format version (want 1 or 2)", ErrCorruptStore, path)
 	}
 	if ft.AccessToken == "" && ft.RefreshToken == "" {
@@ -323,19 +318,18 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 		return f.explain(err)
 	}
 	committed = true
-	// Sync the directory so the rename itself survives a power loss.
-	// Windows cannot open a directory for syncing; its rename is durable
-	// enough for this purpose.
-	if runtime.GOOS != "windows" {
-		d, err := os.Open(dir)
-		if err != nil {
-			return fmt.Errorf("syncing directory: %w", err)
-		}
+	// Sync the directory so the rename itself survives a power loss (Windows
+	// cannot open a directory for syncing; its rename is durable enough).
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err == nil {
 		err = d.Sync()
 		_ = d.Close()
-		if err != nil {
-			return fmt.Errorf("syncing directory: %w", err)
-		}
+	}
+	if err != nil {
+		return fmt.Errorf("syncing directory: %w", err)
 	}
 	return nil
 }

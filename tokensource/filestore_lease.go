@@ -15,8 +15,7 @@ import (
 
 // leaseRecord is the contents of a FileStore's lock file.
 type leaseRecord struct {
-	// Owner is the random id of the lease's holder; empty: the lease is
-	// free.
+	// Owner is the random id of the lease's holder; empty when it is free.
 	Owner string `json:"owner,omitempty"`
 	// Expires is when the lease ends unless renewed, in Unix nanoseconds
 	// of the wall clock.

@@ -92,10 +92,8 @@ func ClientCredentials(cfg *clientcredentials.Config) Refresher {
 // grant (RFC 6749, section 6) at cfg's token endpoint with the current
 // token's RefreshToken. When the server rotates the refresh token, the new
 // one is in the returned token (and so reaches the Source's Store); when it
-// does not, the current refresh token is kept. The HTTP request uses ctx:
-// it is cancelled by the refresh timeout, and an *http.Client stored in the
-// context under oauth2.HTTPClient (for example in the ctx of the Token call
-// that started the refresh) is used for it.
+// does not, the current refresh token is kept. The HTTP request uses the
+// refresh context as for ClientCredentials.
 //
 // A missing refresh token and an "invalid_grant" response are Permanent
 // errors: the user must log in again. Other failures are transient; their
@@ -114,11 +112,7 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 }
 
 // The OAuth 2 error codes (RFC 6749, section 5.2) that make a refresh
-// Permanent. For the refresh-token grant only invalid_grant says that the
-// refresh credential is gone and a new login is needed. For the
-// client-credentials grant the request is built from the configuration
-// alone, so every code that refuses the client or its request means the
-// same request will be refused again.
+// Permanent: OAuth2Refresher and ClientCredentials say why.
 var (
 	refreshPermanent           = []string{"invalid_grant"}
 	clientCredentialsPermanent = []string{"invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "unsupported_grant_type"}

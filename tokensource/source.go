@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -25,11 +26,8 @@ type state struct {
 	// the Source cannot refresh) and to the end of a backoff; zero when tok is
 	// unusable or the Source is closed.
 	freshUntil time.Time
-	// refreshAt is where the early-refresh window starts.
-	refreshAt time.Time
-	// staleAt is where tok starts to count as expired: from then on it is no
-	// longer handed out.
-	staleAt time.Time
+	refreshAt  time.Time // where the early-refresh window starts
+	staleAt    time.Time // where tok counts as expired: it is no longer handed out
 }
 
 func (st *state) withFreshUntil(t time.Time) *state {
@@ -128,11 +126,8 @@ func New(r Refresher, opts ...Option) *Source {
 			opt(&o)
 		}
 	}
-	l := o.logger
-	if l == nil {
-		l = slog.New(slog.DiscardHandler)
-	}
-	s := &Source{refresher: r, opts: o, log: l, closing: make(chan struct{})}
+	log := cmp.Or(o.logger, slog.New(slog.DiscardHandler))
+	s := &Source{refresher: r, opts: o, log: log, closing: make(chan struct{})}
 	s.coord, _ = o.store.(Coordinator)
 	st := &state{}
 	if o.store == nil {
@@ -261,11 +256,10 @@ func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 	}
 	if s.reauthErr == nil && s.flight == nil && valid && s.opts.minRefreshInterval > 0 &&
 		!s.lastForced.IsZero() && now.Sub(s.lastForced) < s.opts.minRefreshInterval {
-		gen := st.gen
 		s.mu.Unlock()
 		s.rateLimited.Add(1)
 		s.log.Debug("tokensource: forced refresh rate-limited", "min_interval", s.opts.minRefreshInterval)
-		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: gen})
+		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: st.gen})
 		return st.tok, nil
 	}
 	return s.waitUnlock(ctx, valid)
@@ -286,9 +280,8 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	f := s.flight
 	if f == nil {
 		if s.running != nil || s.backingOffLocked(s.now()) {
-			// While a timed-out Refresher is still running no second call
-			// starts (it could present the same refresh token twice), so
-			// callers fail fast with its timeout error.
+			// No second call while a timed-out Refresher runs (it could
+			// present the same refresh token twice): fail fast.
 			return nil, s.lastErr
 		}
 		if err := ctx.Err(); err != nil {
@@ -313,7 +306,9 @@ func (s *Source) waitUnlock(ctx context.Context, forced bool) (*Token, error) {
 
 // await waits for f within ctx; the caller is counted among its waiters.
 func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
-	s.waitHook(ctx, f)
+	if h := s.opts.hooks.Wait; h != nil && f.id != 0 { // SetToken's flight has no ID
+		h(ctx, f.id)
+	}
 	s.waited.Add(1)
 	s.waiting.Add(1)
 	defer s.waiting.Add(-1)
@@ -369,7 +364,9 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 		current = withRefreshToken(current, s.rotated)
 	}
 	s.wg.Go(func() {
-		defer s.endHook(f)
+		if h := s.opts.hooks.End; h != nil {
+			defer h(f.id)
+		}
 		defer cancel()
 		defer stopWaiting(nil)
 		s.run(rctx, wctx, f, st.tok, current)

@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,16 +35,9 @@ func (s *Source) startRefresher(ctx context.Context, f *flight, current *Token) 
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
-				// Recovered rather than re-panicked in the callers (as
-				// x/sync/singleflight does): the caller that started the
-				// refresh may have left long ago, and a crash of the whole
-				// process for a failed token request is out of proportion.
-				// The stack is logged even without WithLogger: a panic is a
-				// bug, and a discarded stack would leave nothing to fix it by.
-				l := s.log
-				if s.opts.logger == nil {
-					l = slog.Default()
-				}
+				// Recovered, and logged even without WithLogger: see
+				// ErrRefresherPanicked and docs/design.md.
+				l := cmp.Or(s.opts.logger, slog.Default())
 				what := panicSummary(p)
 				l.Error("tokensource: the Refresher panicked", "panic", what, "stack", string(debug.Stack()))
 				ch <- refResult{err: fmt.Errorf("%w (%s)", ErrRefresherPanicked, what)}
@@ -109,8 +103,7 @@ func (s *Source) checkResult(ctx context.Context, f *flight, prev *Token, r refR
 	if f.forced && prev != nil && r.tok.AccessToken == prev.AccessToken {
 		return result{kind: unchanged, err: ErrUnchangedToken}, r.tok
 	}
-	c := *r.tok
-	return result{kind: refreshed, tok: &c, changed: prev == nil || c.AccessToken != prev.AccessToken}, nil
+	return result{kind: refreshed, tok: r.tok.clone(), changed: prev == nil || r.tok.AccessToken != prev.AccessToken}, nil
 }
 
 // panicSummary describes a Refresher's panic value without quoting it: a

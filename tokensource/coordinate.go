@@ -10,13 +10,7 @@ import (
 // runCoordinated obtains the token of a Source whose Store is a
 // Coordinator: from the fleet's shared record when a peer has already
 // replaced prev, and from this Source's Refresher only under the fleet's
-// lease, when the record read under that lease still needs it.
-//
-// A record needs a refresh when its token is not usable (missing, invalid,
-// inside its expiry leeway) or when it is prev itself: the token this Source
-// saw expire, enter its early window, or be rejected. Anything else in the
-// record is newer than prev, and adopting it is what makes one Refresher call
-// per expiry, or per rejected token, fleet-wide.
+// lease, when the record read under that lease still needs it (see decide).
 func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) result {
 	c := s.coord
 	var waitStart time.Time
@@ -85,16 +79,16 @@ func (s *Source) leaseWaited(f *flight, start time.Time) {
 
 // decide looks at the shared record for a flight that replaces prev. cand is
 // the record's token (WithInitialToken's when the record is empty: seed).
-// need reports that cand must be refreshed; with seed and !need, cand is a
+// need reports that cand must be refreshed: it is not usable (missing,
+// invalid, inside its expiry leeway) or it is prev itself, the token this
+// Source saw expire, enter its early window, or be rejected. Anything else is
+// newer than prev, and adopting it is what makes one Refresher call per
+// expiry, or per rejected token, fleet-wide. With seed and !need, cand is a
 // usable login token for an empty record.
 func (s *Source) decide(rec Record, prev *Token) (cand *Token, seed, need bool) {
-	cand = rec.Token
+	cand = rec.Token.clone()
 	if cand == nil && s.opts.initial != nil {
-		c := *s.opts.initial
-		cand, seed = &c, true
-	} else if cand != nil {
-		c := *cand
-		cand = &c
+		cand, seed = s.opts.initial.clone(), true
 	}
 	usable := s.usable(cand, s.now()) && (prev == nil || cand.AccessToken != prev.AccessToken)
 	return cand, seed, !usable

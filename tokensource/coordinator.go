@@ -13,11 +13,9 @@ var ErrLeaseLost = errors.New("tokensource: refresh lease lost; a newer token ma
 
 // ErrCoordinatorUnavailable is matched (errors.Is) by the errors of a
 // Coordinator that cannot reach what it coordinates through (a Redis server,
-// say). A Source that cannot coordinate does not refresh on its own unless
-// WithUncoordinatedRefresh allows it; members with a valid token are not
-// affected. It means a passing outage: a Coordinator that cannot work as
-// configured (a FileStore whose directory does not exist) fails with
-// ErrStoreUnusable instead.
+// say): a passing outage, unlike ErrStoreUnusable. A Source that cannot
+// coordinate does not refresh on its own unless WithUncoordinatedRefresh
+// allows it; members with a valid token are not affected.
 var ErrCoordinatorUnavailable = errors.New("tokensource: token coordinator unavailable")
 
 // Record is the shared token of a Coordinator with its version.

@@ -43,15 +43,10 @@
 //     login's token in WithInitialToken. It runs the refresh-token grant with
 //     the refresh context and keeps the rotated refresh token. invalid_grant
 //     is Permanent.
-//   - Any other oauth2.TokenSource: FromOAuth2(ts). It cannot do two things.
-//     oauth2.TokenSource.Token takes no context, so when the refresh timeout
-//     passes the Source releases its waiters but the call keeps running until
-//     ts gives up (give it an HTTP client with a timeout). And it cannot make
-//     a caching source fetch: the oauth2.ReuseTokenSource that
-//     Config.TokenSource and clientcredentials.Config.TokenSource return
-//     hands back the token the server has just rejected, which the Source
-//     reports as ErrUnchangedToken until that token expires. Do not wrap
-//     those; use the two adapters above.
+//   - Any other oauth2.TokenSource: FromOAuth2(ts). It can neither pass the
+//     refresh context to ts nor make a caching source fetch (see FromOAuth2),
+//     so do not wrap the oauth2.ReuseTokenSource that Config.TokenSource and
+//     clientcredentials.Config.TokenSource return: use the two adapters above.
 //
 // Source.OAuth2 goes the other way: it presents a Source as an
 // oauth2.TokenSource. Error messages never contain the token endpoint's
@@ -70,8 +65,7 @@
 // A token is checked before it is stored or handed out (ErrInvalidToken).
 // After a failure the Source backs off and callers get the last error at
 // once. Close releases every waiter with ErrClosed and lets a Refresher call
-// in flight finish and save its result. docs/contract.md in the repository
-// lists every guarantee with the tests that show it.
+// in flight finish and save its result.
 //
 // # Defaults
 //
@@ -118,11 +112,8 @@
 // from a refresh) before handing it out. A restart on the same store never
 // needs a login that the previous process did not need. A failed save is
 // reported (StoreFailed) and the token is used anyway, since it may hold the
-// only copy of a rotated refresh token.
-//
-// NewMemoryStore keeps the token in memory. NewFileStore keeps it in a JSON
-// file with mode 0600, replaced atomically, so a crash leaves the old or the
-// new token, never a torn file.
+// only copy of a rotated refresh token. NewFileStore keeps the token in a
+// file replaced atomically, NewMemoryStore in memory.
 //
 // # Fleets
 //
@@ -144,13 +135,11 @@
 // WithObserver receives an Event for every refresh start and end,
 // re-authentication, store failure, token load, SetToken, rate-limited
 // refresh and fleet coordination step: never on the hot path.
-// Event.Refresh identifies the refresh an event belongs to.
-// WithRefreshHooks adds what events cannot carry, the callers' contexts: the
-// context of the caller that started a refresh (from which a tracer derives
-// the refresh's own context, so that the Refresher's RPCs nest under its
-// span), each caller that waits on it, and its end. Stats returns counters
-// (refreshes, failures, callers waiting now, …) without a lock. WithLogger
-// adds log/slog output. The module
+// Event.Refresh identifies the refresh an event belongs to. WithRefreshHooks
+// adds the callers' contexts, which events cannot carry, so that a tracer can
+// nest the Refresher's RPCs under a span of the refresh. Stats returns
+// counters (refreshes, failures, callers waiting now, …) without a lock.
+// WithLogger adds log/slog output. The module
 // github.com/tokenrefresh/grpc-tokenrefresh/otel turns all of it into
 // OpenTelemetry metrics and spans.
 //

@@ -14,10 +14,8 @@ import (
 var ErrRefreshTimeout = errors.New("tokensource: refresh timed out")
 
 // ErrRefresherPanicked is matched (errors.Is) by the error of a refresh whose
-// Refresher panicked. The Source recovers the panic rather than re-panicking
-// in its callers (as x/sync/singleflight does): the caller that started the
-// refresh may be long gone, and a failed token request should not crash the
-// process. Every waiter gets the error, the Source backs off as after any
+// Refresher panicked. The Source recovers the panic instead of crashing the
+// process: every waiter gets the error, the Source backs off as after any
 // failure, and the stack is logged at Error, to the WithLogger logger or,
 // without one, to slog.Default(). The error and the log name the panic
 // value's type, never the value itself (it may hold a token), except for the
@@ -93,9 +91,7 @@ func validateToken(t *Token, now time.Time) error {
 // rejected. Retrying with it cannot help, so the refresh counts as failed
 // (with backoff) and the interceptors return Unauthenticated. The usual
 // cause is a Refresher that caches, such as FromOAuth2 around an
-// oauth2.ReuseTokenSource (which clientcredentials.Config.TokenSource and
-// oauth2.Config.TokenSource return): use ClientCredentials or
-// OAuth2Refresher instead.
+// oauth2.ReuseTokenSource (see FromOAuth2).
 var ErrUnchangedToken = errors.New("tokensource: the refresh returned the token the server had just rejected")
 
 // ErrStoreUnusable is matched (errors.Is) by the errors of a Store that

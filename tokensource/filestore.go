@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -42,10 +43,11 @@ const (
 )
 
 // FileStore is a Store that keeps the token in a JSON file, readable only by
-// its owner (mode 0600). Save replaces the file atomically: it writes a
-// temporary file in the same directory, syncs it, renames it over the old
-// file and syncs the directory, so a crash at any point leaves either the
-// old or the new token, never a mix, and readers never need a lock.
+// its owner (mode 0600). Save replaces the file atomically (a temporary file
+// in the same directory, fsync, rename, fsync of the directory), so a crash
+// at any point leaves either the old or the new token, never a mix, and
+// readers never need a lock. A token file of an earlier release (format
+// version 1, without a revision) is read as revision 1.
 //
 // FileStore is a Coordinator for every Source that uses a FileStore on the
 // same path, in one process or in several processes on one host: they make
@@ -54,34 +56,28 @@ const (
 // file, path+".lock", which it creates with mode 0600 and never removes:
 //
 //   - An exclusive lock on that file (flock on Unix, LockFileEx on Windows;
-//     both belong to one open file, so two FileStores of one process exclude
-//     each other as two processes do) guards short critical sections only:
-//     taking, renewing and giving up the refresh lease, and the
-//     read-compare-write of Save and Lease.Commit. It is never held while a
-//     Refresher runs. A process that dies inside a critical section blocks
-//     nobody; one stopped (SIGSTOP) inside one delays the others' critical
-//     sections, within their ctx, until it continues.
-//   - The file's contents are the lease: a random owner per lease and its
-//     expiry, now plus the lease TTL (WithFileLeaseTTL, default 10 s). The
-//     holder renews it every TTL/3 until Commit or Release. A holder that
-//     dies, hangs or is paused stops renewing, and after the TTL the next
-//     member takes the lease over. Expiry is judged by the wall clock,
-//     which all processes of a host share; a clock step can shorten or
-//     lengthen a lease, never unfence a commit.
+//     two FileStores of one process exclude each other as two processes do)
+//     guards short critical sections only: taking, renewing and giving up
+//     the refresh lease, and the read-compare-write of Save and Lease.Commit,
+//     never a Refresher call. A process that dies inside a critical section
+//     blocks nobody; one stopped (SIGSTOP) inside one delays the others'
+//     critical sections, within their ctx, until it continues.
+//   - The file holds the lease: a random owner and an expiry, renewed while
+//     the holder refreshes (see WithFileLeaseTTL). A holder that dies, hangs
+//     or is paused is taken over after the TTL. Expiry is judged by the wall
+//     clock, which all processes of a host share; a clock step can shorten
+//     or lengthen a lease, never unfence a commit.
 //   - The token file carries a revision (Record.Version), raised by every
 //     Save and Commit. A Commit writes only over the revision its lease
 //     read, and only if no other live member holds the lease, so a holder
 //     that lost its lease cannot overwrite a newer token.
 //
-// Waiters (Wait) poll the token file's revision and the lease every poll
-// interval (WithFilePollInterval, default 10 ms), and only while a peer
-// refreshes: polling works the same on every platform and filesystem. On
-// platforms with neither flock nor LockFileEx (AIX, Solaris, Plan 9, js,
-// WASI) the lock excludes only the FileStores of one process. Keep the file
-// on a local filesystem: on NFS, Linux emulates flock with POSIX locks,
-// which do not exclude two FileStores of one process. A token file of an
-// earlier release (version 1, without a revision) is read as revision 1.
-// docs/design.md in the repository explains these choices.
+// Waiters (Wait) poll the files every poll interval (WithFilePollInterval),
+// and only while a peer refreshes. On platforms with neither flock nor
+// LockFileEx (AIX, Solaris, Plan 9, js, WASI) the lock excludes only the
+// FileStores of one process. Keep the file on a local filesystem: on NFS,
+// Linux emulates flock with POSIX locks, which do not exclude two FileStores
+// of one process. docs/design.md in the repository explains these choices.
 //
 // All methods are safe for concurrent use.
 type FileStore struct {
@@ -99,11 +95,7 @@ type FileStore struct {
 }
 
 // FileStoreOption configures a FileStore.
-type FileStoreOption func(*fileStoreOptions)
-
-type fileStoreOptions struct {
-	ttl, poll time.Duration
-}
+type FileStoreOption func(*FileStore)
 
 // WithFileLeaseTTL sets how long a refresh lease lasts without renewal,
 // default 10 s: how long a holder that died or hangs (or a process that is
@@ -111,9 +103,9 @@ type fileStoreOptions struct {
 // it every d/3 while its Refresher runs, so d does not bound the refresh.
 // A d that is not positive keeps the default.
 func WithFileLeaseTTL(d time.Duration) FileStoreOption {
-	return func(o *fileStoreOptions) {
+	return func(f *FileStore) {
 		if d > 0 {
-			o.ttl = d
+			f.ttl = d
 		}
 	}
 }
@@ -123,9 +115,9 @@ func WithFileLeaseTTL(d time.Duration) FileStoreOption {
 // lease's expiry) and the waiters noticing it. A d that is not positive
 // keeps the default.
 func WithFilePollInterval(d time.Duration) FileStoreOption {
-	return func(o *fileStoreOptions) {
+	return func(f *FileStore) {
 		if d > 0 {
-			o.poll = d
+			f.poll = d
 		}
 	}
 }
@@ -137,18 +129,18 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 // an error that matches ErrStoreUnusable and names the directory and the
 // cause. Load reads a missing directory as an empty store.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
-	o := fileStoreOptions{ttl: defaultFileLeaseTTL, poll: defaultFilePollInterval}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	return &FileStore{
+	f := &FileStore{
 		path:     path,
 		lockPath: path + ".lock",
-		ttl:      o.ttl,
-		poll:     o.poll,
+		ttl:      defaultFileLeaseTTL,
+		poll:     defaultFilePollInterval,
 		rename:   replaceFile,
 		now:      time.Now,
 	}
+	for _, opt := range opts {
+		opt(f)
+	}
+	return f
 }
 
 // Path returns the file's path.
@@ -179,10 +171,7 @@ func (f *FileStore) readRecord() (Record, error) {
 		return Record{}, nil
 	}
 	if err != nil {
-		if uerr := f.unusable(err); uerr != nil {
-			return Record{}, uerr
-		}
-		return Record{}, fmt.Errorf("tokensource: reading token file: %w", err)
+		return Record{}, storeError("reading token file", f.explain(err))
 	}
 	return parseTokenFile(f.path, data)
 }
@@ -211,8 +200,7 @@ func parseTokenFile(path string, data []byte) (Record, error) {
 			return Record{}, fmt.Errorf("%w: %s: missing revision", ErrCorruptStore, path)
 		}
 	default:
-		// The number is not quoted: any text of the file stays out of the
-		// error.
+		// The number is not quoted: no text of the file goes into the error.
 		return Record{}, fmt.Errorf("%w: %s: unsupported format version (want 1 or 2)", ErrCorruptStore, path)
 	}
 	if ft.AccessToken == "" && ft.RefreshToken == "" {
@@ -260,19 +248,10 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 		if err != nil {
 			return err
 		}
-		cur := uint64(0)
-		if rec, err := f.readRecord(); err == nil {
-			cur = rec.Version
-		}
-		return f.writeLocked(lf, lr, max(cur, lr.Revision)+1, t)
+		rec, _ := f.readRecord() // the empty record if it is corrupt or unreadable
+		return f.writeLocked(lf, lr, max(rec.Version, lr.Revision)+1, t)
 	})
-	if err != nil {
-		if errors.Is(err, ErrStoreUnusable) {
-			return err
-		}
-		return fmt.Errorf("tokensource: saving token: %w", err)
-	}
-	return nil
+	return storeError("saving token", err)
 }
 
 // writeLocked writes t as revision rev, then records rev in the lock file,
@@ -312,10 +291,7 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 	}
 	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		if uerr := f.unusable(err); uerr != nil {
-			return uerr
-		}
-		return err
+		return f.explain(err)
 	}
 	tmpName := tmp.Name()
 	committed := false
@@ -339,25 +315,21 @@ func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
 		return err
 	}
 	if err := f.rename(tmpName, f.path); err != nil {
-		if uerr := f.unusable(err); uerr != nil {
-			return uerr
-		}
-		return err
+		return f.explain(err)
 	}
 	committed = true
-	// Sync the directory so the rename itself survives a power loss.
-	// Windows cannot open a directory for syncing; its rename is durable
-	// enough for this purpose.
-	if runtime.GOOS != "windows" {
-		d, err := os.Open(dir)
-		if err != nil {
-			return fmt.Errorf("syncing directory: %w", err)
-		}
+	// Sync the directory so the rename itself survives a power loss (Windows
+	// cannot open a directory for syncing; its rename is durable enough).
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err == nil {
 		err = d.Sync()
 		_ = d.Close()
-		if err != nil {
-			return fmt.Errorf("syncing directory: %w", err)
-		}
+	}
+	if err != nil {
+		return fmt.Errorf("syncing directory: %w", err)
 	}
 	return nil
 }
@@ -400,6 +372,26 @@ func (f *FileStore) unusable(err error) error {
 		return nil
 	}
 	return &unusableError{path: f.path, problem: problem, err: err}
+}
+
+// explain is f.unusable(err) if err is caused by the configuration, and err
+// itself otherwise.
+func (f *FileStore) explain(err error) error {
+	if uerr := f.unusable(err); uerr != nil {
+		return uerr
+	}
+	return err
+}
+
+// storeError prefixes err, the failure of the FileStore operation what, with
+// the package's name, unless err says what is wrong on its own: it matches
+// ErrStoreUnusable or one of own. A nil err stays nil.
+func storeError(what string, err error, own ...error) error {
+	if err == nil || errors.Is(err, ErrStoreUnusable) ||
+		slices.ContainsFunc(own, func(e error) bool { return errors.Is(err, e) }) {
+		return err
+	}
+	return fmt.Errorf("tokensource: %s: %w", what, err)
 }
 
 // fileAncestor reports whether a part of dir's path is a file (Unix then

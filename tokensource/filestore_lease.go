@@ -15,8 +15,7 @@ import (
 
 // leaseRecord is the contents of a FileStore's lock file.
 type leaseRecord struct {
-	// Owner is the random id of the lease's holder; empty: the lease is
-	// free.
+	// Owner is the random id of the lease's holder; empty when it is free.
 	Owner string `json:"owner,omitempty"`
 	// Expires is when the lease ends unless renewed, in Unix nanoseconds
 	// of the wall clock.
@@ -98,7 +97,6 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		return fmt.Errorf("%w: opening the lock file: %w", ErrCoordinatorUnavailable, err)
 	}
 	defer lf.Close()
-	var timer *time.Timer
 	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 5*time.Millisecond) {
 		ok, err := tryLockFile(lf)
 		if err != nil {
@@ -107,28 +105,20 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		if ok {
 			break
 		}
-		if timer == nil {
-			timer = time.NewTimer(delay)
-			defer timer.Stop()
-		} else {
-			timer.Reset(delay)
-		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for the lock on %s: %w", f.lockPath, ctx.Err())
-		case <-timer.C:
+		case <-time.After(delay):
 		}
 	}
 	defer unlockFile(lf)
 	return fn(lf)
 }
 
-// TryLease takes the refresh lease if no live member holds it (in this
-// process or another) and returns it with the record read under the lock;
-// it returns (nil, nil) at once if a live member holds it. A lease whose
-// holder stopped renewing it is taken over after its TTL (TakenOver
-// reports it). The lease is renewed every TTL/3 until Commit or Release,
-// one of which must be called. Errors of the lock file match
+// TryLease is Coordinator.TryLease among the FileStores of the host: it
+// returns the lease with the record read under the lock, or (nil, nil) at
+// once if a live member, in this process or another, holds it. Commit or
+// Release must be called on the lease. Errors of the lock file match
 // ErrCoordinatorUnavailable, except that a path that cannot work as
 // configured (see NewFileStore) fails with ErrStoreUnusable; a corrupt
 // token file fails with ErrCorruptStore and leaves the lease alone.
@@ -158,15 +148,8 @@ func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 		l = &fileLease{f: f, owner: lr.Owner, rec: rec, takenOver: takenOver}
 		return nil
 	})
-	if err != nil {
-		// These errors say what is wrong on their own, without the lease.
-		if errors.Is(err, ErrCorruptStore) || errors.Is(err, ErrStoreUnusable) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("tokensource: taking the refresh lease: %w", err)
-	}
-	if l == nil {
-		return nil, nil
+	if err != nil || l == nil {
+		return nil, storeError("taking the refresh lease", err, ErrCorruptStore)
 	}
 	l.startRenewing()
 	return l, nil
@@ -223,18 +206,13 @@ type fileLease struct {
 	mu       sync.Mutex // serializes Commit and Release
 	released bool       // the lock file no longer names this lease; guarded by mu
 
-	stop     context.CancelFunc
-	done     chan struct{} // closed when the renewing goroutine has ended
-	stopOnce sync.Once
+	// stopRenewing stops the renewing goroutine and waits for it to end;
+	// it may be called more than once.
+	stopRenewing func()
 }
 
 func (l *fileLease) Record() Record {
-	rec := l.rec
-	if rec.Token != nil {
-		c := *rec.Token
-		rec.Token = &c
-	}
-	return rec
+	return Record{Token: l.rec.Token.clone(), Version: l.rec.Version}
 }
 
 func (l *fileLease) TakenOver() bool { return l.takenOver }
@@ -244,10 +222,11 @@ func (l *fileLease) TakenOver() bool { return l.takenOver }
 // another member (this one was paused past the TTL, say).
 func (l *fileLease) startRenewing() {
 	ctx, cancel := context.WithCancel(context.Background())
-	l.stop, l.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	l.stopRenewing = sync.OnceFunc(func() { cancel(); <-done })
 	every := max(l.f.ttl/3, time.Millisecond)
 	go func() {
-		defer close(l.done)
+		defer close(done)
 		ticker := time.NewTicker(every)
 		defer ticker.Stop()
 		for {
@@ -269,14 +248,6 @@ func (l *fileLease) startRenewing() {
 	}()
 }
 
-// stopRenewing stops the renewing goroutine and waits for it to end.
-func (l *fileLease) stopRenewing() {
-	l.stopOnce.Do(func() {
-		l.stop()
-		<-l.done
-	})
-}
-
 // renew extends the lease by the TTL if this lease still holds it, even
 // after it expired while nobody took it over.
 func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
@@ -293,13 +264,11 @@ func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
 	return held, err
 }
 
-// Commit writes t as revision Record().Version+1 (or higher) if the token
-// file still holds Record().Version and no other live member holds the
-// lease, and gives up the lease. It gives the lease up on failure too: it
-// frees it in the lock file when it gets the lock, and otherwise stops
-// renewing it, so that it expires after the TTL. A refused write matches
-// ErrLeaseLost and writes nothing; a corrupt token file matches
-// ErrCorruptStore and is not replaced.
+// Commit is Lease.Commit; the revision it writes is Record().Version+1 or
+// higher. It gives the lease up on failure too: it frees it in the lock file
+// when it gets the lock, and otherwise stops renewing it, so that it expires
+// after the TTL. A corrupt token file matches ErrCorruptStore and is not
+// replaced.
 func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 	l.stopRenewing()
 	l.mu.Lock()
@@ -351,13 +320,7 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 		l.released = true
 		return nil
 	})
-	if err != nil {
-		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrStoreUnusable) {
-			return err
-		}
-		return fmt.Errorf("tokensource: committing token: %w", err)
-	}
-	return nil
+	return storeError("committing token", err, ErrLeaseLost)
 }
 
 // Release gives up the lease without writing, unless another member has
@@ -387,10 +350,7 @@ func (l *fileLease) releaseLocked(ctx context.Context) error {
 		return writeLeaseRecord(lf, lr)
 	})
 	if err != nil {
-		if errors.Is(err, ErrStoreUnusable) {
-			return err
-		}
-		return fmt.Errorf("tokensource: releasing the refresh lease: %w", err)
+		return storeError("releasing the refresh lease", err)
 	}
 	l.released = true
 	return nil

@@ -11,10 +11,8 @@ import (
 )
 
 // lockOffsetHigh places the locked byte at offset 1<<62, far beyond the end
-// of the lock file. LockFileEx locks are mandatory: a lock on the bytes of
-// the lease record would make reads of them fail for the waiters that read
-// it without the lock. A lock beyond the end of a file is allowed and
-// excludes the other lockers all the same.
+// of the lock file: LockFileEx locks are mandatory, and waiters read the
+// lease record without the lock (see docs/design.md).
 const lockOffsetHigh = 1 << 30
 
 // tryLockFile takes an exclusive LockFileEx lock on f without blocking;
@@ -51,11 +49,9 @@ func unlockFile(f *os.File) {
 	}
 }
 
-// replaceFile renames oldpath to newpath, replacing it. Windows refuses to
-// replace a file that another process has open (Go opens files without
-// FILE_SHARE_DELETE), as a reader of the token file does for a moment, so
-// the rename is retried for up to a second while it is refused for that
-// reason.
+// replaceFile renames oldpath to newpath, replacing it, retried for up to a
+// second while Windows refuses because a reader has the file open (Go opens
+// files without FILE_SHARE_DELETE).
 func replaceFile(oldpath, newpath string) error {
 	deadline := time.Now().Add(time.Second)
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {

@@ -114,8 +114,14 @@ func (s *Source) backOffLocked(now time.Time, err error) {
 // until the backoff ends (then one more background attempt) or it goes
 // stale. s.mu must be held.
 func (s *Source) serveUntilRetryLocked() {
-	st := s.cur.Load()
-	s.installLocked(st.withFreshUntil(minTime(st.staleAt, maxTime(st.refreshAt, s.retryAt))))
+	st, until := s.cur.Load(), s.retryAt
+	if until.Before(st.refreshAt) {
+		until = st.refreshAt
+	}
+	if st.staleAt.Before(until) {
+		until = st.staleAt
+	}
+	s.installLocked(st.withFreshUntil(until))
 }
 
 // releaseAtTimeout hands a timeout error to the waiters of f while its

@@ -73,17 +73,3 @@ func (s *Source) refreshContext(ctx context.Context, f *flight) context.Context 
 	// Values only: the refresh must not end with a context of the hook's.
 	return context.WithoutCancel(hc)
 }
-
-// waitHook tells the hooks that the caller with ctx waits for f.
-func (s *Source) waitHook(ctx context.Context, f *flight) {
-	if h := s.opts.hooks.Wait; h != nil && f.id != 0 {
-		h(ctx, f.id)
-	}
-}
-
-// endHook tells the hooks that f is over.
-func (s *Source) endHook(f *flight) {
-	if h := s.opts.hooks.End; h != nil {
-		h(f.id)
-	}
-}

@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -48,10 +49,7 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 			return nil, err
 		}
 		ot, err := ts.Token()
-		if err != nil {
-			return nil, classifyOAuth2Error(err, refreshPermanent)
-		}
-		return fromOAuth2Token(ot, ""), nil
+		return fromOAuth2(ot, err, refreshPermanent, "")
 	})
 }
 
@@ -86,10 +84,7 @@ func ClientCredentials(cfg *clientcredentials.Config) Refresher {
 		// Config.Token builds a new token source on each call, so nothing is
 		// reused, and sends the request with ctx.
 		ot, err := cfg.Token(ctx)
-		if err != nil {
-			return nil, classifyOAuth2Error(err, clientCredentialsPermanent)
-		}
-		return fromOAuth2Token(ot, ""), nil
+		return fromOAuth2(ot, err, clientCredentialsPermanent, "")
 	})
 }
 
@@ -97,10 +92,8 @@ func ClientCredentials(cfg *clientcredentials.Config) Refresher {
 // grant (RFC 6749, section 6) at cfg's token endpoint with the current
 // token's RefreshToken. When the server rotates the refresh token, the new
 // one is in the returned token (and so reaches the Source's Store); when it
-// does not, the current refresh token is kept. The HTTP request uses ctx:
-// it is cancelled by the refresh timeout, and an *http.Client stored in the
-// context under oauth2.HTTPClient (for example in the ctx of the Token call
-// that started the refresh) is used for it.
+// does not, the current refresh token is kept. The HTTP request uses the
+// refresh context as for ClientCredentials.
 //
 // A missing refresh token and an "invalid_grant" response are Permanent
 // errors: the user must log in again. Other failures are transient; their
@@ -114,19 +107,12 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 		// refresh at once instead of returning the token it was given.
 		ts := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: current.RefreshToken, Expiry: time.Unix(1, 0)})
 		ot, err := ts.Token()
-		if err != nil {
-			return nil, classifyOAuth2Error(err, refreshPermanent)
-		}
-		return fromOAuth2Token(ot, current.RefreshToken), nil
+		return fromOAuth2(ot, err, refreshPermanent, current.RefreshToken)
 	})
 }
 
 // The OAuth 2 error codes (RFC 6749, section 5.2) that make a refresh
-// Permanent. For the refresh-token grant only invalid_grant says that the
-// refresh credential is gone and a new login is needed. For the
-// client-credentials grant the request is built from the configuration
-// alone, so every code that refuses the client or its request means the
-// same request will be refused again.
+// Permanent: OAuth2Refresher and ClientCredentials say why.
 var (
 	refreshPermanent           = []string{"invalid_grant"}
 	clientCredentialsPermanent = []string{"invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "unsupported_grant_type"}
@@ -168,17 +154,17 @@ func (e *retrieveError) Error() string {
 
 func (e *retrieveError) Unwrap() error { return e.re }
 
-// fromOAuth2Token maps the fields the Source uses; keepRefresh is used when
-// the response carried no refresh token.
-func fromOAuth2Token(ot *oauth2.Token, keepRefresh string) *Token {
+// fromOAuth2 converts the outcome of an oauth2 token request: err through
+// classifyOAuth2Error, ot to the fields the Source uses, with keepRefresh
+// when the response carried no refresh token.
+func fromOAuth2(ot *oauth2.Token, err error, permanent []string, keepRefresh string) (*Token, error) {
+	if err != nil {
+		return nil, classifyOAuth2Error(err, permanent)
+	}
 	if ot == nil {
-		return nil // rejected by the Source's validation
+		return nil, nil // rejected by the Source's validation
 	}
-	t := &Token{AccessToken: ot.AccessToken, RefreshToken: ot.RefreshToken, Expiry: ot.Expiry}
-	if t.RefreshToken == "" {
-		t.RefreshToken = keepRefresh
-	}
-	return t
+	return &Token{AccessToken: ot.AccessToken, RefreshToken: cmp.Or(ot.RefreshToken, keepRefresh), Expiry: ot.Expiry}, nil
 }
 
 // OAuth2 returns a view of s as an oauth2.TokenSource, for code such as

@@ -73,14 +73,7 @@ func defaultOptions() options {
 // is not handed out; it is passed to the Refresher as the current token (so
 // its RefreshToken is used). The Source keeps its own copy of t.
 func WithInitialToken(t *Token) Option {
-	return func(o *options) {
-		if t != nil {
-			c := *t
-			o.initial = &c
-		} else {
-			o.initial = nil
-		}
-	}
+	return func(o *options) { o.initial = t.clone() }
 }
 
 // WithStore persists tokens in st: the Source loads it once, on first use,
@@ -128,6 +121,13 @@ func WithMinRefreshInterval(d time.Duration) Option {
 	return func(o *options) { o.minRefreshInterval = max(d, 0) }
 }
 
+// MinRefreshInterval returns the configured minimum interval between forced
+// refreshes (WithMinRefreshInterval; 0 means no limit). When a forced
+// refresh would start sooner, Refresh hands back the rejected token instead
+// of refreshing, and a caller such as the interceptor package can say so in
+// the error of the call it does not retry.
+func (s *Source) MinRefreshInterval() time.Duration { return s.opts.minRefreshInterval }
+
 // WithBackoff sets the wait after failed refreshes: initial after the first
 // failure, doubling with every consecutive failure up to maxWait, each wait
 // jittered to between half and all of its nominal value. A success resets
@@ -152,16 +152,14 @@ func WithClock(now func() time.Time) Option {
 	return func(o *options) { o.clock = now }
 }
 
-// WithObserver registers f to receive an Event for every refresh start,
-// success and failure, re-authentication requirement, store failure, rate
-// limited refresh and SetToken. It may be given several times: every
-// observer receives every event, in the order the options were given (an
-// adapter's observer, such as the otel package's, and one of your own can
-// sit side by side). f is called without any lock held, from the goroutine
-// that did the work (usually the refresh goroutine, after the waiters have
-// been released); it must be quick and safe for concurrent use, and must not
-// call Close or wait for a token from the same Source. Close waits for the
-// calls made by refresh goroutines. A nil f is ignored.
+// WithObserver registers f to receive every Event (see EventKind). It may be
+// given several times: every observer receives every event, in the order the
+// options were given (an adapter's observer, such as the otel package's, and
+// one of your own can sit side by side). f is called without any lock held,
+// from the goroutine that did the work (usually the refresh goroutine, after
+// the waiters have been released); it must be quick and safe for concurrent
+// use, and must not call Close or wait for a token from the same Source.
+// Close waits for the calls made by refresh goroutines. A nil f is ignored.
 func WithObserver(f func(Event)) Option {
 	return func(o *options) {
 		if f != nil {
@@ -170,14 +168,12 @@ func WithObserver(f func(Event)) Option {
 	}
 }
 
-// WithOnReauthRequired is a shortcut for an observer of the ReauthRequired
-// event: f is told, once each time the Source enters the
+// WithOnReauthRequired is a shortcut for an observer (see WithObserver) of
+// the ReauthRequired event: f is told, once each time the Source enters the
 // re-authentication-required state, that the user must log in again (call
 // Source.SetToken with the new token). err is the event's Err: it matches
-// ErrReauthRequired and the Refresher's error. f is called from the refresh
-// goroutine without any lock held, after the waiting callers have received
-// the error and in its place among the observers; it may call SetToken but
-// not Close (Close waits for it).
+// ErrReauthRequired and the Refresher's error. f is called after the waiting
+// callers have received the error; it may call SetToken.
 func WithOnReauthRequired(f func(err error)) Option {
 	if f == nil {
 		return func(*options) {}

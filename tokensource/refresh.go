@@ -1,21 +1,16 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 )
 
-// A flight (run) has three steps:
-//
-//  1. runLocal or runCoordinated obtains the token: from the Store on first
-//     use, from a peer of the fleet, or from one Refresher call (refresh),
-//     made durable before anyone sees it. The ways differ only in their
-//     persistence: saved to the Store, or committed under the fleet's lease.
-//  2. apply makes the result the Source's state under its lock, with the
-//     counters, and releases the waiters.
-//  3. report logs it and tells the observers, without any lock held.
+// A flight (run) obtains a token (runLocal or runCoordinated), applies it to
+// the Source's state (apply) and reports it (report): see "One refresh
+// pipeline" in docs/design.md.
 
 // resultKind says how a flight ended.
 type resultKind uint8
@@ -41,11 +36,8 @@ type result struct {
 	// WithInitialToken's token when it was empty (!fromStore).
 	loaded               *Token
 	storeRead, fromStore bool
-	saveErr              error // persisting failed; tok is used anyway
-	// rotated is the refresh token of a result the Source refused: the
-	// Refresher may have consumed the previous one, so the next refresh
-	// must present this one.
-	rotated string
+	saveErr              error  // persisting failed; tok is used anyway
+	rotated              string // the refresh token of a refused result: see Source.rotated
 }
 
 // run is the refresh goroutine of f. ctx bounds the Refresher call (the
@@ -73,10 +65,9 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 		if err != nil {
 			return result{kind: failed, err: fmt.Errorf("tokensource: loading the token store: %w", err)}
 		}
-		ld = result{kind: loaded, tok: s.opts.initial, storeRead: true, fromStore: t != nil}
-		if t != nil {
-			c := *t
-			ld.tok = &c
+		ld = result{kind: loaded, tok: t.clone(), storeRead: true, fromStore: t != nil}
+		if t == nil {
+			ld.tok = s.opts.initial
 		}
 		ld.loaded, prev, current = ld.tok, ld.tok, ld.tok
 		if !f.forced && validateToken(ld.tok, s.now()) == nil {
@@ -116,11 +107,9 @@ func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p
 	ch := s.startRefresher(ctx, f, current)
 	r, inTime := awaitRefresher(ctx, ch)
 	if !inTime {
-		// Released now, at the timeout, whether or not the Refresher is
-		// about to return: a cooperative one usually is, and its (failed)
-		// result then follows at once. No other refresh starts until it
-		// returns; a fleet's lease is given up, so that a hung call cannot
-		// stall the fleet (a late result may still be committed).
+		// Released at the timeout even if the Refresher is about to return
+		// (its result follows). The lease is given up so that a hung call
+		// cannot stall the fleet; a late result may still be committed.
 		s.releaseAtTimeout(f)
 		p.release(ctx)
 		r = s.awaitLate(ch)
@@ -132,9 +121,8 @@ func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p
 		p.release(ctx)
 		return result{kind: superseded}
 	case res.err == nil:
-		// Persisted before any caller sees the token: with a rotating
-		// refresh token, the Store must not fall behind what servers have
-		// seen.
+		// Persisted before any caller sees it: the Store must not fall
+		// behind the refresh token servers have seen.
 		if res.saveErr = p.write(ctx, res.tok); errors.Is(res.saveErr, ErrLeaseLost) {
 			return s.adoptAfterLostLease(ctx, prev, res)
 		}
@@ -169,12 +157,9 @@ func (s *Source) saveContext(ctx context.Context) (context.Context, context.Canc
 // withRefreshToken returns a copy of t (of the zero Token when t is nil)
 // that holds the refresh token rt.
 func withRefreshToken(t *Token, rt string) *Token {
-	var c Token
-	if t != nil {
-		c = *t
-	}
+	c := cmp.Or(t.clone(), &Token{})
 	c.RefreshToken = rt
-	return &c
+	return c
 }
 
 // reoccupy takes the flight slot back for the late result of f, so that it

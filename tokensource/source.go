@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -25,11 +26,8 @@ type state struct {
 	// the Source cannot refresh) and to the end of a backoff; zero when tok is
 	// unusable or the Source is closed.
 	freshUntil time.Time
-	// refreshAt is where the early-refresh window starts.
-	refreshAt time.Time
-	// staleAt is where tok starts to count as expired: from then on it is no
-	// longer handed out.
-	staleAt time.Time
+	refreshAt  time.Time // where the early-refresh window starts
+	staleAt    time.Time // where tok counts as expired: it is no longer handed out
 }
 
 func (st *state) withFreshUntil(t time.Time) *state {
@@ -39,12 +37,10 @@ func (st *state) withFreshUntil(t time.Time) *state {
 }
 
 // flight is one refresh (or SetToken) in progress. done is closed when tok
-// and err are final for the callers waiting on it; every waiter selects on
-// done, on its own ctx.Done() and on Source.closing, which is why this is a
-// broadcast channel rather than a sync.Cond (see the design notes). done
-// can close before the refresh goroutine has finished: when the refresh
-// timeout releases the waiters of a Refresher that ignores its context. end
-// is closed when the goroutine is done with the flight.
+// and err are final for the callers waiting on it (a channel, not a
+// sync.Cond: see docs/design.md); that can be before the refresh goroutine
+// has finished, when the refresh timeout releases the waiters of a Refresher
+// that ignores its context. end is closed when the goroutine is done with it.
 type flight struct {
 	done chan struct{}
 	end  chan struct{}
@@ -130,11 +126,8 @@ func New(r Refresher, opts ...Option) *Source {
 			opt(&o)
 		}
 	}
-	l := o.logger
-	if l == nil {
-		l = slog.New(slog.DiscardHandler)
-	}
-	s := &Source{refresher: r, opts: o, log: l, closing: make(chan struct{})}
+	log := cmp.Or(o.logger, slog.New(slog.DiscardHandler))
+	s := &Source{refresher: r, opts: o, log: log, closing: make(chan struct{})}
 	s.coord, _ = o.store.(Coordinator)
 	st := &state{}
 	if o.store == nil {
@@ -167,12 +160,9 @@ func (s *Source) newState(tok *Token, gen uint64, now time.Time) *state {
 	case tok.Expiry.IsZero():
 		st.staleAt, st.refreshAt, st.freshUntil = farFuture, farFuture, farFuture
 	default:
-		// Round(0) drops a monotonic clock reading (a Refresher that sets
-		// Expiry to time.Now().Add(ttl) leaves one, as does the oauth2
-		// package), so that expiry is judged by the wall clock, as servers
-		// and golang.org/x/oauth2 judge it. Compared by the monotonic clock,
-		// which stops while the machine sleeps, a token would count as
-		// fresh for as long as the machine had slept past its expiry.
+		// Round(0) drops a monotonic clock reading (time.Now().Add(ttl)
+		// leaves one): by the monotonic clock, which stops while the machine
+		// sleeps, a token would stay fresh for as long as it slept.
 		exp := tok.Expiry.Round(0)
 		life := exp.Sub(now)
 		st.staleAt = exp.Add(-min(s.opts.leeway, life/leewayDivisor))
@@ -242,12 +232,11 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // to a newer valid token, Refresh returns that token at once without
 // refreshing. If stale is still the current token (or stale is nil), Refresh
 // waits for one shared refresh, joining the one in progress if there is one,
-// and returns its result. A forced refresh is rate-limited: if the previous
-// forced refresh finished less than the minimum refresh interval ago
-// (WithMinRefreshInterval), Refresh returns the current token unchanged so a
-// server that rejects every token cannot drive a refresh storm. If the
-// Refresher hands back the rejected access token, the refresh fails with an
-// error matching ErrUnchangedToken. Other errors are as for Token; in the
+// and returns its result. A forced refresh is rate-limited: within the
+// minimum refresh interval after the previous one (WithMinRefreshInterval),
+// Refresh returns the current token unchanged. If the Refresher hands back
+// the rejected access token, the refresh fails with an error matching
+// ErrUnchangedToken. Other errors are as for Token; in the
 // re-authentication-required state Refresh of the current token fails at
 // once with an error matching ErrReauthRequired.
 func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
@@ -267,11 +256,10 @@ func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
 	}
 	if s.reauthErr == nil && s.flight == nil && valid && s.opts.minRefreshInterval > 0 &&
 		!s.lastForced.IsZero() && now.Sub(s.lastForced) < s.opts.minRefreshInterval {
-		gen := st.gen
 		s.mu.Unlock()
 		s.rateLimited.Add(1)
 		s.log.Debug("tokensource: forced refresh rate-limited", "min_interval", s.opts.minRefreshInterval)
-		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: gen})
+		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: st.gen})
 		return st.tok, nil
 	}
 	return s.waitUnlock(ctx, valid)
@@ -292,9 +280,8 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	f := s.flight
 	if f == nil {
 		if s.running != nil || s.backingOffLocked(s.now()) {
-			// While a timed-out Refresher is still running no second call
-			// starts (it could present the same refresh token twice), so
-			// callers fail fast with its timeout error.
+			// No second call while a timed-out Refresher runs (it could
+			// present the same refresh token twice): fail fast.
 			return nil, s.lastErr
 		}
 		if err := ctx.Err(); err != nil {
@@ -319,7 +306,9 @@ func (s *Source) waitUnlock(ctx context.Context, forced bool) (*Token, error) {
 
 // await waits for f within ctx; the caller is counted among its waiters.
 func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
-	s.waitHook(ctx, f)
+	if h := s.opts.hooks.Wait; h != nil && f.id != 0 { // SetToken's flight has no ID
+		h(ctx, f.id)
+	}
 	s.waited.Add(1)
 	s.waiting.Add(1)
 	defer s.waiting.Add(-1)
@@ -375,7 +364,9 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 		current = withRefreshToken(current, s.rotated)
 	}
 	s.wg.Go(func() {
-		defer s.endHook(f)
+		if h := s.opts.hooks.End; h != nil {
+			defer h(f.id)
+		}
 		defer cancel()
 		defer stopWaiting(nil)
 		s.run(rctx, wctx, f, st.tok, current)
@@ -489,19 +480,16 @@ func (s *Source) Close() error {
 	case <-idle:
 		return nil
 	case <-r.refDone:
-		// A result may be on its way to the Store: the save has a timeout
-		// of its own.
-		<-idle
-		return nil
 	case <-timer.C:
+		select {
+		case <-r.refDone:
+		default:
+			s.log.Warn("tokensource: Close is not waiting for a Refresher that ignores its context past the refresh timeout; its result will still be saved if it arrives",
+				"refresh_timeout", s.opts.refreshTimeout)
+			return nil
+		}
 	}
-	select {
-	case <-r.refDone:
-		<-idle
-	default:
-		s.log.Warn("tokensource: Close is not waiting for a Refresher that ignores its context past the refresh timeout; its result will still be saved if it arrives",
-			"refresh_timeout", s.opts.refreshTimeout)
-	}
+	<-idle // a result may be on its way to the Store: the save has a timeout of its own
 	return nil
 }
 
@@ -520,18 +508,4 @@ func (s *Source) Stats() Stats {
 		ReauthRequired: s.reauth.Load(),
 		Generation:     s.cur.Load().gen,
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

@@ -12,9 +12,8 @@ import (
 // come from one goroutine at a time per Source, on a context with the refresh
 // timeout.
 //
-// A Store may later also implement an optional interface for coordinating
-// refreshes across processes (a lock or lease held around a refresh); see the
-// package documentation. Store itself will not grow methods.
+// A Store may also implement Coordinator, to share one token among several
+// Sources; Store itself will not grow methods.
 type Store interface {
 	// Load returns the stored token, or (nil, nil) when the store is empty.
 	// An error (a corrupt file, say) fails the refresh that needed the
@@ -103,7 +102,10 @@ func (m *MemoryStore) Wait(ctx context.Context, version uint64) error {
 			m.mu.Unlock()
 			return nil
 		}
-		ch := m.changedLocked()
+		if m.changed == nil {
+			m.changed = make(chan struct{})
+		}
+		ch := m.changed
 		m.mu.Unlock()
 		select {
 		case <-ch:
@@ -114,26 +116,13 @@ func (m *MemoryStore) Wait(ctx context.Context, version uint64) error {
 }
 
 func (m *MemoryStore) recordLocked() Record {
-	rec := Record{Version: m.version}
-	if m.tok != nil {
-		c := *m.tok
-		rec.Token = &c
-	}
-	return rec
+	return Record{Token: m.tok.clone(), Version: m.version}
 }
 
 func (m *MemoryStore) writeLocked(t *Token) {
-	c := *t
-	m.tok = &c
+	m.tok = t.clone()
 	m.version++
 	m.notifyLocked()
-}
-
-func (m *MemoryStore) changedLocked() chan struct{} {
-	if m.changed == nil {
-		m.changed = make(chan struct{})
-	}
-	return m.changed
 }
 
 func (m *MemoryStore) notifyLocked() {

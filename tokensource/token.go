@@ -108,6 +108,16 @@ func (t Token) LogValue() slog.Value {
 	)
 }
 
+// clone returns a copy of t (nil for nil): a token the Source hands out, or
+// one a Store returns, must not share memory with one the caller holds.
+func (t *Token) clone() *Token {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
+}
+
 func redact(s string) string {
 	if s == "" {
 		return `""`

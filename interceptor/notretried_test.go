@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,5 +125,35 @@ func TestNotRetriedMessage(t *testing.T) {
 				t.Errorf("attempts = %d, want 1", n)
 			}
 		})
+	}
+}
+
+// A rejected call whose forced refresh meets a Source backing off after a
+// failed refresh fails at once with Unavailable, saying so.
+func TestNotRetriedWhileBackingOffSaysSo(t *testing.T) {
+	srv, creds := startServer(t, false)
+	r := &rotatingRefresher{srv: srv}
+	var fail atomic.Bool
+	failing := tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
+		if fail.Load() {
+			return nil, errors.New("token endpoint unavailable")
+		}
+		return r.Refresh(ctx, cur)
+	})
+	src := tokensource.New(failing, tokensource.WithBackoff(time.Hour, time.Hour))
+	t.Cleanup(func() { src.Close() })
+	client := dial(t, srv, creds, dialOpts(src)...)
+	if _, err := client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	srv.setRejectAll(true)
+	fail.Store(true)
+	_, err := client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{})
+	wantCode(t, err, codes.Unavailable)
+	_, err = client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{})
+	wantCode(t, err, codes.Unavailable)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "forced refresh not attempted: backing off after a failed refresh") ||
+		!strings.Contains(msg, "token endpoint unavailable") {
+		t.Errorf("message = %q, want it to say the source is backing off, with the last refresh error", msg)
 	}
 }

@@ -279,10 +279,18 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	}
 	f := s.flight
 	if f == nil {
-		if s.running != nil || s.backingOffLocked(s.now()) {
+		if s.running != nil {
 			// No second call while a timed-out Refresher runs (it could
 			// present the same refresh token twice): fail fast.
 			return nil, s.lastErr
+		}
+		if now := s.now(); s.backingOffLocked(now) {
+			if !forced {
+				return nil, s.lastErr
+			}
+			// A rejected call learns why it is not retried.
+			return nil, fmt.Errorf("tokensource: forced refresh not attempted: backing off after a failed refresh, next attempt in %v: %w",
+				s.retryAt.Sub(now).Round(time.Millisecond), s.lastErr)
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("tokensource: not starting a token refresh: %w", err)

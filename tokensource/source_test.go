@@ -1105,3 +1105,29 @@ func TestForcedRefreshJoinsBackgroundRefresh(t *testing.T) {
 		}
 	})
 }
+
+// A forced refresh that meets the backoff after a failed refresh says why
+// it was not attempted: the Source is backing off, and when it tries again;
+// the error still matches the refresh's failure.
+func TestBackoffErrorSaysWhy(t *testing.T) {
+	clk := testutil.NewClock(testutil.Epoch)
+	errBoom := errors.New("boom")
+	r := &counter{fn: func(context.Context, *Token) (*Token, error) { return nil, errBoom }}
+	s := New(r, WithClock(clk.Now), WithBackoff(time.Second, time.Second),
+		WithInitialToken(&Token{AccessToken: "valid", Expiry: clk.Now().Add(time.Hour)}))
+	defer mustClose(t, s)
+	tok, err := s.Token(ctxBG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Refresh(ctxBG, tok); !errors.Is(err, errBoom) || strings.Contains(err.Error(), "backing off") {
+		t.Fatalf("first Refresh = %v, want the refresh's own failure", err)
+	}
+	_, err = s.Refresh(ctxBG, tok)
+	if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), "forced refresh not attempted: backing off after a failed refresh, next attempt in ") {
+		t.Fatalf("Refresh while backing off = %v, want it to say so and wrap %v", err, errBoom)
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Errorf("%d Refresher calls, want 1: the backoff fails fast", n)
+	}
+}

@@ -122,10 +122,11 @@ func newInterceptor(src TokenSource, o *options) *interceptor {
 }
 
 func (i *interceptor) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if i.skipped(ctx, method, opts) {
+	skip, waitForReady := i.skipped(ctx, method, opts)
+	if skip {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	ctx, md := i.outgoing(ctx)
+	ctx, md := i.outgoing(ctx, waitForReady)
 	tok, hv, err := i.token(ctx)
 	if err != nil {
 		return err
@@ -144,10 +145,11 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 }
 
 func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if i.skipped(ctx, method, opts) {
+	skip, waitForReady := i.skipped(ctx, method, opts)
+	if skip {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-	ctx, md := i.outgoing(ctx)
+	ctx, md := i.outgoing(ctx, waitForReady)
 	tok, hv, err := i.token(ctx)
 	if err != nil {
 		return nil, err
@@ -178,19 +180,23 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 // A Refresher's call keeps any header the Refresher set itself (a client
 // credential for the token endpoint, say); it cannot inherit one from the
 // call that started the refresh, because outgoing strips the token header
-// from the context the source sees.
-func (i *interceptor) skipped(ctx context.Context, method string, opts []grpc.CallOption) bool {
+// from the context the source sees. waitForReady reports a call made with
+// grpc.WaitForReady(true) (per call or as a default call option).
+func (i *interceptor) skipped(ctx context.Context, method string, opts []grpc.CallOption) (skip, waitForReady bool) {
 	for _, o := range opts {
-		if _, ok := o.(skipAuthOption); ok {
-			return true
+		switch o := o.(type) {
+		case skipAuthOption:
+			return true, false
+		case grpc.FailFastCallOption:
+			waitForReady = !o.FailFast
 		}
 	}
 	if len(i.opts.skip) > 0 {
 		if _, ok := i.opts.skip[method]; ok {
-			return true
+			return true, false
 		}
 	}
-	return tokensource.InRefresh(ctx)
+	return tokensource.InRefresh(ctx), waitForReady
 }
 
 // rejected reports whether err means the server rejected the token, so that
@@ -293,7 +299,12 @@ func (i *interceptor) headerValue(tok *tokensource.Token) (*headerValue, error) 
 // grpc-go offers no public way to look at the outgoing metadata without
 // copying it, so a context that carries outgoing metadata costs one copy;
 // attach then uses that copy, so the header costs no second one.
-func (i *interceptor) outgoing(ctx context.Context) (context.Context, metadata.MD) {
+func (i *interceptor) outgoing(ctx context.Context, waitForReady bool) (context.Context, metadata.MD) {
+	if waitForReady {
+		// The source waits through a backoff for such a call, as grpc-go
+		// waits for a connection (tokensource.WaitForReady).
+		ctx = tokensource.WaitForReady(ctx)
+	}
 	md, ok := metadata.FromOutgoingContext(ctx)
 	if !ok {
 		return ctx, nil

@@ -55,13 +55,13 @@ type member struct {
 
 // twoMembers makes two Sources sharing st and ref, both holding the login
 // token of the shared record.
-func twoMembers(t *testing.T, st tokensource.Store, ref tokensource.Refresher, clk *testutil.Clock) (a, b member) {
+func twoMembers(t *testing.T, st tokensource.Store, ref tokensource.Refresher, clk *testutil.Clock, opts ...tokensource.Option) (a, b member) {
 	t.Helper()
 	login := &tokensource.Token{AccessToken: "login", RefreshToken: "rt-0", Expiry: clk.Now().Add(time.Hour)}
 	mk := func() member {
 		rg := newRig(t)
-		src := newSource(t, ref, tokensource.WithStore(st), tokensource.WithClock(clk.Now),
-			tokensource.WithInitialToken(login), tokensource.WithObserver(rg.observe))
+		src := newSource(t, ref, append([]tokensource.Option{tokensource.WithStore(st), tokensource.WithClock(clk.Now),
+			tokensource.WithInitialToken(login), tokensource.WithObserver(rg.observe)}, opts...)...)
 		if _, err := src.Token(testCtx(t)); err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +137,7 @@ func TestFleetLeaseWaitAndTakeover(t *testing.T) {
 			}
 			return nil
 		}}
-	a, b := twoMembers(t, st, ref, clk)
+	a, b := twoMembers(t, st, ref, clk, tokensource.WithRefreshAttempts(1)) // a's one attempt fails its refresh
 	clk.Advance(2 * time.Hour)
 
 	waitA := tokens(t, a)

@@ -120,8 +120,9 @@ func TestRefreshFailures(t *testing.T) {
 			return tokensource.Permanent(errors.New("invalid_grant"))
 		}
 	}}
+	// One Refresher call per refresh: each failure ends its refresh.
 	src := newSource(t, ref, tokensource.WithObserver(rg.observe), tokensource.WithClock(clk.Now),
-		tokensource.WithBackoff(time.Second, time.Second))
+		tokensource.WithBackoff(time.Second, time.Second), tokensource.WithRefreshAttempts(1))
 	reg, err := rg.obs.ObserveStats(src)
 	if err != nil {
 		t.Fatal(err)

@@ -28,9 +28,7 @@ type refResult struct {
 // so that the refresh timeout holds even for a Refresher that ignores its
 // context. The result arrives on the returned channel; a panic in the
 // Refresher arrives as the error of the refresh.
-func (s *Source) startRefresher(ctx context.Context, f *flight, current *Token) <-chan refResult {
-	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
-	s.emit(f.event(RefreshStarted, s.now(), f.gen))
+func (s *Source) startRefresher(ctx context.Context, current *Token) <-chan refResult {
 	ch := make(chan refResult, 1)
 	go func() {
 		defer func() {

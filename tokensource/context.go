@@ -25,3 +25,19 @@ func refreshingSource(ctx context.Context) *Source {
 	s, _ := ctx.Value(refreshMarkerKey{}).(*Source)
 	return s
 }
+
+type waitForReadyKey struct{}
+
+// WaitForReady returns a copy of ctx with which Token and Refresh, while the
+// Source backs off after a failed refresh (or a Refresher the refresh timeout
+// gave up on still runs), wait for the next refresh within ctx instead of
+// failing at once with the last error: what grpc.WaitForReady(true) does for
+// a connection in TRANSIENT_FAILURE. The interceptors set it for calls made
+// with grpc.WaitForReady(true), per call or through
+// grpc.WithDefaultCallOptions. A caller whose ctx ends while it waits gets an
+// error matching ctx.Err() and the last refresh error.
+func WaitForReady(ctx context.Context) context.Context {
+	return context.WithValue(ctx, waitForReadyKey{}, true)
+}
+
+func waitsForReady(ctx context.Context) bool { return ctx.Value(waitForReadyKey{}) != nil }

@@ -15,7 +15,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 	c := s.coord
 	var waitStart time.Time
 	for {
-		rec, err := c.LoadRecord(wctx)
+		rec, err := s.loadRecord(wctx)
 		if err != nil {
 			return s.runUncoordinated(ctx, wctx, f, prev, current, err)
 		}
@@ -62,7 +62,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			// Present the newest refresh token of the fleet.
 			current = cand
 		}
-		return s.refresh(ctx, f, prev, current, s.underLease(lease))
+		return s.refresh(ctx, wctx, f, prev, current, s.underLease(lease))
 	}
 }
 
@@ -162,7 +162,7 @@ func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, cu
 	}
 	s.log.Warn("tokensource: coordinator unavailable; refreshing locally (WithUncoordinatedRefresh)", "error", err)
 	// Saved on a best-effort basis: the coordinator is likely still down.
-	return s.refresh(ctx, f, prev, current, s.toStore())
+	return s.refresh(ctx, wctx, f, prev, current, s.toStore())
 }
 
 // waitError is the flight's error when wctx ended while the Source waited
@@ -175,4 +175,42 @@ func (s *Source) waitError(wctx context.Context, err error) error {
 		return &timeoutError{after: s.opts.refreshTimeout, err: fmt.Errorf("waiting for the fleet's refresh: %w", err)}
 	}
 	return fmt.Errorf("tokensource: waiting for the fleet's refresh: %w", err)
+}
+
+// coordinatorProbe bounds the first look at a Coordinator known to be down,
+// so that a dead Redis costs a caller one short probe, not the client's whole
+// dial-retry budget.
+const coordinatorProbe = time.Second
+
+// loadRecord reads the shared record. While the Coordinator is known to be
+// down (its last answer was ErrCoordinatorUnavailable), it is asked at most
+// once per backoff period, with a bounded probe; in between, the last error
+// comes back at once.
+func (s *Source) loadRecord(wctx context.Context) (Record, error) {
+	s.mu.Lock()
+	downUntil, downErr := s.coordDownUntil, s.coordErr
+	s.mu.Unlock()
+	if downErr != nil && s.now().Before(downUntil) {
+		return Record{}, downErr
+	}
+	ctx := wctx
+	if downErr != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(wctx, min(coordinatorProbe, s.opts.refreshTimeout/2))
+		defer cancel()
+	}
+	rec, err := s.coord.LoadRecord(ctx)
+	if err != nil && wctx.Err() == nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w: no answer within %v", ErrCoordinatorUnavailable, min(coordinatorProbe, s.opts.refreshTimeout/2))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err == nil:
+		s.coordErr, s.coordFailures = nil, 0
+	case errors.Is(err, ErrCoordinatorUnavailable):
+		s.coordFailures++
+		s.coordErr, s.coordDownUntil = err, s.now().Add(s.backoff(s.coordFailures))
+	}
+	return rec, err
 }

@@ -102,3 +102,34 @@ var ErrUnchangedToken = errors.New("tokensource: the refresh returned the token 
 // what is wrong (the file or directory, and the cause) and wraps the
 // operating system's error.
 var ErrStoreUnusable = errors.New("tokensource: the token store cannot work as configured")
+
+// RetryAfter wraps err, a Refresher's transient failure, with the wait the
+// authorization server asked for (an HTTP Retry-After, say): the refresh
+// tries again after d (capped by WithBackoff's maximum) instead of its own
+// backoff. The OAuth 2 adapters do this themselves. errors.Is and errors.As
+// see err through it. A nil err stays nil.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return &retryAfterError{err: err, after: max(d, 0)}
+}
+
+type retryAfterError struct {
+	err   error
+	after time.Duration
+}
+
+func (e *retryAfterError) Error() string             { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error             { return e.err }
+func (e *retryAfterError) RetryAfter() time.Duration { return e.after }
+
+// retryAfter returns the wait an error in err's chain asks for with a
+// RetryAfter() time.Duration method (RetryAfter's, or one of its own).
+func retryAfter(err error) (time.Duration, bool) {
+	var ra interface{ RetryAfter() time.Duration }
+	if errors.As(err, &ra) {
+		return ra.RetryAfter(), true
+	}
+	return 0, false
+}

@@ -48,21 +48,27 @@ const (
 	// LeaseTakenOver: the Source took over a refresh lease whose holder had
 	// stopped renewing it (it died, hung or paused past the lease TTL).
 	LeaseTakenOver
+	// RefreshAttemptFailed: one Refresher call of a refresh failed
+	// transiently (Err) and the refresh tries again after Duration; its
+	// waiters keep waiting (see WithRefreshAttempts). Attempts is the number
+	// of calls made so far.
+	RefreshAttemptFailed
 )
 
 var eventKindNames = [...]string{
-	RefreshStarted:     "RefreshStarted",
-	RefreshSucceeded:   "RefreshSucceeded",
-	RefreshFailed:      "RefreshFailed",
-	ReauthRequired:     "ReauthRequired",
-	StoreFailed:        "StoreFailed",
-	TokenLoaded:        "TokenLoaded",
-	TokenSet:           "TokenSet",
-	RefreshRateLimited: "RefreshRateLimited",
-	RefreshUnchanged:   "RefreshUnchanged",
-	TokenAdopted:       "TokenAdopted",
-	LeaseWaited:        "LeaseWaited",
-	LeaseTakenOver:     "LeaseTakenOver",
+	RefreshStarted:       "RefreshStarted",
+	RefreshSucceeded:     "RefreshSucceeded",
+	RefreshFailed:        "RefreshFailed",
+	ReauthRequired:       "ReauthRequired",
+	StoreFailed:          "StoreFailed",
+	TokenLoaded:          "TokenLoaded",
+	TokenSet:             "TokenSet",
+	RefreshRateLimited:   "RefreshRateLimited",
+	RefreshUnchanged:     "RefreshUnchanged",
+	TokenAdopted:         "TokenAdopted",
+	LeaseWaited:          "LeaseWaited",
+	LeaseTakenOver:       "LeaseTakenOver",
+	RefreshAttemptFailed: "RefreshAttemptFailed",
 }
 
 // String returns the constant's name, such as "RefreshSucceeded".
@@ -104,6 +110,10 @@ type Event struct {
 	// Expiry is the new token's expiry, for RefreshSucceeded, TokenLoaded
 	// and TokenSet (zero: never expires).
 	Expiry time.Time
+	// Attempts is how many Refresher calls the refresh made, for
+	// RefreshSucceeded, RefreshFailed, RefreshUnchanged, ReauthRequired and
+	// RefreshAttemptFailed; 0 for a refresh that made none.
+	Attempts int
 	// Generation counts the tokens the Source has installed; it is the
 	// generation of the current token after the event.
 	Generation uint64

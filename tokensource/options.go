@@ -27,6 +27,9 @@ const (
 	// consecutive failure up to DefaultBackoffMax, and is jittered.
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 30 * time.Second
+	// DefaultRefreshAttempts is how many Refresher calls one refresh makes
+	// at most when they fail transiently.
+	DefaultRefreshAttempts = 3
 )
 
 // The caps that keep the leeway and the early window proportionate for
@@ -46,6 +49,7 @@ type options struct {
 	leeway             time.Duration
 	early              time.Duration
 	refreshTimeout     time.Duration
+	refreshAttempts    int
 	minRefreshInterval time.Duration
 	backoffInitial     time.Duration
 	backoffMax         time.Duration
@@ -61,6 +65,7 @@ func defaultOptions() options {
 		leeway:             DefaultExpiryLeeway,
 		early:              DefaultEarlyRefresh,
 		refreshTimeout:     DefaultRefreshTimeout,
+		refreshAttempts:    DefaultRefreshAttempts,
 		minRefreshInterval: DefaultMinRefreshInterval,
 		backoffInitial:     DefaultBackoffInitial,
 		backoffMax:         DefaultBackoffMax,
@@ -108,6 +113,25 @@ func WithRefreshTimeout(d time.Duration) Option {
 			d = DefaultRefreshTimeout
 		}
 		o.refreshTimeout = d
+	}
+}
+
+// WithRefreshAttempts sets how many Refresher calls one refresh makes at
+// most (default DefaultRefreshAttempts): a transient failure (an
+// authorization server answering 503 for a moment, say) is tried again
+// after a jittered wait from WithBackoff, or after the Retry-After the error
+// carries (see RetryAfter), capped by WithBackoff's maximum, while the
+// callers keep waiting within their own ctx. Only when the attempts are
+// spent, or the next wait would outlast the refresh timeout, do the callers
+// get the failure. A Permanent error, ErrUnchangedToken, the refresh timeout
+// and a panic are not tried again. 1 makes one call per refresh; values < 1
+// select the default.
+func WithRefreshAttempts(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			n = DefaultRefreshAttempts
+		}
+		o.refreshAttempts = n
 	}
 }
 

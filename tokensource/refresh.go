@@ -38,6 +38,7 @@ type result struct {
 	storeRead, fromStore bool
 	saveErr              error  // persisting failed; tok is used anyway
 	rotated              string // the refresh token of a refused result: see Source.rotated
+	attempts             int    // the Refresher calls the flight made
 }
 
 // run is the refresh goroutine of f. ctx bounds the Refresher call (the
@@ -80,7 +81,7 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 			return ld
 		}
 	}
-	res := s.refresh(ctx, f, prev, current, s.toStore())
+	res := s.refresh(ctx, wctx, f, prev, current, s.toStore())
 	res.loaded, res.storeRead, res.fromStore = ld.loaded, ld.storeRead, ld.fromStore
 	return res
 }
@@ -101,21 +102,26 @@ func (s *Source) toStore() persistence {
 	return persistence{write: s.save, release: func(context.Context) {}}
 }
 
-// refresh is one refresh attempt of f: a Refresher call with current (prev
-// is the token being replaced), its result persisted through p.
-func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p persistence) result {
-	ch := s.startRefresher(ctx, f, current)
-	r, inTime := awaitRefresher(ctx, ch)
-	if !inTime {
-		// Released at the timeout even if the Refresher is about to return
-		// (its result follows). The lease is given up so that a hung call
-		// cannot stall the fleet; a late result may still be committed.
-		s.releaseAtTimeout(f)
-		p.release(ctx)
-		r = s.awaitLate(ch)
+// refresh obtains f's token from the Refresher with current (prev is the
+// token being replaced) and persists it through p. A transient failure is
+// tried again, up to WithRefreshAttempts calls in all, within the refresh
+// timeout (ctx) and until Close (wctx); the waiters keep waiting meanwhile,
+// and a fleet's lease stays held (its Coordinator renews it).
+func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *Token, p persistence) result {
+	s.log.Debug("tokensource: refreshing token", "forced", f.forced, "background", f.background)
+	s.emit(f.event(RefreshStarted, s.now(), f.gen))
+	var res result
+	var refused *Token
+	inTime := true
+	for {
+		f.attempts++
+		res, refused, inTime = s.callRefresher(ctx, f, prev, current, p)
+		if !inTime || !retryable(res, refused) || f.attempts >= s.opts.refreshAttempts || !s.pause(ctx, wctx, f, res.err) {
+			break
+		}
 	}
 	close(f.refDone)
-	res, refused := s.checkResult(ctx, f, prev, r)
+	res.attempts = f.attempts
 	switch {
 	case !inTime && !s.reoccupy(f):
 		p.release(ctx)
@@ -126,7 +132,7 @@ func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p
 		if res.saveErr = p.write(ctx, res.tok); errors.Is(res.saveErr, ErrLeaseLost) {
 			return s.adoptAfterLostLease(ctx, prev, res)
 		}
-	case refused != nil && refused.RefreshToken != "" && (current == nil || refused.RefreshToken != current.RefreshToken):
+	case rotatedBy(refused, current):
 		// The Refresher may have consumed current's refresh token: the
 		// next refresh, here or in the fleet, must present the new one.
 		res.rotated = refused.RefreshToken
@@ -135,6 +141,70 @@ func (s *Source) refresh(ctx context.Context, f *flight, prev, current *Token, p
 		p.release(ctx)
 	}
 	return res
+}
+
+// callRefresher makes one Refresher call for f and checks its result. At
+// the refresh timeout it releases f's waiters (releaseAtTimeout) and gives
+// up p's lease, then waits on for the late result: inTime is false.
+func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *Token, p persistence) (res result, refused *Token, inTime bool) {
+	ch := s.startRefresher(ctx, current)
+	r, inTime := awaitRefresher(ctx, ch)
+	if !inTime {
+		// Released at the timeout even if the Refresher is about to return
+		// (its result follows). The lease is given up so that a hung call
+		// cannot stall the fleet; a late result may still be committed.
+		s.releaseAtTimeout(f)
+		p.release(ctx)
+		r = s.awaitLate(ch)
+	}
+	res, refused = s.checkResult(ctx, f, prev, r)
+	return res, refused, inTime
+}
+
+// retryable reports whether a failed attempt may be tried again inside its
+// flight: a transient failure, but not the refresh timeout (the flight is
+// over), a panic (a bug), an unchanged token (the Refresher would hand it
+// back again) or a refused result that rotated the refresh token (it is
+// persisted first, which gives up a fleet's lease).
+func retryable(res result, refused *Token) bool {
+	return res.kind == failed && !errors.Is(res.err, ErrRefreshTimeout) &&
+		!errors.Is(res.err, ErrRefresherPanicked) && refused == nil
+}
+
+func rotatedBy(refused, current *Token) bool {
+	return refused != nil && refused.RefreshToken != "" && (current == nil || refused.RefreshToken != current.RefreshToken)
+}
+
+// pause waits before f's next attempt after err: the Retry-After that err
+// carries (see RetryAfter), capped by WithBackoff's maximum, or else the
+// jittered backoff of WithBackoff for the attempts made so far. It reports
+// false, at once, when the wait would outlast the refresh timeout, and when
+// Close ends wctx meanwhile.
+func (s *Source) pause(ctx, wctx context.Context, f *flight, err error) bool {
+	d, ok := retryAfter(err)
+	if ok {
+		d = min(d, s.opts.backoffMax)
+	} else {
+		d = s.backoff(f.attempts)
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+		return false
+	}
+	s.mu.Lock()
+	f.attemptErr = err
+	s.mu.Unlock()
+	ev := f.event(RefreshAttemptFailed, s.now(), f.gen)
+	ev.Err, ev.Attempts, ev.Duration = err, f.attempts, d
+	s.log.Debug("tokensource: refresh attempt failed; trying again", "error", err, "attempt", f.attempts, "retry_in", d)
+	s.emit(ev)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-wctx.Done():
+		return false
+	}
 }
 
 // save stores t in the Store, if there is one. It gets a timeout of its

@@ -63,6 +63,11 @@ type flight struct {
 	// refDone is closed when the Refresher call has returned (or was never
 	// made), so that Close knows whether a result is on its way to the Store.
 	refDone chan struct{}
+	// attempts counts the flight's Refresher calls (refresh goroutine
+	// only); attemptErr is the failure of the last one that is being tried
+	// again, for waiters whose ctx ends (guarded by Source.mu).
+	attempts   int
+	attemptErr error
 }
 
 // Source is a concurrency-safe cache of one token that shares a single
@@ -95,6 +100,11 @@ type Source struct {
 	// invalid access token): the Refresher may have consumed the previous
 	// one, so the next refresh must present this one.
 	rotated string
+	// The Coordinator's last outage (see loadRecord): its error, until
+	// when it is not asked again, and how many probes failed in a row.
+	coordErr       error
+	coordDownUntil time.Time
+	coordFailures  int
 
 	closing chan struct{}  // closed by Close: releases every waiter
 	wg      sync.WaitGroup // refresh goroutines
@@ -205,7 +215,7 @@ func (s *Source) Token(ctx context.Context) (*Token, error) {
 	if s.now().Before(st.freshUntil) {
 		return st.tok, nil
 	}
-	return s.tokenSlow(ctx)
+	return s.untilReady(ctx, s.tokenSlow)
 }
 
 func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
@@ -240,6 +250,10 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // re-authentication-required state Refresh of the current token fails at
 // once with an error matching ErrReauthRequired.
 func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
+	return s.untilReady(ctx, func(ctx context.Context) (*Token, error) { return s.refreshOnce(ctx, stale) })
+}
+
+func (s *Source) refreshOnce(ctx context.Context, stale *Token) (*Token, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -279,12 +293,16 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	}
 	f := s.flight
 	if f == nil {
+		now := s.now()
+		if (s.running != nil || s.backingOffLocked(now)) && waitsForReady(ctx) {
+			return nil, &notYet{at: s.retryAt, last: s.lastErr}
+		}
 		if s.running != nil {
 			// No second call while a timed-out Refresher runs (it could
 			// present the same refresh token twice): fail fast.
 			return nil, s.lastErr
 		}
-		if now := s.now(); s.backingOffLocked(now) {
+		if s.backingOffLocked(now) {
 			if !forced {
 				return nil, s.lastErr
 			}
@@ -331,8 +349,56 @@ func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
 	case <-s.closing:
 		return nil, ErrClosed
 	case <-ctx.Done():
-		return nil, fmt.Errorf("tokensource: waiting for a token refresh: %w", ctx.Err())
+		s.mu.Lock()
+		last := f.attemptErr
+		s.mu.Unlock()
+		return nil, waitEnded(ctx, last)
 	}
+}
+
+// notYet is joinLocked's answer to a caller that waits for ready
+// (WaitForReady) while the Source backs off: try again at at.
+type notYet struct {
+	at   time.Time
+	last error
+}
+
+func (e *notYet) Error() string { return "tokensource: backing off" } // never returned
+
+// untilReady calls op, and calls it again after each backoff it meets for a
+// ctx that waits for ready (WaitForReady), until op has an answer or ctx
+// ends (an error matching ctx.Err() and the last refresh error).
+func (s *Source) untilReady(ctx context.Context, op func(context.Context) (*Token, error)) (*Token, error) {
+	for {
+		tok, err := op(ctx)
+		ny, ok := err.(*notYet)
+		if !ok {
+			return tok, err
+		}
+		// At least a millisecond: the Source's clock (WithClock) may not be
+		// the one the timer runs on.
+		t := time.NewTimer(max(ny.at.Sub(s.now()), time.Millisecond))
+		select {
+		case <-t.C:
+		case <-s.closing:
+			t.Stop()
+			return nil, ErrClosed
+		case <-ctx.Done():
+			t.Stop()
+			return nil, waitEnded(ctx, ny.last)
+		}
+	}
+}
+
+// waitEnded is the error of a caller whose ctx ended while it waited for a
+// token: it matches ctx.Err(), and, when the refresh it waited on had failed
+// (an attempt, or the last refresh during a backoff), says why and matches
+// that failure too, so that an outage shows in the caller's log.
+func waitEnded(ctx context.Context, last error) error {
+	if last == nil {
+		return fmt.Errorf("tokensource: waiting for a token refresh: %w", ctx.Err())
+	}
+	return fmt.Errorf("tokensource: waiting for a token refresh: %w (last refresh error: %w)", ctx.Err(), last)
 }
 
 func (s *Source) backingOffLocked(now time.Time) bool {

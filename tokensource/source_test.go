@@ -304,7 +304,7 @@ func TestFailureReachesEveryWaiter(t *testing.T) {
 			return nil, errBoom
 		}}
 		var evs events
-		s := New(r, WithObserver(evs.observe))
+		s := New(r, WithRefreshAttempts(1), WithObserver(evs.observe))
 		defer mustClose(t, s)
 		const n = 20
 		errs := make([]error, n)
@@ -363,7 +363,7 @@ func TestBackoff(t *testing.T) {
 	}}
 	setFail := func(v bool) { mu.Lock(); fail = v; mu.Unlock() }
 	const initial, maxWait = time.Second, 8 * time.Second
-	s := New(r, WithClock(clk.Now), WithBackoff(initial, maxWait))
+	s := New(r, WithRefreshAttempts(1), WithClock(clk.Now), WithBackoff(initial, maxWait))
 	defer mustClose(t, s)
 
 	setFail(true)
@@ -511,7 +511,7 @@ func TestEarlyWindowNeverBlocks(t *testing.T) {
 		}}
 		var evs events
 		first := &Token{AccessToken: "first", RefreshToken: "r", Expiry: time.Now().Add(time.Hour)}
-		s := New(r, WithInitialToken(first), WithObserver(evs.observe), WithBackoff(time.Second, time.Second))
+		s := New(r, WithRefreshAttempts(1), WithInitialToken(first), WithObserver(evs.observe), WithBackoff(time.Second, time.Second))
 		defer mustClose(t, s)
 		tok0, _ := s.Token(ctxBG)
 
@@ -1113,7 +1113,7 @@ func TestBackoffErrorSaysWhy(t *testing.T) {
 	clk := testutil.NewClock(testutil.Epoch)
 	errBoom := errors.New("boom")
 	r := &counter{fn: func(context.Context, *Token) (*Token, error) { return nil, errBoom }}
-	s := New(r, WithClock(clk.Now), WithBackoff(time.Second, time.Second),
+	s := New(r, WithRefreshAttempts(1), WithClock(clk.Now), WithBackoff(time.Second, time.Second),
 		WithInitialToken(&Token{AccessToken: "valid", Expiry: clk.Now().Add(time.Hour)}))
 	defer mustClose(t, s)
 	tok, err := s.Token(ctxBG)

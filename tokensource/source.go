@@ -295,6 +295,9 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	if f == nil {
 		now := s.now()
 		if (s.running != nil || s.backingOffLocked(now)) && waitsForReady(ctx) {
+			if s.running != nil {
+				return nil, &notYet{wake: s.running.end, last: s.lastErr}
+			}
 			return nil, &notYet{at: s.retryAt, last: s.lastErr}
 		}
 		if s.running != nil {
@@ -340,12 +343,12 @@ func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
 	defer s.waiting.Add(-1)
 	select {
 	case <-f.done:
-		return f.tok, f.err
+		return s.outcome(ctx, f)
 	default:
 	}
 	select {
 	case <-f.done:
-		return f.tok, f.err
+		return s.outcome(ctx, f)
 	case <-s.closing:
 		return nil, ErrClosed
 	case <-ctx.Done():
@@ -356,10 +359,12 @@ func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
 	}
 }
 
-// notYet is joinLocked's answer to a caller that waits for ready
-// (WaitForReady) while the Source backs off: try again at at.
+// notYet is the answer to a caller that waits for ready (WaitForReady)
+// while the Source backs off: try again at at, or, while a Refresher the
+// refresh timeout gave up on still runs, when wake is closed.
 type notYet struct {
 	at   time.Time
+	wake <-chan struct{}
 	last error
 }
 
@@ -378,8 +383,12 @@ func (s *Source) untilReady(ctx context.Context, op func(context.Context) (*Toke
 		// At least a millisecond: the Source's clock (WithClock) may not be
 		// the one the timer runs on.
 		t := time.NewTimer(max(ny.at.Sub(s.now()), time.Millisecond))
+		if ny.wake != nil {
+			t.Stop()
+		}
 		select {
 		case <-t.C:
+		case <-ny.wake:
 		case <-s.closing:
 			t.Stop()
 			return nil, ErrClosed
@@ -388,6 +397,21 @@ func (s *Source) untilReady(ctx context.Context, op func(context.Context) (*Toke
 			return nil, waitEnded(ctx, ny.last)
 		}
 	}
+}
+
+// outcome is f's result for a waiter with ctx. A caller that waits for
+// ready (WaitForReady) is not failed by a refresh that fails transiently:
+// it waits for the next one (see untilReady).
+func (s *Source) outcome(ctx context.Context, f *flight) (*Token, error) {
+	if f.err == nil || !waitsForReady(ctx) {
+		return f.tok, f.err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reauthErr != nil || s.closed || s.lastErr == nil {
+		return f.tok, f.err
+	}
+	return nil, &notYet{at: s.retryAt, last: f.err}
 }
 
 // waitEnded is the error of a caller whose ctx ended while it waited for a

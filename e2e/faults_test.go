@@ -443,7 +443,12 @@ func faultRows() []faultRow {
 func TestFaultMatrix(t *testing.T) {
 	for _, row := range faultRows() {
 		t.Run(row.name, func(t *testing.T) {
-			r := newRig(t, row.cfg)
+			// One Refresher call per refresh: the rows show how each failure
+			// of one call reaches the caller (attempts_test.go has the
+			// retries inside a refresh).
+			cfg := row.cfg
+			cfg.srcOpts = append([]tokensource.Option{tokensource.WithRefreshAttempts(1)}, cfg.srcOpts...)
+			r := newRig(t, cfg)
 			err := row.fault(t, r)
 			if got := status.Code(err); got != row.wantCode {
 				t.Fatalf("caller saw %s (%v), want code %v", outcome(err), err, row.wantCode)
@@ -495,7 +500,7 @@ func TestFaultMatrix(t *testing.T) {
 // interval between forced refreshes, so within it Refresh returned the
 // rejected token unchanged and the caller saw the server's Unauthenticated.
 func TestFaultRejectedWhileBackingOffIsUnavailable(t *testing.T) {
-	r := newRig(t, rigConfig{})
+	r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshAttempts(1)}})
 	r.srv.FailNextRefreshes(1, codes.Unavailable)
 	r.srv.ForceExpire()
 	if err := r.ping(r.ctx); status.Code(err) != codes.Unavailable {

@@ -123,8 +123,8 @@ func WithRefreshTimeout(d time.Duration) Option {
 // carries (see RetryAfter), capped by WithBackoff's maximum, while the
 // callers keep waiting within their own ctx. Only when the attempts are
 // spent, or the next wait would outlast the refresh timeout, do the callers
-// get the failure. A Permanent error, ErrUnchangedToken, the refresh timeout
-// and a panic are not tried again. 1 makes one call per refresh; values < 1
+// get the failure. A Permanent error, ErrUnchangedToken, an invalid token,
+// the refresh timeout and a panic are not tried again. 1 makes one call per refresh; values < 1
 // select the default.
 func WithRefreshAttempts(n int) Option {
 	return func(o *options) {

@@ -163,12 +163,12 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 
 // retryable reports whether a failed attempt may be tried again inside its
 // flight: a transient failure, but not the refresh timeout (the flight is
-// over), a panic (a bug), an unchanged token (the Refresher would hand it
-// back again) or a refused result that rotated the refresh token (it is
-// persisted first, which gives up a fleet's lease).
+// over), a panic or an invalid token (a bug, not an outage), an unchanged
+// token (the Refresher would hand it back again) or a refused result (its
+// rotated refresh token is persisted first, which gives up a fleet's lease).
 func retryable(res result, refused *Token) bool {
-	return res.kind == failed && !errors.Is(res.err, ErrRefreshTimeout) &&
-		!errors.Is(res.err, ErrRefresherPanicked) && refused == nil
+	return res.kind == failed && !errors.Is(res.err, ErrRefreshTimeout) && !errors.Is(res.err, ErrRefresherPanicked) &&
+		!errors.Is(res.err, ErrInvalidToken) && refused == nil
 }
 
 func rotatedBy(refused, current *Token) bool {

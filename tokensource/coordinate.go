@@ -161,8 +161,16 @@ func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, cu
 		return result{kind: failed, err: fmt.Errorf("tokensource: not refreshing without the fleet's lease: %w", err)}
 	}
 	s.log.Warn("tokensource: coordinator unavailable; refreshing locally (WithUncoordinatedRefresh)", "error", err)
-	// Saved on a best-effort basis: the coordinator is likely still down.
-	return s.refresh(ctx, wctx, f, prev, current, s.toStore())
+	// Saved on a best-effort basis, and not at all while the coordinator is
+	// known to be down: the token is used at once, not after a dial budget.
+	p := s.toStore()
+	p.write = func(ctx context.Context, t *Token) error {
+		if err := s.coordinatorDown(); err != nil {
+			return err
+		}
+		return s.save(ctx, t)
+	}
+	return s.refresh(ctx, wctx, f, prev, current, p)
 }
 
 // waitError is the flight's error when wctx ended while the Source waited
@@ -182,23 +190,16 @@ func (s *Source) waitError(wctx context.Context, err error) error {
 // dial-retry budget.
 const coordinatorProbe = time.Second
 
-// loadRecord reads the shared record. While the Coordinator is known to be
-// down (its last answer was ErrCoordinatorUnavailable), it is asked at most
-// once per backoff period, with a bounded probe; in between, the last error
-// comes back at once.
+// loadRecord reads the shared record, bounded by coordinatorProbe. While the
+// Coordinator is known to be down (its last answer was
+// ErrCoordinatorUnavailable) it is asked at most once per backoff period; in
+// between, the last error comes back at once.
 func (s *Source) loadRecord(wctx context.Context) (Record, error) {
-	s.mu.Lock()
-	downUntil, downErr := s.coordDownUntil, s.coordErr
-	s.mu.Unlock()
-	if downErr != nil && s.now().Before(downUntil) {
-		return Record{}, downErr
+	if err := s.coordinatorDown(); err != nil {
+		return Record{}, err
 	}
-	ctx := wctx
-	if downErr != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(wctx, min(coordinatorProbe, s.opts.refreshTimeout/2))
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(wctx, min(coordinatorProbe, s.opts.refreshTimeout/2))
+	defer cancel()
 	rec, err := s.coord.LoadRecord(ctx)
 	if err != nil && wctx.Err() == nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w: no answer within %v", ErrCoordinatorUnavailable, min(coordinatorProbe, s.opts.refreshTimeout/2))
@@ -213,4 +214,15 @@ func (s *Source) loadRecord(wctx context.Context) (Record, error) {
 		s.coordErr, s.coordDownUntil = err, s.now().Add(s.backoff(s.coordFailures))
 	}
 	return rec, err
+}
+
+// coordinatorDown returns the Coordinator's last error while it is known to
+// be down (see loadRecord), else nil.
+func (s *Source) coordinatorDown() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.coordErr != nil && s.now().Before(s.coordDownUntil) {
+		return s.coordErr
+	}
+	return nil
 }

@@ -175,7 +175,9 @@ func run(socket string) error {
 	}
 
 	// The OpenTelemetry adapter saw A's refreshes (its login and the
-	// adoption).
+	// adoption). Their events reach it after the callers got the token:
+	// Close waits for them.
+	_ = a.src.Close()
 	n, err := refreshesRecorded(ctx, reader)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"net/http"
 	"slices"
 	"strconv"
 	"time"
@@ -22,10 +23,12 @@ var errNoRefreshToken = errors.New("tokensource: no refresh token to refresh wit
 // Each refresh calls ts.Token once. An OAuth 2 error response with the code
 // "invalid_grant" (the refresh credential was revoked or has expired) is
 // returned as a Permanent error, so the Source asks for re-authentication
-// instead of retrying. An error response without an OAuth 2 error code is
-// reported by its HTTP status, without its body (which may quote
-// credentials); errors.As still reaches the *oauth2.RetrieveError, body
-// included.
+// instead of retrying. The Retry-After of a 429 or 5xx response (RFC 9110:
+// seconds or an HTTP-date), capped at an hour, replaces the backoff before
+// the next attempt (see RetryAfter). An error response without an OAuth 2
+// error code is reported by its HTTP status, without its body (which may
+// quote credentials); errors.As still reaches the *oauth2.RetrieveError,
+// body included.
 //
 // What FromOAuth2 cannot do:
 //
@@ -74,8 +77,8 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 // client's registration or secret and calls SetToken or builds a new Source.
 // Other failures (HTTP errors without an OAuth 2 code, "server_error",
 // "temporarily_unavailable", a network error) are transient and retried with
-// backoff. Error messages never contain the response body; errors.As reaches
-// the *oauth2.RetrieveError.
+// backoff, or after a 429 or 5xx response's Retry-After. Error messages never
+// contain the response body; errors.As reaches the *oauth2.RetrieveError.
 //
 // The token endpoint's response normally carries no refresh token; one that
 // does is kept in the Token (and the Store) but never used.
@@ -133,7 +136,33 @@ func classifyOAuth2Error(err error, permanent []string) error {
 	if slices.Contains(permanent, re.ErrorCode) {
 		return Permanent(err)
 	}
+	if d, ok := retryAfterHeader(re.Response); ok {
+		return RetryAfter(err, d)
+	}
 	return err
+}
+
+// retryAfterHeader returns the wait asked for by the Retry-After header of a
+// 429 or 5xx response, capped at an hour (a longer one is likelier a mistake
+// than a plan). An HTTP-date is measured from the response's Date, the
+// server's own clock, so that clock skew does not distort it.
+func retryAfterHeader(resp *http.Response) (time.Duration, bool) {
+	if resp == nil || resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode/100 != 5 {
+		return 0, false
+	}
+	v := resp.Header.Get("Retry-After")
+	if n, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		return time.Duration(min(n, 3600)) * time.Second, true
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	now, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		now = time.Now()
+	}
+	return min(max(at.Sub(now), 0), time.Hour), true
 }
 
 // retrieveError is an *oauth2.RetrieveError without an OAuth 2 error code,

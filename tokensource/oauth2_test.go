@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -30,8 +31,13 @@ type tokenEndpoint struct {
 	echo     bool   // answer 502 with a body that quotes the request, as a debugging proxy might
 	code     string // non-empty: answer every request with this OAuth 2 error code
 	requests int
-	arrived  chan struct{} // if set, told of every request that hangs
-	stop     chan struct{} // closed before the server shuts down
+	// The first failFirst requests are answered with failStatus and the
+	// headers failHeader (a Retry-After, say).
+	failFirst  int
+	failStatus int
+	failHeader http.Header
+	arrived    chan struct{} // if set, told of every request that hangs
+	stop       chan struct{} // closed before the server shuts down
 }
 
 func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -54,6 +60,11 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.requests <= e.failFirst {
+		maps.Copy(w.Header(), e.failHeader)
+		http.Error(w, "try again later", e.failStatus)
+		return
+	}
 	if err := r.ParseForm(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "invalid_request"})
 		return
@@ -547,4 +558,130 @@ func (w wrappingTokenSource) Token() (*oauth2.Token, error) {
 		return nil, fmt.Errorf("custom source: %w", err)
 	}
 	return t, nil
+}
+
+// A 429 or 5xx response's Retry-After, in seconds or as an HTTP-date, is the
+// wait before the next attempt of the refresh (capped by WithBackoff's
+// maximum), for every adapter; without one, with one that cannot be parsed,
+// or on another status, the Source's own jittered backoff applies.
+func TestOAuth2RetryAfter(t *testing.T) {
+	const initial = 40 * time.Millisecond // WithBackoff's: the first wait is 20–40 ms
+	date := time.Now().UTC().Truncate(time.Second)
+	for _, tc := range []struct {
+		name       string
+		status     int
+		header     http.Header
+		backoffMax time.Duration // 0: the default
+		want       time.Duration // 0: WithBackoff's jittered wait
+	}{
+		{"503, Retry-After in seconds", http.StatusServiceUnavailable, http.Header{"Retry-After": {"1"}}, 0, time.Second},
+		{"429, Retry-After in seconds", http.StatusTooManyRequests, http.Header{"Retry-After": {"1"}}, 0, time.Second},
+		{"502, Retry-After as an HTTP-date", http.StatusBadGateway, http.Header{
+			"Date":        {date.Format(http.TimeFormat)},
+			"Retry-After": {date.Add(time.Second).Format(http.TimeFormat)},
+		}, 0, time.Second},
+		{"503, Retry-After beyond WithBackoff's maximum", http.StatusServiceUnavailable,
+			http.Header{"Retry-After": {"86400"}}, 150 * time.Millisecond, 150 * time.Millisecond},
+		{"503 without Retry-After", http.StatusServiceUnavailable, nil, 0, 0},
+		{"503, unparsable Retry-After", http.StatusServiceUnavailable, http.Header{"Retry-After": {"soon"}}, 0, 0},
+		{"400 with Retry-After", http.StatusBadRequest, http.Header{"Retry-After": {"1"}}, 0, 0},
+	} {
+		for _, adapter := range []string{"ClientCredentials", "OAuth2Refresher", "FromOAuth2"} {
+			t.Run(tc.name+"/"+adapter, func(t *testing.T) {
+				t.Parallel()
+				e := &tokenEndpoint{valid: map[string]bool{"rt-1": true}, failFirst: 1, failStatus: tc.status, failHeader: tc.header}
+				cfg, ctx := startEndpoint(t, e)
+				var r Refresher
+				switch adapter {
+				case "ClientCredentials":
+					r = ClientCredentials(&clientcredentials.Config{ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret,
+						TokenURL: cfg.Endpoint.TokenURL, AuthStyle: oauth2.AuthStyleInHeader})
+				case "OAuth2Refresher":
+					r = OAuth2Refresher(cfg)
+				case "FromOAuth2":
+					r = FromOAuth2(cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: "rt-1", Expiry: time.Unix(1, 0)}))
+				}
+				var evs events
+				s := New(r, WithInitialToken(&Token{RefreshToken: "rt-1"}), WithObserver(evs.observe),
+					WithBackoff(initial, tc.backoffMax))
+				defer mustClose(t, s)
+				if _, err := s.Token(ctx); err != nil {
+					t.Fatalf("Token = %v, want the second attempt's token", err)
+				}
+				mustClose(t, s) // the observer calls are over
+
+				failed := evs.of(RefreshAttemptFailed)
+				if len(failed) != 1 {
+					t.Fatalf("%d RefreshAttemptFailed events, want 1", len(failed))
+				}
+				var re *oauth2.RetrieveError
+				if !errors.As(failed[0].Err, &re) || re.Response.StatusCode != tc.status || failed[0].Attempts != 1 {
+					t.Errorf("RefreshAttemptFailed: attempt %d, error %v; want attempt 1 with the HTTP %d", failed[0].Attempts, failed[0].Err, tc.status)
+				}
+				switch d := failed[0].Duration; {
+				case tc.want != 0 && d != tc.want:
+					t.Errorf("next attempt after %v, want %v", d, tc.want)
+				case tc.want == 0 && (d < initial/2 || d > initial):
+					t.Errorf("next attempt after %v, want WithBackoff's first wait (%v to %v)", d, initial/2, initial)
+				}
+				if ok := evs.of(RefreshSucceeded); len(ok) != 1 || ok[0].Attempts != 2 {
+					t.Errorf("RefreshSucceeded events %+v, want one after 2 attempts", ok)
+				}
+				e.mu.Lock()
+				defer e.mu.Unlock()
+				if e.requests != 2 {
+					t.Errorf("%d token requests, want 2", e.requests)
+				}
+			})
+		}
+	}
+}
+
+// retryAfterHeader's edge cases: values a server should not send are
+// ignored or capped, never trusted blindly.
+func TestRetryAfterHeader(t *testing.T) {
+	date := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		name   string
+		status int
+		header http.Header
+		want   time.Duration
+		ok     bool
+	}{
+		{"zero seconds", 503, http.Header{"Retry-After": {"0"}}, 0, true},
+		{"seconds", 500, http.Header{"Retry-After": {"120"}}, 2 * time.Minute, true},
+		{"capped at an hour", 503, http.Header{"Retry-After": {"86400"}}, time.Hour, true},
+		{"beyond uint64, capped", 503, http.Header{"Retry-After": {"123456789012345678901234567890"}}, time.Hour, true},
+		{"negative", 503, http.Header{"Retry-After": {"-1"}}, 0, false},
+		{"signed", 503, http.Header{"Retry-After": {"+1"}}, 0, false},
+		{"fraction", 503, http.Header{"Retry-After": {"1.5"}}, 0, false},
+		{"garbage", 503, http.Header{"Retry-After": {"soon"}}, 0, false},
+		{"absent", 503, nil, 0, false},
+		{"HTTP-date, from the response's Date", 503, http.Header{"Date": {date.Format(http.TimeFormat)},
+			"Retry-After": {date.Add(90 * time.Second).Format(http.TimeFormat)}}, 90 * time.Second, true},
+		{"HTTP-date in RFC 850 form", 503, http.Header{"Date": {date.Format(http.TimeFormat)},
+			"Retry-After": {date.Add(time.Minute).Format(time.RFC850)}}, time.Minute, true},
+		{"HTTP-date in the past", 503, http.Header{"Date": {date.Format(http.TimeFormat)},
+			"Retry-After": {date.Add(-time.Minute).Format(http.TimeFormat)}}, 0, true},
+		{"HTTP-date far ahead, without Date", 503, http.Header{"Retry-After": {"Fri, 31 Dec 9999 23:59:59 GMT"}}, time.Hour, true},
+		{"not a transient status", 400, http.Header{"Retry-After": {"1"}}, 0, false},
+		{"success", 200, http.Header{"Retry-After": {"1"}}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, ok := retryAfterHeader(&http.Response{StatusCode: tc.status, Header: tc.header})
+			if d != tc.want || ok != tc.ok {
+				t.Errorf("retryAfterHeader = (%v, %v), want (%v, %v)", d, ok, tc.want, tc.ok)
+			}
+		})
+	}
+	if _, ok := retryAfterHeader(nil); ok {
+		t.Error("retryAfterHeader(nil) reports a wait")
+	}
+	// A Permanent code stays Permanent, whatever the status and headers.
+	re := &oauth2.RetrieveError{ErrorCode: "invalid_grant",
+		Response: &http.Response{StatusCode: 503, Header: http.Header{"Retry-After": {"1"}}}}
+	err := classifyOAuth2Error(re, refreshPermanent)
+	if _, ok := retryAfter(err); !IsPermanent(err) || ok {
+		t.Errorf("classifyOAuth2Error(invalid_grant with Retry-After) = %v, want Permanent without a Retry-After", err)
+	}
 }

@@ -44,14 +44,16 @@ const accessTTL = 5 * time.Second
 
 // authServer is a zitadel/oidc OpenID Provider (package op, OpenID
 // certified) served over TLS on loopback, with the in-memory storage, a
-// stand-in login UI, and a hook that can hold back the response of a
-// refresh-token grant after the server has committed its rotation.
+// stand-in login UI, a hook that can hold back the response of a
+// refresh-token grant after the server has committed its rotation, and a
+// fault injector that can take the token endpoint down.
 type authServer struct {
 	store    *storage
 	provider *op.Provider
 	srv      *httptest.Server
 	issuer   string
 	stop     chan struct{} // closed at cleanup: releases held responses
+	faults   *tokenFaults  // in front of the token endpoint: outages on demand
 
 	mu   sync.Mutex
 	hold *heldRefresh // armed: the next refresh-token grant's response is held
@@ -96,7 +98,8 @@ func startAuthServer(t *testing.T) *authServer {
 
 	mux := http.NewServeMux()
 	mux.Handle("/login", op.NewIssuerInterceptor(provider.IssuerFromRequest).Handler(http.HandlerFunc(a.login)))
-	mux.HandleFunc("/", a.serveOP)
+	a.faults = &tokenFaults{next: http.HandlerFunc(a.serveOP)}
+	mux.Handle("/", a.faults)
 	a.srv.Config.Handler = mux
 	a.srv.StartTLS()
 	t.Cleanup(func() {

@@ -3,9 +3,11 @@
 // github.com/zitadel/oidc/v3 (package op), run in process over TLS on
 // loopback, and a gRPC resource server that accepts a call only if the
 // provider's introspection endpoint (RFC 7662) says its bearer token is
-// active. It is a module of its own so that the library's go.mod gains none
-// of zitadel/oidc's dependencies; it contains no library code, only tests,
-// which run in `make test` under -race.
+// active (in the outage tests, an active answer is reused for 200 ms, as
+// resource servers may do, so that 200 callers do not queue for
+// introspection). It is a module of its own so that the library's go.mod
+// gains none of zitadel/oidc's dependencies; it contains no library code,
+// only tests, which run in `make test` under -race.
 //
 // The provider's storage (storage_test.go) is written for these tests: it
 // rotates refresh tokens on every refresh-token grant and detects reuse (a
@@ -40,6 +42,19 @@
 //   - TestFromOAuth2ReuseTokenSourceReportsUnchangedToken: the same
 //     revocation with FromOAuth2 around an oauth2.ReuseTokenSource is
 //     reported as Unauthenticated matching ErrUnchangedToken.
+//   - TestTokenEndpointOutageFailsNoCall: a fault injector in front of the
+//     token endpoint answers 503 (with and without Retry-After) for 0.5 s,
+//     once on the refresh of an expired token and once on the forced
+//     refresh after a revocation; 200 callers (unary, server-stream,
+//     client-stream and bidi calls, and Source.Token) with 5 s deadlines:
+//     no call fails, the refresh tries again while they wait (after exactly
+//     the Retry-After when there is one), and the token requests are the
+//     attempts of one refresh per expiry or revocation.
+//   - TestTokenEndpointDownForGood: the token endpoint stays down; the
+//     waiting callers are released by the refresh timeout with Unavailable,
+//     callers during the backoff fail fast without a token request, and
+//     callers made with grpc.WaitForReady(true) wait and succeed once the
+//     endpoint is back.
 //
 // Run them with
 //

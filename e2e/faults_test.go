@@ -220,7 +220,11 @@ func faultRows() []faultRow {
 			}
 		}(),
 		{
+			// One Refresher call per refresh, so that each call meets one
+			// of the failures (TestIdPBlip covers the attempts inside one
+			// refresh).
 			name: "refresh answered Unavailable 3 times, then OK",
+			cfg:  rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshAttempts(1)}},
 			fault: func(t *testing.T, r *rig) error {
 				r.srv.FailNextRefreshes(3, codes.Unavailable)
 				r.srv.ForceExpire()
@@ -495,7 +499,8 @@ func TestFaultMatrix(t *testing.T) {
 // interval between forced refreshes, so within it Refresh returned the
 // rejected token unchanged and the caller saw the server's Unauthenticated.
 func TestFaultRejectedWhileBackingOffIsUnavailable(t *testing.T) {
-	r := newRig(t, rigConfig{})
+	// One Refresher call per refresh: the one injected failure fails it.
+	r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshAttempts(1)}})
 	r.srv.FailNextRefreshes(1, codes.Unavailable)
 	r.srv.ForceExpire()
 	if err := r.ping(r.ctx); status.Code(err) != codes.Unavailable {

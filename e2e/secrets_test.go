@@ -66,7 +66,10 @@ func (r *rig) renderAll(tok *tokensource.Token) {
 // tokens, including malformed ones) appears anywhere.
 func TestNoSecretsAnywhere(t *testing.T) {
 	t.Run("refresh, stream and re-authentication paths", func(t *testing.T) {
-		r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(shortRefreshTimeout)}})
+		// One Refresher call per refresh, so that each injected failure
+		// reaches the caller.
+		r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(shortRefreshTimeout),
+			tokensource.WithRefreshAttempts(1)}})
 		ctx := r.ctx
 
 		// A rejected token, refreshed and retried.

@@ -34,6 +34,23 @@
 // which makes one per endpoint) so that a restarted endpoint presents a
 // certificate the client still trusts.
 //
+// # Identity-provider outages
+//
+// TestIdPBlip runs 200 callers (unary, server-stream, client-stream, bidi
+// and direct Source.Token, 5 s deadlines) while the token endpoint answers
+// Unavailable for 0.5 s after an expiry and again after a revocation
+// (ForceExpire): with the attempts inside one refresh no call fails, each
+// need makes one refresh, and the server sees no more token requests than
+// refreshes × attempts; with one attempt per refresh the same blips fail
+// calls, which shows that the test can fail. TestIdPPermanentOutage keeps
+// the token endpoint down: waiters are released by about the refresh
+// timeout with Unavailable, later callers fail fast during the backoff, and
+// calls that wait for ready (grpc.WaitForReady, per call or by default;
+// tokensource.WaitForReady) wait and succeed once the server is back, or
+// get DeadlineExceeded naming the last refresh error when their deadline
+// ends first. Both log their figures on "idp-blip |" and "idp-outage |"
+// lines.
+//
 // # Soak
 //
 // TestSoak runs mixed unary and streaming traffic from 32 workers for

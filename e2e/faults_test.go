@@ -220,7 +220,11 @@ func faultRows() []faultRow {
 			}
 		}(),
 		{
+			// One Refresher call per refresh, so that each call meets one
+			// of the failures (TestIdPBlip covers the attempts inside one
+			// refresh).
 			name: "refresh answered Unavailable 3 times, then OK",
+			cfg:  rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshAttempts(1)}},
 			fault: func(t *testing.T, r *rig) error {
 				r.srv.FailNextRefreshes(3, codes.Unavailable)
 				r.srv.ForceExpire()
@@ -443,12 +447,7 @@ func faultRows() []faultRow {
 func TestFaultMatrix(t *testing.T) {
 	for _, row := range faultRows() {
 		t.Run(row.name, func(t *testing.T) {
-			// One Refresher call per refresh: the rows show how each failure
-			// of one call reaches the caller (attempts_test.go has the
-			// retries inside a refresh).
-			cfg := row.cfg
-			cfg.srcOpts = append([]tokensource.Option{tokensource.WithRefreshAttempts(1)}, cfg.srcOpts...)
-			r := newRig(t, cfg)
+			r := newRig(t, row.cfg)
 			err := row.fault(t, r)
 			if got := status.Code(err); got != row.wantCode {
 				t.Fatalf("caller saw %s (%v), want code %v", outcome(err), err, row.wantCode)
@@ -500,6 +499,7 @@ func TestFaultMatrix(t *testing.T) {
 // interval between forced refreshes, so within it Refresh returned the
 // rejected token unchanged and the caller saw the server's Unauthenticated.
 func TestFaultRejectedWhileBackingOffIsUnavailable(t *testing.T) {
+	// One Refresher call per refresh: the one injected failure fails it.
 	r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshAttempts(1)}})
 	r.srv.FailNextRefreshes(1, codes.Unavailable)
 	r.srv.ForceExpire()

@@ -67,7 +67,7 @@ func (r *rig) renderAll(tok *tokensource.Token) {
 func TestNoSecretsAnywhere(t *testing.T) {
 	t.Run("refresh, stream and re-authentication paths", func(t *testing.T) {
 		// One Refresher call per refresh, so that each injected failure
-		// reaches a caller.
+		// reaches the caller.
 		r := newRig(t, rigConfig{srcOpts: []tokensource.Option{tokensource.WithRefreshTimeout(shortRefreshTimeout),
 			tokensource.WithRefreshAttempts(1)}})
 		ctx := r.ctx

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -254,7 +255,7 @@ func TestSoak(t *testing.T) {
 		calls += n
 		byKind = append(byKind, fmt.Sprintf("%s=%d", name, n))
 	}
-	var attempts, forced, background, succeeded, failedAttempts, reauthEvents, sets int
+	var attempts, forced, background, succeeded, failedAttempts, reauthEvents, sets, retried int
 	type install struct {
 		at, expiry time.Time
 	}
@@ -275,6 +276,11 @@ func TestSoak(t *testing.T) {
 		case tokensource.TokenSet:
 			sets++
 			installs = append(installs, install{ev.Time, ev.Expiry})
+		case tokensource.RefreshAttemptFailed:
+			// A failed call that its refresh follows with another.
+			attempts++
+			failedAttempts++
+			retried++
 		case tokensource.RefreshFailed:
 			failedAttempts++
 		case tokensource.ReauthRequired:
@@ -282,7 +288,9 @@ func TestSoak(t *testing.T) {
 			reauthEvents++
 		}
 	}
-	// The bound on refresh attempts (RefreshStarted events):
+	// The bound on refresh attempts (Refresher calls: the first call of
+	// each refresh, a RefreshStarted event, and each further call of a
+	// refresh, which follows a RefreshAttemptFailed event):
 	//
 	//	attempts ≤ expiries + forced + failed
 	//
@@ -290,15 +298,17 @@ func TestSoak(t *testing.T) {
 	// early-refresh window (computed as the Source does, from the expiry and
 	// the instant the token was installed) while they were current, that is
 	// before the next token replaced them or the traffic stopped, plus the
-	// empty Source at the start. forced counts the attempts made through
+	// empty Source at the start. forced counts the refreshes made through
 	// Source.Refresh of the current token after a server rejected it. failed
-	// counts the attempts that failed (RefreshFailed, and ReauthRequired for
-	// the injected permanent failures). The Source starts an attempt that is
-	// not forced only when its token is in the early window or stale (or
-	// there is none); while that token stays current, a second such attempt
-	// can only follow a failed one. So each expiry allows one attempt, each
-	// failure one more, and forced attempts are counted as they are: it
-	// proves one shared refresh per expiry, whatever the number of callers.
+	// counts the attempts that failed (RefreshAttemptFailed, RefreshFailed,
+	// and ReauthRequired for the injected permanent failures). The Source
+	// starts a refresh that is not forced only when its token is in the
+	// early window or stale (or there is none); while that token stays
+	// current, a second such refresh can only follow a failed one, and a
+	// refresh calls the Refresher again only after a failed call. So each
+	// expiry allows one attempt, each failure one more, and forced refreshes
+	// are counted as they are: it proves one shared refresh per expiry,
+	// whatever the number of callers.
 	sort.Slice(installs[1:], func(i, j int) bool { return installs[1+i].at.Before(installs[1+j].at) })
 	expiries := 0
 	for i, in := range installs {
@@ -323,8 +333,8 @@ func TestSoak(t *testing.T) {
 		calls, strings.Join(byKind, " "), float64(calls)/elapsed.Seconds(), stats.retries.Load())
 	t.Logf("soak | failed calls: cancelled by the test %d, re-login needed (ErrReauthRequired) %d, other %d; by cause/code: %v",
 		stats.cancelled.Load(), stats.reauth.Load(), stats.bad.Load(), stats.byCode)
-	t.Logf("soak | refreshes: %d attempts (%d forced, %d background), %d succeeded, %d failed (%d needing re-login); %d re-logins (SetToken)",
-		attempts, forced, background, succeeded, failedAttempts, reauthEvents, sets)
+	t.Logf("soak | refreshes: %d attempts (%d forced, %d background, %d tried again within their refresh), %d succeeded, %d failed (%d needing re-login); %d re-logins (SetToken)",
+		attempts, forced, background, retried, succeeded, failedAttempts, reauthEvents, sets)
 	t.Logf("soak | bound: attempts %d <= expiries %d (at least %d required) + forced %d + failed %d = %d",
 		attempts, expiries, soakMinExpiries(elapsed), forced, failedAttempts, bound)
 	t.Logf("soak | server: logins %d, refreshes ok %d failed %d (injected: %d transient, %d permanent), Unauthenticated answers %d, RPCs %d; source: waited %d, rate-limited %d",
@@ -429,9 +439,9 @@ func soakCall(parent context.Context, echo echov1.EchoServiceClient, stats *soak
 	}
 }
 
-// soakOp makes one call and checks what came back: every message once, in
-// order.
-func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id string) error {
+// soakOp makes one call of kind (an index of soakKinds) with opts and checks
+// what came back: every message once, in order.
+func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id string, opts ...grpc.CallOption) error {
 	const n = 3
 	msgs := make([]string, n)
 	for i := range msgs {
@@ -439,7 +449,7 @@ func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id str
 	}
 	switch kind {
 	case 0:
-		resp, err := echo.Echo(ctx, &echov1.EchoRequest{Message: id})
+		resp, err := echo.Echo(ctx, &echov1.EchoRequest{Message: id}, opts...)
 		if err != nil {
 			return err
 		}
@@ -447,7 +457,7 @@ func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id str
 			return fmt.Errorf("echo returned %q", resp.GetMessage())
 		}
 	case 1:
-		stream, err := echo.ServerStreamEcho(ctx, &echov1.ServerStreamEchoRequest{Message: id, Count: n})
+		stream, err := echo.ServerStreamEcho(ctx, &echov1.ServerStreamEchoRequest{Message: id, Count: n}, opts...)
 		if err != nil {
 			return err
 		}
@@ -467,7 +477,7 @@ func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id str
 			}
 		}
 	case 2:
-		stream, err := echo.ClientStreamEcho(ctx)
+		stream, err := echo.ClientStreamEcho(ctx, opts...)
 		if err != nil {
 			return err
 		}
@@ -484,7 +494,7 @@ func soakOp(ctx context.Context, echo echov1.EchoServiceClient, kind int, id str
 			return fmt.Errorf("client stream: the server received %q, want %q", resp.GetMessages(), msgs)
 		}
 	case 3:
-		stream, err := echo.BidiStreamEcho(ctx)
+		stream, err := echo.BidiStreamEcho(ctx, opts...)
 		if err != nil {
 			return err
 		}

@@ -252,8 +252,8 @@ const (
 	// The backoff the refreshes pause by between attempts: the two pauses
 	// of three attempts, at least blipBackoff/2 and blipBackoff, outlast
 	// the blip, and at most blipBackoff and 2*blipBackoff stay well within
-	// the callers' deadlines. (The library's default, 100 ms, makes three
-	// attempts span only 150 ms to 300 ms.)
+	// the callers' deadlines. (The library's default, 1 s, outlasts it too;
+	// 400 ms keeps the test short.)
 	blipBackoff    = 400 * time.Millisecond
 	blipBackoffMax = 2 * time.Second
 )

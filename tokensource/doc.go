@@ -73,7 +73,7 @@
 //	WithEarlyRefresh        225 s     background renewal starts this long before that (as Google's auth libraries)
 //	WithRefreshTimeout      30 s      bound on one refresh
 //	WithMinRefreshInterval  1 s       at most one forced refresh per interval
-//	WithBackoff             100 ms up to 30 s, doubling, jittered into [d/2, d]
+//	WithBackoff             1 s up to 30 s, doubling, jittered into [d/2, d]
 //	WithRefreshAttempts     3         Refresher calls per refresh when they fail transiently
 //	WithStore               none      tokens live in memory only
 //	WithLogger              none      nothing is logged, except a Refresher's panic (to slog.Default)

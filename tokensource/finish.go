@@ -138,7 +138,7 @@ func (s *Source) releaseAtTimeout(f *flight) {
 	f.err = err
 	s.backOffLocked(now, err)
 	ev := f.event(RefreshFailed, now, s.cur.Load().gen)
-	ev.Duration, ev.Err, ev.Waiters = s.opts.refreshTimeout, err, f.waiters
+	ev.Duration, ev.Err, ev.Waiters, ev.Attempts = s.opts.refreshTimeout, err, f.waiters, f.attempts
 	s.failed.Add(1)
 	s.mu.Unlock()
 	close(f.done)

@@ -25,7 +25,7 @@ const (
 	// DefaultBackoffInitial and DefaultBackoffMax bound the wait after a
 	// failed refresh: it starts at DefaultBackoffInitial, doubles with every
 	// consecutive failure up to DefaultBackoffMax, and is jittered.
-	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffInitial = time.Second // grpc-go's connection backoff starts there too
 	DefaultBackoffMax     = 30 * time.Second
 	// DefaultRefreshAttempts is how many Refresher calls one refresh makes
 	// at most when they fail transiently.

@@ -73,7 +73,7 @@ check-generated: generate
 	@untracked=$$(git ls-files --others --exclude-standard -- proto); \
 	if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
 
-## bench: benchmarks with -benchmem, summarised by benchstat (about 4 minutes on 2 cores)
+## bench: benchmarks with -benchmem, summarised by benchstat (about 6 minutes on 2 cores)
 bench:
 	GO=$(GO) scripts/bench.sh
 

@@ -73,7 +73,7 @@ check-generated: generate
 	@untracked=$$(git ls-files --others --exclude-standard -- proto); \
 	if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked"; exit 1; fi
 
-## bench: benchmarks with -benchmem, summarised by benchstat (about 4 minutes on 2 cores)
+## bench: benchmarks with -benchmem, summarised by benchstat (about 6 minutes on 2 cores)
 bench:
 	GO=$(GO) scripts/bench.sh
 
@@ -99,7 +99,7 @@ bench-smoke:
 	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x ./e2e/ -fleetbench.expiries 2
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./otel/... ./e2e/oauth2server/... ./cmd/demo/...
 
-## demo: the main job: early refresh, a revocation and a fleet of processes on one FileStore (about 20 s)
+## demo: the main job: early refresh, a revocation, an IdP outage and a fleet of processes on one FileStore (about 30 s)
 # Built into bin/ and exec'd, so that signals reach it (it starts its fleet's
 # worker processes from its own binary). With Redis as well:
 # make demo DEMO_FLAGS='-redis 127.0.0.1:6379'; every flag: DEMO_FLAGS=-h.

@@ -55,6 +55,25 @@
 // because on a machine with few cores 10,000 RPCs cannot all finish within
 // the time of a single one.
 //
+// # Token endpoint outage
+//
+// BenchmarkIdPOutage has 200 callers make unary calls one after another,
+// each with a 5 s deadline (a caller whose call failed pauses 10 ms before
+// its next), while the token has expired and the token endpoint answers
+// Unavailable for 0.2 s, 0.5 s or 2 s from the first refresh request. It
+// reports, per outage, the calls that failed (failed/op) and were made
+// (calls/op), and the 99th percentile and the maximum of their latencies
+// (p99-ms, max-ms), from the expiry until the calls released by the first
+// new token have completed. refresh=today makes one token request per
+// refresh (WithRefreshAttempts(1)); refresh=attempts has the library's
+// defaults, which try a failed request again within the refresh (3 requests,
+// with waits from WithBackoff's default 100 ms). Failed calls come from the
+// callers waiting for a refresh whose requests all failed, and from calls
+// failing fast while the Source backs off after it, so failed/op depends on
+// the callers' pace; a failed call returns at once, which is why the p99 of
+// refresh=today can be the lower one. The time per op is the length of that
+// window.
+//
 // # Memory held by a waiting call
 //
 // BenchmarkWaiterMemory parks 10,000 calls on a refresh that does not finish

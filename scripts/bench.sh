@@ -12,7 +12,7 @@
 #   OUT        directory for the raw output (default: a new temporary directory)
 #   GO         the go command (default go)
 #
-# With the defaults it takes about three minutes on two cores.
+# With the defaults it takes about five minutes on two cores.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,6 +57,9 @@ benchstat -filter '.name:(UnaryRPC OR Attach)' -col /impl "$raw"
 
 section "Refresh storm (10,000 calls, 50 ms refresh) and memory per waiting call"
 benchstat -filter '.name:(RefreshStorm OR WaiterMemory)' "$raw"
+
+section "Token endpoint outage (200 callers, 5 s deadlines): one token request per refresh vs the default attempts"
+benchstat -filter '.name:IdPOutage' -col /refresh "$raw"
 
 if awk '/^pkg:/ { p = $2 } /^Benchmark/ && p ~ /\/tokensource$/ { found = 1 } END { exit !found }' "$raw"; then
 	section "tokensource: the hot path (Token with a valid token) vs oauth2.ReuseTokenSource, and refresh sharing"

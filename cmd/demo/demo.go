@@ -43,7 +43,7 @@ func runDemo(ctx context.Context, cfg config, out io.Writer) (*summary, error) {
 	var steps []step
 	for _, p := range cfg.phases {
 		switch p {
-		case phaseEarly, phaseRevocation:
+		case phaseEarly, phaseRevocation, phaseOutage:
 			steps = append(steps, step{p, func() (*phaseReport, error) { return runSourcePhase(ctx, cfg, p, m, out) }})
 		case phaseFleet:
 			steps = append(steps, step{"fleet-file", func() (*phaseReport, error) { return runFleetPhase(ctx, cfg, storeFile, out) }})
@@ -82,9 +82,10 @@ type conn struct {
 	iopts  []interceptor.Option
 }
 
-// dial starts the embedded server with tokens that live ttl, or prepares to
-// reach the -addr one. stop ends what dial started.
-func dial(ctx context.Context, cfg config, ttl time.Duration) (*conn, error) {
+// dial starts the embedded server with tokens that live ttl (and the
+// options extra), or prepares to reach the -addr one. stop ends what dial
+// started.
+func dial(ctx context.Context, cfg config, ttl time.Duration, extra ...testserver.Option) (*conn, error) {
 	if !cfg.embedded() {
 		creds, iopts, err := transportCreds(cfg.insecure, cfg.tlsCA)
 		if err != nil {
@@ -100,7 +101,7 @@ func dial(ctx context.Context, cfg config, ttl time.Duration) (*conn, error) {
 	if cfg.failRefreshes > 0 {
 		sopts = append(sopts, testserver.WithRefreshFailures(cfg.failRefreshes, codes.Unavailable))
 	}
-	srv := testserver.New(sopts...)
+	srv := testserver.New(append(sopts, extra...)...)
 	ep, err := srv.Start(ctx, testserver.TLS())
 	if err != nil {
 		return nil, err
@@ -128,24 +129,48 @@ func (c *conn) serverFigures() *serverFigures {
 
 // runSourcePhase runs an in-process phase: cfg.workers callers on one
 // connection and one Source. In the revocation phase the server revokes
-// every access token halfway through.
+// every access token halfway through; in the idp-outage phase its token
+// endpoint goes down twice (see idpOutage.play).
 func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, out io.Writer) (*phaseReport, error) {
 	ttl := cfg.ttl
 	if phase == phaseRevocation {
 		ttl = revocationTTL
 	}
-	c, err := dial(ctx, cfg, ttl)
+	var outage *idpOutage
+	var extra []testserver.Option
+	if phase == phaseOutage {
+		outage = &idpOutage{}
+		extra = append(extra, testserver.WithRefreshFailureFunc(outage.fail))
+	}
+	c, err := dial(ctx, cfg, ttl, extra...)
 	if err != nil {
 		return nil, err
 	}
 	defer c.stop()
 	rep := newPhaseReport(phase, 1, cfg.workers, c.target)
+	rep.RefreshAttempts = cfg.refreshAttempts
 	fmt.Fprintln(out, phaseHeader(cfg, phase, c))
 
 	tracker := &tokenTracker{}
+	// The Source's recoveries from the outages, by cause, for the script.
+	recovered := make(chan string, 2)
+	if outage != nil {
+		tracker.onRefreshed = func(t time.Time) {
+			if cause := outage.refreshed(t); cause != "" {
+				select {
+				case recovered <- cause:
+				default:
+				}
+			}
+		}
+	}
 	iopts := c.iopts
 	observe := tracker.observe
-	var sopts []tokensource.Option
+	hooks := tokensource.RefreshHooks{Wait: tracker.wait}
+	sopts := []tokensource.Option{tokensource.WithRefreshAttempts(cfg.refreshAttempts)}
+	if outage != nil {
+		sopts = append(sopts, tokensource.WithBackoff(outageBackoff, 0))
+	}
 	var obs *tokenrefreshotel.Observer
 	if m != nil {
 		if obs, err = m.observer(phase); err != nil {
@@ -155,10 +180,19 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 			tracker.observe(ev)
 			obs.Observe(ev)
 		}
-		sopts = append(sopts, tokensource.WithRefreshHooks(obs.Hooks()))
+		// One WithRefreshHooks replaces another: the tracker's wait hook
+		// goes next to the Observer's.
+		oh := obs.Hooks()
+		hooks.Context, hooks.End = oh.Context, oh.End
+		if oh.Wait != nil {
+			hooks.Wait = func(ctx context.Context, refresh uint64) {
+				oh.Wait(ctx, refresh)
+				tracker.wait(ctx, refresh)
+			}
+		}
 		iopts = append(slices.Clip(iopts), obs.InterceptorOption())
 	}
-	sopts = append(sopts, tokensource.WithObserver(observe))
+	sopts = append(sopts, tokensource.WithRefreshHooks(hooks), tokensource.WithObserver(observe))
 	cl, err := newClient(ctx, c.target, c.creds, cfg.user, cfg.password, cfg.callTimeout, iopts, sopts...)
 	if err != nil {
 		return nil, err
@@ -176,11 +210,31 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 		revoke := time.AfterFunc(cfg.duration/2, c.srv.ForceExpire)
 		defer revoke.Stop()
 	}
+	var (
+		scriptDone   chan struct{} // closed when the outages have played out
+		stopScript   context.CancelFunc
+		scriptPlayed bool
+	)
+	if outage != nil && c.srv != nil {
+		var sctx context.Context
+		sctx, stopScript = context.WithTimeout(ctx, outageTimeLimit(cfg))
+		defer stopScript()
+		scriptDone = make(chan struct{})
+		go func() {
+			defer close(scriptDone)
+			scriptPlayed = outage.play(sctx, c.srv, recovered)
+		}()
+	}
 	var total counters
 	p := newProgress(out, cfg.tty, func() progressFigures { return cl.figures(&total) })
-	res, elapsed, interrupted := runLoad(ctx, cfg.workers, cfg.duration, cfg.callTimeout, cfg.interval,
+	loadStart := time.Now()
+	res, elapsed, interrupted := runLoad(ctx, cfg.workers, cfg.duration, cfg.callTimeout, cfg.interval, scriptDone,
 		echov1.NewEchoServiceClient(cl.cc), &total, p.tick)
 	p.done()
+	if scriptDone != nil {
+		stopScript()
+		<-scriptDone
+	}
 
 	f := cl.figures(&total)
 	st := cl.src.Stats()
@@ -189,11 +243,21 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 	rep.Retried = cl.retried.Load()
 	rep.Waited = f.Waited
 	rep.MaxWaiters = t.maxWaiters
+	rep.LongestWait = t.longestWait
 	rep.Refreshes = int64(t.refreshes)
 	rep.Early, rep.Forced, rep.Expired = t.early, t.forced, t.expired
 	rep.RefreshFailures = int64(st.Failures - cl.base.Failures)
+	rep.FailedRequests = int64(t.failedCalls)
+	rep.AttemptsRetried = t.attemptsRetried
+	for _, fl := range t.flights {
+		rep.Attempts = append(rep.Attempts, fl.attempts)
+	}
 	rep.Lifetimes = t.lifetimes
 	rep.Server = c.serverFigures()
+	if outage != nil {
+		rep.Outages = outageReports(outage.snapshot(), t.flights, loadStart)
+		rep.OutagesIncomplete = !scriptPlayed && !interrupted
+	}
 	if t.lastFailure != "" {
 		rep.Errors = append(rep.Errors, "last refresh error: "+t.lastFailure)
 	}
@@ -201,6 +265,43 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 		cfg.phaseDone(phase, m.metricsURL())
 	}
 	return rep, nil
+}
+
+// outageTimeLimit bounds the idp-outage phase's script: the first outage
+// starts with the first token's early refresh (at about two thirds of its
+// lifetime), and each takes a few seconds to play out.
+func outageTimeLimit(cfg config) time.Duration {
+	return cfg.duration + cfg.ttl + 15*time.Second
+}
+
+// outageReports describes each outage and the refreshes that ended during
+// it or at the recovery from it. Times are from loadStart.
+func outageReports(windows []outageWindow, flights []flightRecord, loadStart time.Time) []outageReport {
+	var reps []outageReport
+	for _, w := range windows {
+		r := outageReport{
+			Cause: w.cause, At: w.start.Sub(loadStart).Seconds(), Seconds: w.end.Sub(w.start).Seconds(),
+			FailedRequests: w.failed,
+		}
+		last := w.recovered
+		if !last.IsZero() {
+			r.RecoveredAfter = w.recovered.Sub(w.start).Seconds()
+		} else {
+			last = time.Now()
+		}
+		for _, f := range flights {
+			if f.end.Before(w.start) || f.end.After(last) {
+				continue
+			}
+			r.Attempts = append(r.Attempts, f.attempts)
+			r.LongestWait = max(r.LongestWait, f.wait)
+			if !f.ok {
+				r.FailedRefreshes++
+			}
+		}
+		reps = append(reps, r)
+	}
+	return reps
 }
 
 func phaseHeader(cfg config, phase string, c *conn) string {
@@ -227,6 +328,17 @@ func phaseHeader(cfg config, phase string, c *conn) string {
 	}
 	where += ")"
 	switch phase {
+	case phaseOutage:
+		attempts := fmt.Sprintf("each refresh makes up to %d token requests, %v apart at first (WithBackoff, jittered, doubling)",
+			cfg.refreshAttempts, outageBackoff)
+		if cfg.refreshAttempts == 1 {
+			attempts = fmt.Sprintf("each refresh makes 1 token request; after a failed one the Source backs off from %v", outageBackoff)
+		}
+		return fmt.Sprintf("  %d callers for at least %v on one connection and one Source against %s:\n"+
+			"  %s;\n"+
+			"  the token endpoint answers Unavailable for %v from the early refresh of the first token, shortly before it expires,\n"+
+			"  and for %v from the moment, %v after the Source recovered, when the server revokes every access token",
+			cfg.workers, cfg.duration, where, attempts, outageLength, outageLength, revokeAfter)
 	case phaseEarly:
 		return fmt.Sprintf("  %d callers for %v on one connection and one Source (library defaults) against %s:\n"+
 			"  tokens are renewed in the background before they expire, so no call is rejected and none waits",

@@ -55,6 +55,8 @@ type workerSpec struct {
 	Interval    time.Duration `json:"interval"` // between progress reports
 	User        string        `json:"user"`
 	Password    string        `json:"password"`
+	// RefreshAttempts is the Source's WithRefreshAttempts.
+	RefreshAttempts int `json:"refresh_attempts"`
 }
 
 // workerLine is one line a worker process writes to its stdout: that it is
@@ -82,6 +84,9 @@ type workerReport struct {
 	Base        tokensource.Stats `json:"base"` // after the first token, before the load
 	Stats       tokensource.Stats `json:"stats"`
 	LastError   string            `json:"last_error,omitempty"`
+	// FailedRequests counts the Refresher calls that failed, tried again
+	// or not.
+	FailedRequests int `json:"failed_requests"`
 }
 
 // redisClient connects to -redis: host:port, or a unix socket path (the
@@ -123,7 +128,7 @@ func runFleetPhase(ctx context.Context, cfg config, store string, out io.Writer)
 	spec := workerSpec{
 		Target: c.target, Insecure: cfg.insecure, CAFile: cfg.tlsCA, Store: store,
 		Duration: cfg.duration, CallTimeout: cfg.callTimeout, Interval: cfg.interval / progressReports,
-		User: cfg.user, Password: cfg.password,
+		User: cfg.user, Password: cfg.password, RefreshAttempts: cfg.refreshAttempts,
 	}
 	if c.caPEM != nil {
 		spec.CAFile = filepath.Join(dir, "ca.pem")
@@ -253,6 +258,7 @@ wait:
 		rep.Refreshes += int64(r.Stats.Refreshes)
 		rep.Adopted += int64(r.Stats.Adopted)
 		rep.RefreshFailures += int64(r.Stats.Failures)
+		rep.FailedRequests += int64(r.FailedRequests)
 		// The fleet has one token: its lifetimes are the generations of
 		// the process that installed the most (one whose callers stopped
 		// just before the last adoption saw one fewer).
@@ -453,7 +459,8 @@ func work(ctx context.Context, spec workerSpec, stdin io.Reader, stdout io.Write
 	// The first token comes from the store, before the load.
 	tracker := &tokenTracker{}
 	cl, err := newClient(ctx, spec.Target, creds, spec.User, spec.Password, spec.CallTimeout, iopts,
-		tokensource.WithStore(st), tokensource.WithObserver(tracker.observe))
+		tokensource.WithStore(st), tokensource.WithObserver(tracker.observe),
+		tokensource.WithRefreshAttempts(spec.RefreshAttempts))
 	if err != nil {
 		return err
 	}
@@ -463,14 +470,15 @@ func work(ctx context.Context, spec workerSpec, stdin io.Reader, stdout io.Write
 		return err
 	}
 	var total counters
-	res, elapsed, interrupted := runLoad(ctx, spec.Callers, spec.Duration, spec.CallTimeout, spec.Interval,
+	res, elapsed, interrupted := runLoad(ctx, spec.Callers, spec.Duration, spec.CallTimeout, spec.Interval, nil,
 		echov1.NewEchoServiceClient(cl.cc), &total, func(time.Duration) {
 			f := cl.figures(&total)
 			write(workerLine{Progress: &f})
 		})
+	t := tracker.summary(time.Now())
 	rep := &workerReport{Load: res, Seconds: elapsed.Seconds(), Interrupted: interrupted,
 		Retried: cl.retried.Load(), Base: cl.base, Stats: cl.src.Stats(),
-		LastError: tracker.summary(time.Now()).lastFailure}
+		LastError: t.lastFailure, FailedRequests: t.failedCalls}
 	write(workerLine{Result: rep})
 	return nil
 }

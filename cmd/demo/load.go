@@ -219,10 +219,11 @@ func receiveAll(stream grpc.ServerStreamingClient[echov1.ServerStreamEchoRespons
 }
 
 // runLoad starts workers callers, calls tick every interval until duration
-// has passed or ctx is done, then stops the callers, waits for their calls
-// in flight and returns their merged results, how long the load ran, and
-// whether ctx ended it.
-func runLoad(ctx context.Context, workers int, duration, callTimeout, interval time.Duration, client echov1.EchoServiceClient, total *counters, tick func(elapsed time.Duration)) (res workerResult, elapsed time.Duration, interrupted bool) {
+// has passed and until is closed (a nil until is not waited for), or until
+// ctx is done, then stops the callers, waits for their calls in flight and
+// returns their merged results, how long the load ran, and whether ctx
+// ended it.
+func runLoad(ctx context.Context, workers int, duration, callTimeout, interval time.Duration, until <-chan struct{}, client echov1.EchoServiceClient, total *counters, tick func(elapsed time.Duration)) (res workerResult, elapsed time.Duration, interrupted bool) {
 	stop := make(chan struct{})
 	results := make([]workerResult, workers)
 	var wg sync.WaitGroup
@@ -233,13 +234,22 @@ func runLoad(ctx context.Context, workers int, duration, callTimeout, interval t
 
 	ticker := time.NewTicker(interval)
 	deadline := time.NewTimer(duration)
+	timeUp := false
 loop:
 	for {
 		select {
 		case <-ticker.C:
 			tick(time.Since(start))
 		case <-deadline.C:
-			break loop
+			timeUp = true
+			if until == nil {
+				break loop
+			}
+		case <-until:
+			until = nil // closed: never selected again
+			if timeUp {
+				break loop
+			}
 		case <-ctx.Done():
 			interrupted = true
 			break loop

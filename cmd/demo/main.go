@@ -1,16 +1,17 @@
-// Command demo proves, in one run of about 20 seconds, what grpc-tokenrefresh
+// Command demo proves, in one run of about 30 seconds, what grpc-tokenrefresh
 // promises: callers never see an expired token, a token the server revokes
-// costs one shared refresh and no failed call, and a fleet of processes
-// sharing one credential makes one refresh per expiry between them.
+// costs one shared refresh and no failed call, a token endpoint that is down
+// for a second fails no call, and a fleet of processes sharing one
+// credential makes one refresh per expiry between them.
 //
 // Usage:
 //
 //	demo [flags]
 //
 // By default it starts the bundled test server in-process on 127.0.0.1 with
-// TLS and access tokens that live 3 s, and runs three phases of 6 s each,
-// every one with 200 concurrent callers making all four kinds of RPC
-// (unary, server, client and bidirectional streams):
+// TLS and access tokens that live 3 s, and runs four phases of 6 s or a
+// little more each, every one with 200 concurrent callers making all four
+// kinds of RPC (unary, server, client and bidirectional streams):
 //
 //  1. early-refresh: one connection, one tokensource.Source with the
 //     library's defaults. Tokens are renewed in the background before they
@@ -20,12 +21,23 @@
 //     revokes every access token it has issued. The calls in flight are
 //     rejected, wait for one shared forced refresh and are retried; the
 //     application sees none of it.
-//  3. fleet-file: 4 worker processes (this binary, started again) share one
+//  3. idp-outage: one connection and one Source, whose refreshes make up to
+//     -refresh-attempts token requests (the library's default) with a
+//     backoff from 800 ms between them. The token endpoint answers
+//     Unavailable for 1 s from the early refresh of the first token, so
+//     that the token expires during the outage, and again for 1 s from the
+//     moment the server revokes every access token, half a second after the
+//     Source has recovered. A refresh tries again until the endpoint is
+//     back; its callers wait, and no call fails. The table shows the token
+//     requests each refresh made and the longest time a caller waited. The
+//     phase runs at least -duration and until both outages are over. With
+//     -refresh-attempts 1 the outages fail calls, and the phase fails.
+//  4. fleet-file: 4 worker processes (this binary, started again) share one
 //     credential through a tokensource.FileStore, each with its own Source
 //     and connection, after one login that seeds the store. The phase
 //     starts once every process is connected and holds that token. Between
 //     them they make one refresh per token lifetime, and the server never
-//     sees a rotated refresh token twice. With -redis ADDR a fourth phase,
+//     sees a rotated refresh token twice. With -redis ADDR a fifth phase,
 //     fleet-redis, does the same through tokensource/redisstore on that
 //     Redis server.
 //
@@ -48,9 +60,9 @@
 //	testserver -addr 127.0.0.1:50051 -access-ttl 3s -tls -tls-cert-out /tmp/ts.pem
 //	demo -addr 127.0.0.1:50051 -tls-ca /tmp/ts.pem
 //
-// The revocation phase needs the embedded server and is left out, the
-// server-side counters are not available, and the demo's -ttl,
-// -refresh-latency and -fail-refreshes are refused: set the server's
+// The revocation and idp-outage phases need the embedded server and are
+// left out, the server-side counters are not available, and the demo's
+// -ttl, -refresh-latency and -fail-refreshes are refused: set the server's
 // -access-ttl, -refresh-latency and -fail-refreshes instead.
 package main
 
@@ -68,6 +80,7 @@ import (
 	"time"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // Exit statuses of run.
@@ -127,10 +140,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 const (
 	phaseEarly      = "early-refresh"
 	phaseRevocation = "revocation"
+	phaseOutage     = "idp-outage"
 	phaseFleet      = "fleet" // fleet-file, and fleet-redis with -redis
 )
 
-var allPhases = []string{phaseEarly, phaseRevocation, phaseFleet}
+var allPhases = []string{phaseEarly, phaseRevocation, phaseOutage, phaseFleet}
+
+// embeddedPhases need the embedded server: they act on it (revoke its
+// tokens, take its token endpoint down) while the callers run.
+var embeddedPhases = []string{phaseRevocation, phaseOutage}
 
 // config is the parsed command line.
 type config struct {
@@ -145,6 +163,8 @@ type config struct {
 	refreshLatency time.Duration
 	failRefreshes  int
 	callTimeout    time.Duration
+	// refreshAttempts is every Source's WithRefreshAttempts.
+	refreshAttempts int
 
 	addr           string // external server; empty: embedded
 	tlsCA          string
@@ -177,9 +197,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: demo [flags]\n\n"+
-			"Runs concurrent callers against the test server in three phases (early refresh,\n"+
-			"a server-side revocation, a fleet of processes sharing one credential) and\n"+
-			"reports whether any call failed or any refresh was one too many.\n\nFlags:\n")
+			"Runs concurrent callers against the test server in four phases (early refresh,\n"+
+			"a server-side revocation, an outage of the token endpoint, a fleet of processes\n"+
+			"sharing one credential) and reports whether any call failed or any refresh was\n"+
+			"one too many.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	phases := strings.Join(allPhases, ",")
@@ -194,6 +215,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.refreshLatency, "refresh-latency", 0, "delay the server adds to every token refresh (embedded server; with -addr, the server's -refresh-latency decides)")
 	fs.IntVar(&c.failRefreshes, "fail-refreshes", 0, "fail the first `N` token refreshes of each phase with Unavailable (embedded server; with -addr, the server's -fail-refreshes decides)")
 	fs.DurationVar(&c.callTimeout, "call-timeout", 10*time.Second, "deadline of each RPC")
+	fs.IntVar(&c.refreshAttempts, "refresh-attempts", tokensource.DefaultRefreshAttempts, "every Source makes at most `N` token requests per refresh when they fail transiently (tokensource.WithRefreshAttempts); with 1 a failed request fails the refresh and the calls waiting for it")
 	fs.StringVar(&c.addr, "addr", "", "`host:port` of an external test server (default: start one in-process)")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "with -addr, PEM `file` of the CA that signed the server's certificate (default: system roots)")
 	fs.BoolVar(&c.insecure, "insecure", false, "with -addr, connect without TLS (tokens are then sent in clear text)")
@@ -243,6 +265,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return fail("-fail-refreshes must not be negative, got %d", c.failRefreshes)
 	case c.callTimeout <= 0:
 		return fail("-call-timeout must be positive, got %v", c.callTimeout)
+	case c.refreshAttempts < 1:
+		return fail("-refresh-attempts must be at least 1, got %d", c.refreshAttempts)
 	case c.user == "":
 		return fail("-user must not be empty")
 	case set["redis"] && c.redis == "":
@@ -264,13 +288,19 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.insecure && c.tlsCA != "" {
 		return fail("-insecure and -tls-ca are mutually exclusive")
 	}
-	if c.runs(phaseRevocation) {
-		if set["phases"] {
-			return fail("the %s phase needs the embedded server (it revokes tokens on the server); leave it out of -phases with -addr", phaseRevocation)
+	for _, p := range embeddedPhases {
+		if c.runs(p) && set["phases"] {
+			return fail("the %s phase needs the embedded server (%s); leave it out of -phases with -addr", p, embeddedWhy[p])
 		}
-		c.phases = slices.DeleteFunc(c.phases, func(p string) bool { return p == phaseRevocation })
 	}
+	c.phases = slices.DeleteFunc(c.phases, func(p string) bool { return slices.Contains(embeddedPhases, p) })
 	return c, nil
+}
+
+// embeddedWhy says what an embedded-only phase does to the server.
+var embeddedWhy = map[string]string{
+	phaseRevocation: "it revokes tokens on the server",
+	phaseOutage:     "it takes the server's token endpoint down",
 }
 
 // isTerminal reports whether w is a character device, such as a terminal,

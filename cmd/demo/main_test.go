@@ -8,14 +8,18 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/testutil"
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // The fleet phases start this test binary again as their worker processes,
@@ -46,6 +50,8 @@ func testConfig(phases ...string) config {
 		user:        testserver.DefaultUser,
 		password:    testserver.DefaultPassword,
 		interval:    time.Second,
+
+		refreshAttempts: tokensource.DefaultRefreshAttempts,
 	}
 }
 
@@ -245,17 +251,103 @@ func TestMetricsEndpoint(t *testing.T) {
 }
 
 // TestRunFailsWhenRefreshesFail checks that the demo is not a rubber stamp:
-// a failed forced refresh fails the calls waiting for it, and the exit
-// status and verdict say so.
+// a failed forced refresh (every one of its token requests failed) fails
+// the calls waiting for it, and the exit status and verdict say so.
 func TestRunFailsWhenRefreshesFail(t *testing.T) {
 	var out, errOut bytes.Buffer
-	code := run(t.Context(), []string{"-phases", phaseRevocation, "-workers", "10", "-duration", "2s", "-fail-refreshes", "1"}, &out, &errOut)
+	code := run(t.Context(), []string{"-phases", phaseRevocation, "-workers", "10", "-duration", "2s",
+		"-fail-refreshes", strconv.Itoa(tokensource.DefaultRefreshAttempts)}, &out, &errOut)
 	if code != exitFail {
 		t.Errorf("exit status %d, want %d; output:\n%s%s", code, exitFail, out.String(), errOut.String())
 	}
 	for _, want := range []string{"FAIL: ", "Unavailable", "a failed refresh reaches every call waiting for it"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// outageTestConfig is the idp-outage phase with 3 s tokens, whose early
+// refresh comes about 2 s into the load; the phase then runs until both
+// outages have played out.
+func outageTestConfig() config {
+	cfg := testConfig(phaseOutage)
+	cfg.ttl, cfg.duration = 3*time.Second, 2*time.Second
+	return cfg
+}
+
+// TestIdPOutagePhase: the token endpoint is down for a second around an
+// expiry and around a revocation; each refresh that meets an outage tries
+// again until the endpoint is back, so no call fails.
+func TestIdPOutagePhase(t *testing.T) {
+	sum, out := runPhasesOutput(t, outageTestConfig())
+	p := sum.Phases[0]
+	checkCalls(t, p)
+	if p.RefreshAttempts != tokensource.DefaultRefreshAttempts {
+		t.Errorf("%d attempts per refresh, want the library's default %d", p.RefreshAttempts, tokensource.DefaultRefreshAttempts)
+	}
+	if len(p.Outages) != 2 || p.Outages[0].Cause != causeExpiry || p.Outages[1].Cause != causeRevocation {
+		t.Fatalf("outages %+v, want one around the expiry, then one around the revocation", p.Outages)
+	}
+	for _, o := range p.Outages {
+		// A refresh that met the outage failed at least once, tried
+		// again, and installed a token once the endpoint was back.
+		retried := slices.ContainsFunc(o.Attempts, func(n int) bool { return n > 1 })
+		if o.FailedRequests == 0 || o.FailedRefreshes != 0 || !retried || slices.Max(o.Attempts) > p.RefreshAttempts {
+			t.Errorf("outage around the %s: %d token requests failed, refreshes with %v token requests, %d failed; "+
+				"want failed requests, a refresh that tried again (at most %d requests) and none failed",
+				o.Cause, o.FailedRequests, o.Attempts, o.FailedRefreshes, p.RefreshAttempts)
+		}
+		if o.RecoveredAfter < outageLength.Seconds() {
+			t.Errorf("outage around the %s: recovered %.2fs after its start, before it ended (%v)", o.Cause, o.RecoveredAfter, outageLength)
+		}
+		if o.LongestWait <= 0 || o.LongestWait > p.LongestWait {
+			t.Errorf("outage around the %s: callers waited at most %v (the phase's longest %v); want a wait, within the phase's",
+				o.Cause, o.LongestWait, p.LongestWait)
+		}
+	}
+	if p.AttemptsRetried == 0 || int64(p.AttemptsRetried) != p.FailedRequests {
+		t.Errorf("%d token requests failed, %d tried again; want every failed one tried again", p.FailedRequests, p.AttemptsRetried)
+	}
+	if s := p.Server; p.Retried == 0 || s == nil || p.Retried != s.Unauthenticated {
+		t.Errorf("%d calls retried, server figures %+v; want every rejection retried, at least one", p.Retried, s)
+	}
+	text := phaseOutput(t, out, phaseOutage)
+	for _, want := range []string{"token requests per refresh", "around the expiry, from ", "around the revocation, from ", "the longest wait "} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the phase's table lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+// TestRunFailsWithOneRefreshAttempt: with one token request per refresh, as
+// before refreshes tried again, the same outages fail calls; the verdict,
+// the exit status and the JSON summary say so.
+func TestRunFailsWithOneRefreshAttempt(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run(t.Context(), []string{"-phases", phaseOutage, "-workers", "10", "-ttl", "3s", "-duration", "2s",
+		"-refresh-attempts", "1", "-json"}, &out, &errOut)
+	if code != exitFail {
+		t.Errorf("exit status %d, want %d; stderr:\n%s", code, exitFail, errOut.String())
+	}
+	var sum summary
+	if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
+		t.Fatalf("stdout is not JSON: %v\n%s", err, out.String())
+	}
+	if sum.Pass || len(sum.Phases) != 1 {
+		t.Fatalf("summary %+v, want one failed phase", sum)
+	}
+	p := sum.Phases[0]
+	if p.Name != phaseOutage || p.Pass || p.Failed == 0 || p.FailedByCode[codes.Unavailable.String()] == 0 || p.RefreshAttempts != 1 {
+		t.Errorf("phase %s: pass %v, %d failed calls (%v), %d attempts per refresh; want a FAIL with Unavailable calls at 1 attempt",
+			p.Name, p.Pass, p.Failed, p.FailedByCode, p.RefreshAttempts)
+	}
+	if len(p.Outages) == 0 || len(p.Attempts) == 0 || slices.Max(p.Attempts) != 1 {
+		t.Errorf("outages %+v, token requests per refresh %v; want outages and one request per refresh", p.Outages, p.Attempts)
+	}
+	for _, want := range []string{"FAIL: ", "failed calls", "-refresh-attempts 1", "phase 1/1 idp-outage"} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
 		}
 	}
 }
@@ -307,6 +399,8 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"-addr", "127.0.0.1:1", "-fail-refreshes", "2"}, "-fail-refreshes configures the embedded server"},
 		{[]string{"-addr", "127.0.0.1:1", "-refresh-latency", "1s"}, "(cmd/testserver -refresh-latency)"},
 		{[]string{"-addr", "127.0.0.1:1", "-phases", phaseRevocation}, "needs the embedded server"},
+		{[]string{"-addr", "127.0.0.1:1", "-phases", phaseOutage}, "the idp-outage phase needs the embedded server"},
+		{[]string{"-refresh-attempts", "0"}, "-refresh-attempts must be at least 1"},
 		{[]string{"-tls-ca", "ca.pem"}, "apply only with -addr"},
 		{[]string{"-addr", "127.0.0.1:1", "-insecure", "-tls-ca", "ca.pem"}, "mutually exclusive"},
 		{[]string{"extra"}, "unexpected arguments"},

@@ -64,6 +64,25 @@ type phaseReport struct {
 	// shared store instead of refreshing themselves.
 	Adopted int64 `json:"adopted,omitempty"`
 
+	// RefreshAttempts is the most token requests one refresh may make
+	// (-refresh-attempts, tokensource.WithRefreshAttempts).
+	RefreshAttempts int `json:"refresh_attempts"`
+	// FailedRequests counts the token requests (Refresher calls) that
+	// failed, fleet-wide in a fleet phase; AttemptsRetried those of them
+	// that their refresh tried again (RefreshAttemptFailed events;
+	// in-process phases only).
+	FailedRequests  int64 `json:"failed_token_requests"`
+	AttemptsRetried int   `json:"token_requests_retried,omitempty"`
+	// Attempts lists the token requests each refresh of the load made
+	// (Event.Attempts), in the order the refreshes ended; LongestWait is
+	// the longest a caller waited for one. In-process phases only.
+	Attempts    []int         `json:"attempts_per_refresh,omitempty"`
+	LongestWait time.Duration `json:"longest_wait_ns,omitempty"`
+	// Outages are the idp-outage phase's outages of the token endpoint;
+	// OutagesIncomplete reports that they did not all play out in time.
+	Outages           []outageReport `json:"outages,omitempty"`
+	OutagesIncomplete bool           `json:"outages_incomplete,omitempty"`
+
 	Server *serverFigures `json:"server,omitempty"` // nil with -addr
 
 	LatencyP50 time.Duration `json:"latency_p50_ns"`
@@ -76,6 +95,24 @@ type phaseReport struct {
 	Notes       []string `json:"notes,omitempty"`
 	Pass        bool     `json:"pass"`
 	Verdict     string   `json:"verdict"`
+}
+
+// outageReport is one outage of the token endpoint in the idp-outage phase.
+type outageReport struct {
+	Cause          string  `json:"cause"`      // causeExpiry or causeRevocation
+	At             float64 `json:"at_seconds"` // when it started, since the load started
+	Seconds        float64 `json:"seconds"`
+	FailedRequests int     `json:"failed_token_requests"`
+	// Attempts lists the token requests of each refresh that ended between
+	// the outage's start and the Source's recovery (the first new token);
+	// FailedRefreshes counts those that failed, with their callers.
+	Attempts        []int `json:"attempts_per_refresh"`
+	FailedRefreshes int   `json:"failed_refreshes"`
+	// RecoveredAfter is the time from the outage's start to the first new
+	// token; 0 if the Source did not recover.
+	RecoveredAfter float64 `json:"recovered_after_seconds"`
+	// LongestWait is the longest a caller waited for one of those refreshes.
+	LongestWait time.Duration `json:"longest_wait_ns"`
 }
 
 // serverFigures are the embedded server's counters for a phase.
@@ -135,8 +172,14 @@ func (r *phaseReport) judge() {
 	note := func(format string, a ...any) { r.Notes = append(r.Notes, fmt.Sprintf(format, a...)) }
 	if r.Failed > 0 {
 		problem("%s failed calls", group(r.Failed))
-		if r.FailedByCode[codes.Unavailable.String()] > 0 && r.RefreshFailures > 0 {
-			note("a failed refresh reaches every call waiting for it (with -fail-refreshes, as Unavailable)")
+		switch {
+		case r.FailedByCode[codes.Unavailable.String()] == 0 || r.RefreshFailures == 0:
+		case r.Name == phaseOutage:
+			note("a refresh that has no token request left while the endpoint is down (-refresh-attempts %d) fails every call "+
+				"waiting for it, and calls fail fast while the Source backs off", r.RefreshAttempts)
+		default:
+			note("a failed refresh reaches every call waiting for it (with -fail-refreshes, as Unavailable, once "+
+				"a refresh's %s have failed)", plural(r.RefreshAttempts, "token request", "token requests"))
 		}
 	}
 	if r.Calls == 0 && !r.Interrupted {
@@ -145,8 +188,11 @@ func (r *phaseReport) judge() {
 	if r.UnauthenticatedSeen > 0 {
 		problem("%s rejections reached the application", group(r.UnauthenticatedSeen))
 	}
-	if s := r.Server; s != nil && s.RefreshesRefused > 0 && r.RefreshFailures == 0 {
-		problem("the server refused %d refreshes (a rotated refresh token presented again)", s.RefreshesRefused)
+	// Every refresh the server refuses is a token request that failed for
+	// a Source, unless the same refresh token was presented twice.
+	if s := r.Server; s != nil && s.RefreshesRefused > r.FailedRequests {
+		problem("the server refused %d refreshes, %d more than the Sources saw fail (a rotated refresh token presented again)",
+			s.RefreshesRefused, s.RefreshesRefused-r.FailedRequests)
 	}
 	// With -addr the token lifetime is the server's to set: -ttl is refused.
 	shorterTTL := "a shorter -ttl"
@@ -184,6 +230,29 @@ func (r *phaseReport) judge() {
 		}
 		what = fmt.Sprintf("%s for the revocation; %s rejected calls retried unseen by the application",
 			plural(r.Forced, "forced refresh", "forced refreshes"), group(r.Retried))
+	case r.Name == phaseOutage:
+		if r.Server != nil && !r.Interrupted {
+			for _, cause := range []string{causeExpiry, causeRevocation} {
+				switch o := r.outage(cause); {
+				case o == nil:
+					problem("no outage around the %s: no token request came to meet it", cause)
+				case o.RecoveredAfter == 0:
+					problem("the Source did not recover from the outage around the %s", cause)
+				}
+			}
+			if r.OutagesIncomplete {
+				problem("the outages did not play out in time")
+			}
+			if r.Retried == 0 {
+				problem("the server rejected no call: the revocation missed the load")
+			}
+			if r.Retried != r.Server.Unauthenticated {
+				problem("the interceptors retried %s calls but the server rejected %s", group(r.Retried), group(r.Server.Unauthenticated))
+			}
+		}
+		what = fmt.Sprintf("%s of the token endpoint, %s failed; token requests per refresh: %s; callers waited at most %s",
+			plural(len(r.Outages), "outage", "outages"), plural(int(r.FailedRequests), "token request", "token requests"),
+			joinInts(r.Attempts), round(r.LongestWait))
 	default: // a fleet
 		if r.Refreshes != int64(r.Lifetimes) {
 			problem("%s fleet-wide for %s, want one per lifetime",
@@ -263,9 +332,30 @@ func (r *phaseReport) print(out io.Writer) {
 		detail += fmt.Sprintf("; server: %d granted, %d refused, %s", s.Refreshes, s.RefreshesRefused, plural(int(s.Logins), "login", "logins"))
 	}
 	row("refreshes", group(r.Refreshes), detail)
+	switch {
+	case r.Processes > 1 && r.FailedRequests > 0:
+		row("attempts", group(r.FailedRequests)+" failed",
+			fmt.Sprintf("token requests that failed fleet-wide (at most %d per refresh)", r.RefreshAttempts))
+	case r.Processes == 1 && (r.Name == phaseOutage || r.FailedRequests > 0):
+		row("attempts", joinInts(r.Attempts), fmt.Sprintf("token requests per refresh, in order (at most %d); %d failed, %d of them tried again",
+			r.RefreshAttempts, r.FailedRequests, r.AttemptsRetried))
+	}
+	for _, o := range r.Outages {
+		detail := fmt.Sprintf("around the %s, from %.2fs: %s failed; ", o.Cause, o.At, plural(o.FailedRequests, "token request", "token requests"))
+		if o.RecoveredAfter > 0 {
+			detail += fmt.Sprintf("%s (token requests %s, %d failed) until the first new token %.2fs after its start; callers waited at most %s",
+				plural(len(o.Attempts), "refresh", "refreshes"), joinInts(o.Attempts), o.FailedRefreshes, o.RecoveredAfter, round(o.LongestWait))
+		} else {
+			detail += "no new token since"
+		}
+		row("outage", fmt.Sprintf("%.1fs", o.Seconds), detail)
+	}
 	waited := "callers that blocked on a refresh"
 	if r.MaxWaiters > 0 {
 		waited += fmt.Sprintf("; %d at most on one", r.MaxWaiters)
+	}
+	if r.LongestWait > 0 {
+		waited += "; the longest wait " + round(r.LongestWait)
 	}
 	row("waited", group(r.Waited), waited)
 	row("latency", "p50 "+round(r.LatencyP50),
@@ -302,14 +392,18 @@ func (s *summary) judge() {
 func (s *summary) print(out io.Writer) {
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\tcalls\tfailed\tUnauth seen\tretried\twaited\trefreshes\tlifetimes\tverdict\t")
+	fmt.Fprintln(tw, "phase\tcalls\tfailed\tUnauth seen\tretried\twaited\tlongest wait\trefreshes\tlifetimes\tverdict\t")
 	for _, p := range s.Phases {
 		verdict := "PASS"
 		if !p.Pass {
 			verdict = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n", p.Name, group(p.Calls), group(p.Failed),
-			group(p.UnauthenticatedSeen), group(p.Retried), group(p.Waited), group(p.Refreshes), p.Lifetimes, verdict)
+		longest := "-" // not measured across processes
+		if p.Processes == 1 {
+			longest = round(p.LongestWait)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n", p.Name, group(p.Calls), group(p.Failed),
+			group(p.UnauthenticatedSeen), group(p.Retried), group(p.Waited), longest, group(p.Refreshes), p.Lifetimes, verdict)
 	}
 	tw.Flush()
 	fmt.Fprintln(out, s.Verdict)
@@ -372,6 +466,28 @@ func (p *progress) done() {
 	if p.tty && p.lastLen > 0 {
 		fmt.Fprintln(p.out)
 	}
+}
+
+// outage returns the outage with the given cause, or nil.
+func (r *phaseReport) outage(cause string) *outageReport {
+	for i := range r.Outages {
+		if r.Outages[i].Cause == cause {
+			return &r.Outages[i]
+		}
+	}
+	return nil
+}
+
+// joinInts returns "3, 1, 3", or "none" for no numbers.
+func joinInts(ns []int) string {
+	if len(ns) == 0 {
+		return "none"
+	}
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
 }
 
 // plural returns "1 refresh" or "2 refreshes".

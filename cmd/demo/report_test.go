@@ -56,6 +56,48 @@ func TestTokenTracker(t *testing.T) {
 	}
 }
 
+// TestTokenTrackerAttempts feeds the tracker a refresh that tries again and
+// one that fails, and checks the token requests and waits it records.
+func TestTokenTrackerAttempts(t *testing.T) {
+	var refreshed []time.Time
+	tr := &tokenTracker{onRefreshed: func(at time.Time) { refreshed = append(refreshed, at) }}
+	boom := errors.New("unavailable")
+	start := time.Now()
+	tr.wait(t.Context(), 1) // the login's caller: not the load's
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshSucceeded, Refresh: 1, Time: start, Expiry: start.Add(time.Hour), Attempts: 1, Waiters: 1})
+
+	before := time.Now()
+	tr.wait(t.Context(), 2)
+	tr.wait(t.Context(), 2) // a later caller: the first one waited longest
+	after := time.Now()
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshAttemptFailed, Refresh: 2, Time: after, Attempts: 1, Err: boom})
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshAttemptFailed, Refresh: 2, Time: after.Add(time.Second), Attempts: 2, Err: boom})
+	end := after.Add(2 * time.Second)
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshSucceeded, Refresh: 2, Time: end, Expiry: start.Add(2 * time.Hour), Attempts: 3, Waiters: 2})
+	tr.wait(t.Context(), 2) // joins as the refresh ends: no wait of its own
+
+	tr.observe(tokensource.Event{Kind: tokensource.RefreshFailed, Refresh: 3, Time: end.Add(time.Second), Attempts: 1, Err: boom})
+
+	s := tr.summary(end.Add(time.Minute))
+	if len(s.flights) != 2 {
+		t.Fatalf("flights %+v, want the 2 after the login", s.flights)
+	}
+	f := s.flights[0]
+	if !f.ok || f.attempts != 3 || f.waiters != 2 || !f.firstFailure.Equal(after) || f.wait < end.Sub(after) || f.wait > end.Sub(before) {
+		t.Errorf("the refresh that tried again: %+v; want ok, 3 requests, 2 waiters, first failure at %v, a wait of about 2s", f, after)
+	}
+	if f := s.flights[1]; f.ok || f.attempts != 1 || f.wait != 0 {
+		t.Errorf("the failed refresh: %+v; want failed, 1 request, no wait", f)
+	}
+	if s.attemptsRetried != 2 || s.failedCalls != 3 || s.longestWait != f.wait || s.lastFailure != "unavailable" {
+		t.Errorf("summary: %d requests tried again, %d failed, longest wait %v, last failure %q; want 2, 3, %v, %q",
+			s.attemptsRetried, s.failedCalls, s.longestWait, s.lastFailure, f.wait, "unavailable")
+	}
+	if len(refreshed) != 1 || !refreshed[0].Equal(end) {
+		t.Errorf("onRefreshed called with %v, want once, with %v (the login is not the load's)", refreshed, end)
+	}
+}
+
 // TestJudge checks that each phase's verdict fails what the phase is meant
 // to rule out.
 func TestJudge(t *testing.T) {
@@ -88,6 +130,21 @@ func TestJudge(t *testing.T) {
 			"the server saw 2 logins, want 1 (the one that seeded the store)"},
 		{"fleet seed not counted", phaseReport{Name: "fleet-file", Processes: 4, Calls: 10, Refreshes: 3, Lifetimes: 3, Adopted: 9, Server: &serverFigures{Refreshes: 3}},
 			"the server saw 0 logins, want 1"},
+		{"revocation, injected failures tried again", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 1, Forced: 1, Retried: 9,
+			FailedRequests: 2, Server: &serverFigures{Logins: 1, Refreshes: 1, RefreshesRefused: 2, Unauthenticated: 9}}, ""},
+		{"revocation, a refusal the Source did not see", phaseReport{Name: phaseRevocation, Calls: 10, Refreshes: 1, Forced: 1, Retried: 9,
+			FailedRequests: 1, Server: &serverFigures{Logins: 1, Refreshes: 1, RefreshesRefused: 2, Unauthenticated: 9}},
+			"the server refused 2 refreshes, 1 more than the Sources saw fail"},
+		{"outage ok", passingOutagePhase(nil), ""},
+		{"outage missed", passingOutagePhase(func(r *phaseReport) { r.Outages = r.Outages[:1] }),
+			"no outage around the revocation: no token request came to meet it"},
+		{"outage not recovered", passingOutagePhase(func(r *phaseReport) { r.Outages[1].RecoveredAfter = 0; r.OutagesIncomplete = true }),
+			"the Source did not recover from the outage around the revocation; the outages did not play out in time"},
+		{"outage, revocation missed", passingOutagePhase(func(r *phaseReport) { r.Retried, r.Server.Unauthenticated = 0, 0 }),
+			"the revocation missed the load"},
+		{"outage, calls failed", passingOutagePhase(func(r *phaseReport) {
+			r.Failed, r.FailedByCode, r.RefreshFailures = 40, map[string]int64{"Unavailable": 40}, 2
+		}), "40 failed calls"},
 		{"failed calls", phaseReport{Name: phaseEarly, Calls: 10, Failed: 3}, "3 failed calls"},
 		{"interrupted", phaseReport{Name: phaseEarly, Calls: 10, Interrupted: true, Seconds: 1.5}, "interrupted after 1.5s"},
 	} {
@@ -100,6 +157,15 @@ func TestJudge(t *testing.T) {
 			t.Errorf("%s: verdict %q, want a FAIL saying %q", tc.name, r.Verdict, tc.want)
 		}
 	}
+	// A failed idp-outage phase says why: the refreshes ran out of token
+	// requests while the endpoint was down.
+	r := passingOutagePhase(func(r *phaseReport) {
+		r.Failed, r.FailedByCode, r.RefreshFailures, r.RefreshAttempts = 40, map[string]int64{"Unavailable": 40}, 2, 1
+	})
+	if r.judge(); r.Pass || !strings.Contains(strings.Join(r.Notes, "\n"), "no token request left while the endpoint is down (-refresh-attempts 1)") {
+		t.Errorf("failed idp-outage phase: verdict %q, notes %q; want a FAIL with a note naming -refresh-attempts 1", r.Verdict, r.Notes)
+	}
+
 	// A phase too short to renew a token says how to lengthen it, naming
 	// only flags that apply: with -addr (no server figures) -ttl is
 	// refused, and the lifetime is the server's -access-ttl.
@@ -130,6 +196,24 @@ func TestJudge(t *testing.T) {
 	if empty.judge(); empty.Pass {
 		t.Error("a summary without phases passes")
 	}
+}
+
+// passingOutagePhase returns the report of an idp-outage phase that passes,
+// changed by change (if not nil).
+func passingOutagePhase(change func(*phaseReport)) phaseReport {
+	r := phaseReport{
+		Name: phaseOutage, Calls: 10, Refreshes: 2, Forced: 1, Expired: 1, Retried: 9, RefreshAttempts: 3,
+		FailedRequests: 4, AttemptsRetried: 4, Attempts: []int{3, 3}, LongestWait: 2 * time.Second,
+		Server: &serverFigures{Logins: 1, Refreshes: 2, RefreshesRefused: 4, Unauthenticated: 9},
+		Outages: []outageReport{
+			{Cause: causeExpiry, At: 2, Seconds: 1, FailedRequests: 2, Attempts: []int{3}, RecoveredAfter: 1.5, LongestWait: time.Second},
+			{Cause: causeRevocation, At: 4, Seconds: 1, FailedRequests: 2, Attempts: []int{3}, RecoveredAfter: 1.5, LongestWait: 2 * time.Second},
+		},
+	}
+	if change != nil {
+		change(&r)
+	}
+	return r
 }
 
 func TestProgressLine(t *testing.T) {

@@ -1,11 +1,16 @@
 package redisstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/redistest"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
@@ -121,5 +126,123 @@ func BenchmarkTokenWithStore(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// timedStore is a Store that records how long the last LoadRecord and Save
+// took.
+type timedStore struct {
+	*Store
+	load, save atomic.Int64 // nanoseconds
+}
+
+func (s *timedStore) LoadRecord(ctx context.Context) (tokensource.Record, error) {
+	t0 := time.Now()
+	defer func() { s.load.Store(int64(time.Since(t0))) }()
+	return s.Store.LoadRecord(ctx)
+}
+
+func (s *timedStore) Save(ctx context.Context, t *tokensource.Token) error {
+	t0 := time.Now()
+	defer func() { s.save.Store(int64(time.Since(t0))) }()
+	return s.Store.Save(ctx, t)
+}
+
+// BenchmarkRefreshRedisDown measures what a Token call that needs a refresh
+// costs a Source with WithUncoordinatedRefresh while its Redis is down (a
+// redis-server killed: its socket refuses connections). Each iteration
+// starts a client and a Source and makes three such calls:
+//
+//   - first: the first refresh since Redis went down. The Source does not
+//     know yet, so it asks with the client's whole dial and retry budget.
+//     This is what every refresh attempt cost before the Source remembered
+//     an outage of its Coordinator.
+//   - backoff: the next refresh, within the backoff period after the failed
+//     look: the Coordinator is not asked again.
+//   - probe: a refresh after that period: one look, bounded to 1 s.
+//
+// For each it reports the Token call (first-ms, backoff-ms, probe-ms) and,
+// within it, the Coordinator's LoadRecord (…-load-ms, 0 when not asked) and
+// the best-effort Save of the new token (…-save-ms), which the caller waits
+// for too. The Refresher answers at once. client=go-redis-defaults is a
+// client with go-redis's default dial and retry settings, as an application
+// would have; client=one-dial is the tests' (one dial attempt per command).
+// A backoff of an hour and a clock the benchmark moves on make "within" and
+// "after" the backoff period certain.
+func BenchmarkRefreshRedisDown(b *testing.B) {
+	srv := redistest.Start(b)
+	srv.Stop()
+	for _, client := range []struct {
+		name string
+		opts redis.Options
+	}{
+		{"go-redis-defaults", redis.Options{Network: "unix", Addr: srv.Socket}},
+		{"one-dial", *clientOptions(srv)},
+	} {
+		b.Run("client="+client.name, func(b *testing.B) {
+			ctx := context.Background()
+			var total [3]struct{ call, load, save time.Duration }
+			iterations := 0
+			for b.Loop() {
+				var skew atomic.Int64
+				now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+				// Each token expires before the next call: every call
+				// refreshes. The Coordinator is not asked again for at least
+				// half the backoff, 30 minutes.
+				r := tokensource.RefresherFunc(func(context.Context, *tokensource.Token) (*tokensource.Token, error) {
+					t := secretToken()
+					t.Expiry = now().Add(time.Minute)
+					return t, nil
+				})
+				opts := client.opts
+				c := redis.NewClient(&opts)
+				st := &timedStore{Store: New(c, "token")}
+				src := tokensource.New(r, tokensource.WithStore(st), tokensource.WithUncoordinatedRefresh(),
+					tokensource.WithBackoff(time.Hour, time.Hour), tokensource.WithClock(now))
+				for i, advance := range []time.Duration{0, 2 * time.Minute, 2 * time.Hour} {
+					skew.Add(int64(advance))
+					st.load.Store(0)
+					st.save.Store(0)
+					t0 := time.Now()
+					if _, err := src.Token(ctx); err != nil {
+						b.Fatalf("call %d: Token with Redis down and WithUncoordinatedRefresh: %v", i, err)
+					}
+					total[i].call += time.Since(t0)
+					total[i].load += time.Duration(st.load.Load())
+					total[i].save += time.Duration(st.save.Load())
+				}
+				_ = src.Close()
+				_ = c.Close()
+				iterations++
+			}
+			b.StopTimer()
+			awaitPoolDialers(b)
+			ms := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(iterations) }
+			for i, name := range []string{"first", "backoff", "probe"} {
+				b.ReportMetric(ms(total[i].call), name+"-ms")
+				b.ReportMetric(ms(total[i].load), name+"-load-ms")
+				b.ReportMetric(ms(total[i].save), name+"-save-ms")
+			}
+		})
+	}
+}
+
+// awaitPoolDialers waits until the background dialers of the closed go-redis
+// clients have exited, for the leak check at the end of the run: a client
+// whose dials keep failing starts one that retries every second, and it
+// notices the Close only when it wakes.
+func awaitPoolDialers(tb testing.TB) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if !bytes.Contains(buf[:n], []byte("(*ConnPool).tryDial")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("a go-redis dialer outlived its client's Close by 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

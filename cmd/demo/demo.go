@@ -168,9 +168,6 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 	observe := tracker.observe
 	hooks := tokensource.RefreshHooks{Wait: tracker.wait}
 	sopts := []tokensource.Option{tokensource.WithRefreshAttempts(cfg.refreshAttempts)}
-	if outage != nil {
-		sopts = append(sopts, tokensource.WithBackoff(outageBackoff, 0))
-	}
 	var obs *tokenrefreshotel.Observer
 	if m != nil {
 		if obs, err = m.observer(phase); err != nil {

@@ -22,8 +22,8 @@
 //     rejected, wait for one shared forced refresh and are retried; the
 //     application sees none of it.
 //  3. idp-outage: one connection and one Source, whose refreshes make up to
-//     -refresh-attempts token requests (the library's default) with a
-//     backoff from 800 ms between them. The token endpoint answers
+//     -refresh-attempts token requests (the library's default) with the
+//     library's default backoff (from 1 s) between them. The token endpoint answers
 //     Unavailable for 1 s from the early refresh of the first token, so
 //     that the token expires during the outage, and again for 1 s from the
 //     moment the server revokes every access token, half a second after the

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // The idp-outage phase's timing. A refresh of n attempts waits at least
@@ -18,7 +19,7 @@ import (
 // therefore ends before the last attempt of the refresh that met it.
 const (
 	outageLength  = time.Second
-	outageBackoff = 800 * time.Millisecond
+	outageBackoff = tokensource.DefaultBackoffInitial // the library's default: the phase sets no backoff
 	// revokeAfter separates the two outages: the revocation comes this long
 	// after the Source recovered from the first.
 	revokeAfter = 500 * time.Millisecond

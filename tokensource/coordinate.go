@@ -161,16 +161,7 @@ func (s *Source) runUncoordinated(ctx, wctx context.Context, f *flight, prev, cu
 		return result{kind: failed, err: fmt.Errorf("tokensource: not refreshing without the fleet's lease: %w", err)}
 	}
 	s.log.Warn("tokensource: coordinator unavailable; refreshing locally (WithUncoordinatedRefresh)", "error", err)
-	// Saved on a best-effort basis, and not at all while the coordinator is
-	// known to be down: the token is used at once, not after a dial budget.
-	p := s.toStore()
-	p.write = func(ctx context.Context, t *Token) error {
-		if err := s.coordinatorDown(); err != nil {
-			return err
-		}
-		return s.save(ctx, t)
-	}
-	return s.refresh(ctx, wctx, f, prev, current, p)
+	return s.refresh(ctx, wctx, f, prev, current, s.toStore())
 }
 
 // waitError is the flight's error when wctx ended while the Source waited
@@ -198,11 +189,12 @@ func (s *Source) loadRecord(wctx context.Context) (Record, error) {
 	if err := s.coordinatorDown(); err != nil {
 		return Record{}, err
 	}
-	ctx, cancel := context.WithTimeout(wctx, min(coordinatorProbe, s.opts.refreshTimeout/2))
+	bound := min(coordinatorProbe, s.opts.refreshTimeout/2)
+	ctx, cancel := context.WithTimeout(wctx, bound)
 	defer cancel()
 	rec, err := s.coord.LoadRecord(ctx)
 	if err != nil && wctx.Err() == nil && ctx.Err() != nil {
-		err = fmt.Errorf("%w: no answer within %v", ErrCoordinatorUnavailable, min(coordinatorProbe, s.opts.refreshTimeout/2))
+		err = fmt.Errorf("%w: no answer within %v", ErrCoordinatorUnavailable, bound)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

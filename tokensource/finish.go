@@ -170,7 +170,7 @@ func (s *Source) report(f *flight, start time.Time, res result, ev Event, releas
 		s.log.Error("tokensource: saving the token failed; using it anyway", "error", res.saveErr)
 		s.emit(Event{Kind: StoreFailed, Refresh: f.id, Time: ev.Time, Err: res.saveErr, Generation: ev.Generation})
 	}
-	ev.Duration, ev.Attempts = ev.Time.Sub(start), res.attempts
+	ev.Duration, ev.Attempts = ev.Time.Sub(start), f.attempts
 	if res.tok != nil {
 		ev.Expiry = res.tok.Expiry
 	}

@@ -38,7 +38,6 @@ type result struct {
 	storeRead, fromStore bool
 	saveErr              error  // persisting failed; tok is used anyway
 	rotated              string // the refresh token of a refused result: see Source.rotated
-	attempts             int    // the Refresher calls the flight made
 }
 
 // run is the refresh goroutine of f. ctx bounds the Refresher call (the
@@ -97,9 +96,19 @@ type persistence struct {
 
 // toStore persists to the Store, if there is one: for a Source without a
 // Coordinator, and on a best-effort basis for one refreshing while its
-// Coordinator is unavailable (WithUncoordinatedRefresh).
+// Coordinator is unavailable (WithUncoordinatedRefresh): not at all while it
+// is known to be down, so that the token is used at once, not after a dial
+// budget.
 func (s *Source) toStore() persistence {
-	return persistence{write: s.save, release: func(context.Context) {}}
+	return persistence{
+		write: func(ctx context.Context, t *Token) error {
+			if err := s.coordinatorDown(); err != nil {
+				return err
+			}
+			return s.save(ctx, t)
+		},
+		release: func(context.Context) {},
+	}
 }
 
 // refresh obtains f's token from the Refresher with current (prev is the
@@ -116,12 +125,11 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 	for {
 		f.attempts++
 		res, refused, inTime = s.callRefresher(ctx, f, prev, current, p)
-		if !inTime || !retryable(res, refused) || f.attempts >= s.opts.refreshAttempts || !s.pause(ctx, wctx, f, res.err) {
+		if !inTime || !retryable(res) || f.attempts >= s.opts.refreshAttempts || !s.pause(ctx, wctx, f, res.err) {
 			break
 		}
 	}
 	close(f.refDone)
-	res.attempts = f.attempts
 	switch {
 	case !inTime && !s.reoccupy(f):
 		p.release(ctx)
@@ -163,12 +171,13 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 
 // retryable reports whether a failed attempt may be tried again inside its
 // flight: a transient failure, but not the refresh timeout (the flight is
-// over), a panic or an invalid token (a bug, not an outage), an unchanged
-// token (the Refresher would hand it back again) or a refused result (its
-// rotated refresh token is persisted first, which gives up a fleet's lease).
-func retryable(res result, refused *Token) bool {
+// over), a panic or an invalid token (a bug, not an outage; an invalid token
+// may also carry a rotated refresh token, persisted first, which gives up a
+// fleet's lease) or an unchanged token (the Refresher would hand it back
+// again: its kind is not failed).
+func retryable(res result) bool {
 	return res.kind == failed && !errors.Is(res.err, ErrRefreshTimeout) && !errors.Is(res.err, ErrRefresherPanicked) &&
-		!errors.Is(res.err, ErrInvalidToken) && refused == nil
+		!errors.Is(res.err, ErrInvalidToken)
 }
 
 func rotatedBy(refused, current *Token) bool {

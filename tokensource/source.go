@@ -293,20 +293,20 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 	}
 	f := s.flight
 	if f == nil {
-		now := s.now()
-		if (s.running != nil || s.backingOffLocked(now)) && waitsForReady(ctx) {
-			if s.running != nil {
-				return nil, &notYet{wake: s.running.end, last: s.lastErr}
-			}
-			return nil, &notYet{at: s.retryAt, last: s.lastErr}
-		}
 		if s.running != nil {
 			// No second call while a timed-out Refresher runs (it could
-			// present the same refresh token twice): fail fast.
+			// present the same refresh token twice): fail fast, or wait
+			// for its end.
+			if waitsForReady(ctx) {
+				return nil, &notYet{wake: s.running.end, last: s.lastErr}
+			}
 			return nil, s.lastErr
 		}
-		if s.backingOffLocked(now) {
-			if !forced {
+		if now := s.now(); s.backingOffLocked(now) {
+			switch {
+			case waitsForReady(ctx):
+				return nil, &notYet{at: s.retryAt, last: s.lastErr}
+			case !forced:
 				return nil, s.lastErr
 			}
 			// A rejected call learns why it is not retried.

@@ -128,5 +128,14 @@ func TestHotPathAllocations(t *testing.T) {
 		if standalone := allocs(tc.ctx, cases["standalone"]); standalone > floor+1 {
 			t.Errorf("%s: standalone interceptor: %v allocs per call, floor: %v", tc.name, standalone, floor)
 		}
+		// Waiting for ready costs a call with a valid token nothing (the
+		// option slice is the caller's, made once).
+		waitForReady := []grpc.CallOption{grpc.WaitForReady(true)}
+		wfr := testing.AllocsPerRun(1000, func() {
+			_ = cases["interceptor"](tc.ctx, methodPing, nil, nil, nil, nopInvoker, waitForReady...)
+		})
+		if wfr > got {
+			t.Errorf("%s: interceptor with grpc.WaitForReady(true): %v allocs per call, without: %v", tc.name, wfr, got)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -114,6 +115,17 @@ func (l *lateSource) Refresh(ctx context.Context, stale *tokensource.Token) (*to
 		return b.Refresh(ctx, stale)
 	}
 	return nil, ErrNoSource
+}
+
+// MinRefreshInterval is that of the bound source, if it has one (see
+// TokenSource), for the message of a call that is not retried.
+func (l *lateSource) MinRefreshInterval() time.Duration {
+	if b := l.p.Load(); b != nil {
+		if s, ok := b.TokenSource.(interface{ MinRefreshInterval() time.Duration }); ok {
+			return s.MinRefreshInterval()
+		}
+	}
+	return 0
 }
 
 // isNil reports whether src is nil or a typed nil pointer (or other nil

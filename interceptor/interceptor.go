@@ -126,8 +126,8 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if skip {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	ctx, md := i.outgoing(ctx, waitForReady)
-	tok, hv, err := i.token(ctx)
+	ctx, md := i.outgoing(ctx)
+	tok, hv, err := i.token(ctx, waitForReady)
 	if err != nil {
 		return err
 	}
@@ -136,9 +136,9 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if err == nil || !i.rejected(ctx, method, err) {
 		return err
 	}
-	_, hv, rerr := i.renew(ctx, method, tok, err)
+	_, hv, rerr := i.renew(ctx, method, tok, err, waitForReady)
 	if rerr != nil {
-		return i.notRetried(rerr, err)
+		return rerr
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
 	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
@@ -149,8 +149,8 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 	if skip {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-	ctx, md := i.outgoing(ctx, waitForReady)
-	tok, hv, err := i.token(ctx)
+	ctx, md := i.outgoing(ctx)
+	tok, hv, err := i.token(ctx, waitForReady)
 	if err != nil {
 		return nil, err
 	}
@@ -161,9 +161,9 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 		if !i.rejected(ctx, method, err) {
 			return nil, err
 		}
-		fresh, hv, rerr := i.renew(ctx, method, tok, err)
+		fresh, hv, rerr := i.renew(ctx, method, tok, err, waitForReady)
 		if rerr != nil {
-			return nil, i.notRetried(rerr, err)
+			return nil, rerr
 		}
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected at stream creation, retrying with a new token", "method", method)
 		if cs, err = streamer(i.attachAgain(ctx, hv), desc, cc, method, opts...); err != nil {
@@ -171,7 +171,9 @@ func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grp
 		}
 		tok, retried = fresh, true
 	}
-	return newClientStream(i, ctx, desc, cc, method, streamer, opts, cs, tok, retried), nil
+	w := newClientStream(i, ctx, desc, cc, method, streamer, opts, cs, tok, retried)
+	w.waitForReady = waitForReady
+	return w, nil
 }
 
 // skipped reports whether a call goes out untouched: SkipAuth, a method in
@@ -208,9 +210,16 @@ func (i *interceptor) rejected(ctx context.Context, method string, err error) bo
 	return i.opts.rejected(ctx, method, err)
 }
 
-// token gets a token from the source. ctx must come from outgoing.
-func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerValue, error) {
+// token gets a token from the source. ctx must come from outgoing. A call
+// made with grpc.WaitForReady(true) waits through the source's backoff, as
+// grpc-go waits for a connection (tokensource.WaitForReady); it is asked
+// again that way only after a failure, so that a valid token costs such a
+// call nothing more.
+func (i *interceptor) token(ctx context.Context, waitForReady bool) (*tokensource.Token, *headerValue, error) {
 	tok, err := i.src.Token(ctx)
+	if err != nil && waitForReady && ctx.Err() == nil {
+		tok, err = i.src.Token(tokensource.WaitForReady(ctx))
+	}
 	if err != nil {
 		return nil, nil, sourceError(ctx, err)
 	}
@@ -220,18 +229,21 @@ func (i *interceptor) token(ctx context.Context) (*tokensource.Token, *headerVal
 
 // renew asks the source for the token that replaces stale, which the server
 // rejected with rejection, and tells the retry observer (WithRetryObserver)
-// when the caller is about to retry with it. The error is the mapped refresh
-// failure, or errNoNewer when the source handed back stale (its rate limit
-// for forced refreshes, say): the same token would be rejected again, so the
-// call is not retried. ctx must come from outgoing.
-func (i *interceptor) renew(ctx context.Context, method string, stale *tokensource.Token, rejection error) (*tokensource.Token, *headerValue, error) {
+// when the caller is about to retry with it. The error is the one the caller
+// sees: the mapped refresh failure, or rejection, saying why it was not
+// retried, when the source handed back stale (its rate limit for forced
+// refreshes, say). ctx must come from outgoing; waitForReady is as for token.
+func (i *interceptor) renew(ctx context.Context, method string, stale *tokensource.Token, rejection error, waitForReady bool) (*tokensource.Token, *headerValue, error) {
+	if waitForReady {
+		ctx = tokensource.WaitForReady(ctx) // a rejected call is the slow path anyway
+	}
 	tok, err := i.src.Refresh(ctx, stale)
 	if err != nil {
 		i.opts.logger.DebugContext(ctx, "interceptor: token rejected, refresh failed", "method", method, "error", err)
 		return nil, nil, sourceError(ctx, err)
 	}
 	if tok == stale {
-		return nil, nil, errNoNewer
+		return nil, nil, i.notRetried(rejection)
 	}
 	hv, err := i.headerValue(tok)
 	if err == nil && i.opts.retried != nil {
@@ -242,25 +254,16 @@ func (i *interceptor) renew(ctx context.Context, method string, stale *tokensour
 	return tok, hv, err
 }
 
-// errNoNewer is renew's report that the source had no newer token; callers
-// never return it, see notRetried.
-var errNoNewer = errors.New("interceptor: the token source has no newer token")
-
-// notRetried returns err, renew's error for rejection, as the caller sees
-// it: errNoNewer becomes rejection, saying why the call was not retried.
-func (i *interceptor) notRetried(err, rejection error) error {
-	if err != errNoNewer {
-		return err
-	}
-	src := i.src
-	if l, ok := src.(*lateSource); ok {
-		src = l.p.Load().TokenSource // bound: it handed back the token
-	}
+// notRetried returns rejection as the caller sees it when the source had no
+// newer token: its code and details, errors.Is and errors.As reaching it,
+// and a message that says why it was not retried.
+func (i *interceptor) notRetried(rejection error) error {
 	why := "the token source has no newer token"
-	if s, ok := src.(interface{ MinRefreshInterval() time.Duration }); ok && s.MinRefreshInterval() > 0 {
-		why = fmt.Sprintf("forced refresh rate-limited (WithMinRefreshInterval %v)", s.MinRefreshInterval())
+	if s, ok := i.src.(interface{ MinRefreshInterval() time.Duration }); ok {
+		if d := s.MinRefreshInterval(); d > 0 {
+			why = fmt.Sprintf("forced refresh rate-limited (WithMinRefreshInterval %v)", d)
+		}
 	}
-	// The rejection's code and details; errors.Is and errors.As reach it.
 	p := status.Convert(rejection).Proto()
 	p.Message += "; not retried: " + why
 	return &statusError{st: status.FromProto(p), causes: []error{rejection}}
@@ -299,12 +302,7 @@ func (i *interceptor) headerValue(tok *tokensource.Token) (*headerValue, error) 
 // grpc-go offers no public way to look at the outgoing metadata without
 // copying it, so a context that carries outgoing metadata costs one copy;
 // attach then uses that copy, so the header costs no second one.
-func (i *interceptor) outgoing(ctx context.Context, waitForReady bool) (context.Context, metadata.MD) {
-	if waitForReady {
-		// The source waits through a backoff for such a call, as grpc-go
-		// waits for a connection (tokensource.WaitForReady).
-		ctx = tokensource.WaitForReady(ctx)
-	}
+func (i *interceptor) outgoing(ctx context.Context) (context.Context, metadata.MD) {
 	md, ok := metadata.FromOutgoingContext(ctx)
 	if !ok {
 		return ctx, nil

@@ -42,6 +42,8 @@ type clientStream struct {
 	method   string
 	streamer grpc.Streamer
 	opts     []grpc.CallOption
+	// waitForReady: the call was made with grpc.WaitForReady(true).
+	waitForReady bool
 
 	recvLock chan struct{}
 
@@ -353,11 +355,9 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	w.buf, w.bufBytes, w.replayable = nil, 0, false
 	w.mu.Unlock()
 
-	tok, hv, rerr := w.i.renew(w.ctx, w.method, a.tok, err)
+	tok, hv, rerr := w.i.renew(w.ctx, w.method, a.tok, err, w.waitForReady)
 	var cs grpc.ClientStream
-	if rerr == errNoNewer {
-		rerr = w.i.notRetried(rerr, err) // the server's rejection, saying why
-	} else if rerr == nil {
+	if rerr == nil {
 		w.i.opts.logger.DebugContext(w.ctx, "interceptor: stream token rejected, reopening with a new token",
 			"method", w.method, "replay_messages", len(buf))
 		cs, rerr = w.streamer(w.i.attachAgain(w.ctx, hv), w.desc, w.cc, w.method, w.opts...)

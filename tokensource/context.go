@@ -40,4 +40,9 @@ func WaitForReady(ctx context.Context) context.Context {
 	return context.WithValue(ctx, waitForReadyKey{}, true)
 }
 
-func waitsForReady(ctx context.Context) bool { return ctx.Value(waitForReadyKey{}) != nil }
+// waitsForReady reports whether ctx waits for ready. Not inside a refresh:
+// a refresh context keeps the values of its initiator's, and a Refresher's
+// own calls (to another Source, say) must not wait through backoffs.
+func waitsForReady(ctx context.Context) bool {
+	return ctx.Value(waitForReadyKey{}) != nil && !InRefresh(ctx)
+}

@@ -460,9 +460,10 @@ const (
 //   - Calls with grpc.WaitForReady(true), per call and through
 //     grpc.WithDefaultCallOptions, and direct Source.Token calls with
 //     tokensource.WaitForReady wait instead, and succeed once the server is
-//     back, within their deadlines: those that waited through a backoff only,
-//     and those that waited through a further refresh that failed while the
-//     server was still down.
+//     back, within their deadlines: those that came during the backoff after
+//     a failed refresh (they may reach the Source after it: nothing marks a
+//     caller's arrival), and those that waited through a further refresh that
+//     failed while the server was still down.
 //   - Such a caller whose deadline ends first gets DeadlineExceeded, and
 //     its message carries the last refresh error.
 //
@@ -585,7 +586,7 @@ func TestIdPPermanentOutage(t *testing.T) {
 
 	// Patient callers that wait for ready: the first group waits through a
 	// backoff and a refresh that fails (the server is still down when the
-	// backoff ends), the second through a backoff only.
+	// backoff ends), the second is called during the backoff after it.
 	type group struct {
 		name string
 		took []time.Duration
@@ -621,7 +622,7 @@ func TestIdPPermanentOutage(t *testing.T) {
 	if err := r.events.waitCount(r.ctx, tokensource.RefreshFailed, failedBefore+1); err != nil {
 		t.Fatal(err)
 	}
-	throughBackoff := launch("through a backoff")
+	throughBackoff := launch("after a failed refresh")
 	out.setDown(false) // the identity provider is back
 	r.cliClock.Advance(2 * time.Second)
 	recoveredAt := time.Now()

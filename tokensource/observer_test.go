@@ -13,8 +13,10 @@ import (
 )
 
 // Observers given with several WithObserver options (an adapter's and the
-// application's, say) each receive every event, in the same order; the
-// re-authentication shortcut sits among them and fires once per entry.
+// application's, say) each receive every event (the order across observers
+// is not fixed: events of the refresh goroutine and of a caller may
+// interleave); the re-authentication shortcut sits among them and fires
+// once per entry.
 func TestSeveralObserversEachReceiveEveryEvent(t *testing.T) {
 	clk := testutil.NewClock(testutil.Epoch)
 	errRevoked := errors.New("refresh token revoked")

@@ -61,7 +61,6 @@ type tokenFaults struct {
 
 	mu         sync.Mutex
 	armed      time.Duration // > 0: the next token request opens a window this long
-	opened     chan struct{} // closed when the armed window opens
 	until      time.Time     // the end of the open window
 	down       bool          // 503 until setDown(false)
 	retryAfter string        // the 503s' Retry-After; "" for none
@@ -79,7 +78,6 @@ func (f *tokenFaults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.requests++
 	if f.armed > 0 {
 		f.until, f.armed = now.Add(f.armed), 0
-		close(f.opened)
 	}
 	refuse, retryAfter := f.down || now.Before(f.until), f.retryAfter
 	if refuse {
@@ -97,12 +95,11 @@ func (f *tokenFaults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // arm makes the next token request open an outage of d whose 503s carry
-// retryAfter ("" for none). The channel is closed when the outage opens.
-func (f *tokenFaults) arm(d time.Duration, retryAfter string) <-chan struct{} {
+// retryAfter ("" for none).
+func (f *tokenFaults) arm(d time.Duration, retryAfter string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.armed, f.opened, f.retryAfter = d, make(chan struct{}), retryAfter
-	return f.opened
+	f.armed, f.retryAfter = d, retryAfter
 }
 
 // setDown starts (true) or ends (false) an outage of no set duration.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -153,15 +154,15 @@ func downSource(t *testing.T, client *redis.Client, clock *testutil.Clock, ref t
 	return src
 }
 
-// checkProbe asserts that what a Source asked of a dead Redis since m is at
-// most one probe, bounded by probeBound: one command at most, whose ctx
+// checkProbe asserts that what a Source asked of a dead Redis since m is
+// exactly one probe, bounded by probeBound: one command, whose ctx
 // left it no more than probeBound, and no more dials than go-redis makes for
 // one command.
 func checkProbe(t *testing.T, what string, m trafficMark, opts *redis.Options) {
 	t.Helper()
 	dials, cmds, allowance := m.since()
-	if cmds > 1 {
-		t.Errorf("%s: %d commands sent to the dead Redis; want at most one probe", what, cmds)
+	if cmds != 1 {
+		t.Errorf("%s: %d commands sent to the dead Redis; want one probe", what, cmds)
 	}
 	for _, left := range allowance {
 		if left < 0 || left > probeBound {
@@ -238,12 +239,10 @@ func TestUncoordinatedRefreshRedisKilled(t *testing.T) {
 	m := traffic.mark()
 	_, took := refresh("first refresh with Redis killed")
 	checkProbe(t, "first refresh with Redis killed", m, opts)
-	// Generous: only a call that waited for go-redis's dial retries of a
-	// whole command crosses it; a bounded probe ends at probeBound.
-	if took >= budget {
-		t.Errorf("first refresh with Redis killed took %v; want a bounded probe (%v), well under go-redis's dial-retry budget "+
-			"of one command (%v with its options)", took, probeBound, budget)
-	}
+	// The bound itself is checkProbe's (the command's deadline, counted
+	// dials): no pass or fail by timing.
+	t.Logf("first refresh with Redis killed took %v (probe bound %v, go-redis's dial-retry budget of one command %v)",
+		took, probeBound, budget)
 	// Within the backoff period (at least downPeriod/2 on the Source's
 	// clock): local refreshes that do not touch Redis at all.
 	for i := range 3 {
@@ -327,7 +326,9 @@ func TestRefreshRefusedRedisKilled(t *testing.T) {
 				if !isUnavailable(err) {
 					t.Errorf("%s: Token = %v, %v; want an error matching ErrCoordinatorUnavailable", what, tok, err)
 				}
-				noSecrets(t, err)
+				if err != nil && strings.Contains(err.Error(), "SECRET") { // noSecrets, off the test goroutine
+					t.Errorf("error leaks a token: %v", err)
+				}
 				mu.Lock()
 				longest = max(longest, took)
 				mu.Unlock()
@@ -340,10 +341,8 @@ func TestRefreshRefusedRedisKilled(t *testing.T) {
 	m := traffic.mark()
 	longest := callers("callers with Redis killed", 20)
 	checkProbe(t, "20 callers with Redis killed", m, opts)
-	if longest >= budget {
-		t.Errorf("callers with Redis killed waited up to %v; want one bounded probe (%v), well under go-redis's dial-retry "+
-			"budget of one command (%v with its options)", longest, probeBound, budget)
-	}
+	t.Logf("callers with Redis killed waited up to %v (probe bound %v, go-redis's dial-retry budget of one command %v)",
+		longest, probeBound, budget)
 	m = traffic.mark()
 	callers("callers within the backoff period", 20)
 	clock.Advance(downPeriod / 4)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/zip"
+	"cmp"
 	"encoding/json"
 	"maps"
 	"os"
@@ -22,8 +23,8 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 // them.
 func writeRepo(t *testing.T, files map[string]string) (string, []string) {
 	t.Helper()
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("go is not on PATH")
+	if _, err := exec.LookPath(cmp.Or(os.Getenv("GO"), "go")); err != nil {
+		t.Fatalf("the go command is needed: %v", err)
 	}
 	root := t.TempDir()
 	var names []string

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -242,12 +241,8 @@ func TestAttemptNotRetried(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				var calls atomic.Int64
 				var evs events
-				r := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-					calls.Add(1)
-					return tc.fn(ctx, cur)
-				})
+				r := &counter{fn: tc.fn}
 				opts := append([]Option{
 					WithObserver(evs.observe),
 					WithBackoff(time.Second, time.Second),
@@ -270,7 +265,7 @@ func TestAttemptNotRetried(t *testing.T) {
 					t.Fatalf("got %v, want an error matching %v", err, tc.want)
 				}
 				synctest.Wait() // a Refresher that ignored the timeout has returned
-				if got := calls.Load(); got != 1 {
+				if got := r.calls.Load(); got != 1 {
 					t.Errorf("%d Refresher calls, want 1", got)
 				}
 				mustClose(t, s)
@@ -319,17 +314,13 @@ func TestAttemptTimeoutEventCountsTheCall(t *testing.T) {
 // with reuse detection.
 func TestAttemptNilTokenNotRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var calls atomic.Int64
-		r := RefresherFunc(func(context.Context, *Token) (*Token, error) {
-			calls.Add(1)
-			return nil, nil
-		})
+		r := &counter{fn: func(context.Context, *Token) (*Token, error) { return nil, nil }}
 		s := New(r, WithBackoff(time.Second, time.Second))
 		defer mustClose(t, s)
 		if _, err := s.Token(ctxBG); !errors.Is(err, ErrInvalidToken) {
 			t.Fatalf("Token = %v, want ErrInvalidToken", err)
 		}
-		if got := calls.Load(); got != 1 {
+		if got := r.calls.Load(); got != 1 {
 			t.Errorf("%d Refresher calls for a refused (nil) token, want 1 as for any other refused token", got)
 		}
 	})

@@ -101,12 +101,9 @@ func (m trafficMark) since() (dials, cmds int, allowance []time.Duration) {
 // retries), as users run it, with the one setting the package documentation
 // asks for (ContextTimeoutEnabled), and the traffic it causes.
 func defaultClient(t *testing.T, srv *redistest.Server) (*redis.Client, *redisTraffic) {
-	c := redis.NewClient(&redis.Options{
-		Network:               "unix",
-		Addr:                  srv.Socket,
-		Password:              srv.Password,
-		ContextTimeoutEnabled: true,
-	})
+	o := clientOptions(srv)
+	o.DialerRetries = 0 // go-redis's default
+	c := redis.NewClient(o)
 	t.Cleanup(func() { _ = c.Close() })
 	tr := &redisTraffic{}
 	c.AddHook(tr)

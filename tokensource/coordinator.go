@@ -76,3 +76,21 @@ type Lease interface {
 	// whose lease had expired (it died, hung or paused), for observability.
 	TakenOver() bool
 }
+
+// Restorer is an optional interface of a Coordinator that lets a fleet put
+// back a token its shared record lost: a commit that failed or was never
+// acknowledged, a record lost with a Redis restart without persistence, or
+// one rolled back by a failover to a lagging replica. A Source whose
+// Coordinator implements it never refreshes from a record older than a
+// token a live member of the fleet still holds (see "Data loss" in the
+// package documentation); one that does not keeps working as before.
+type Restorer interface {
+	// Restore writes rec.Token as the shared token at version rec.Version
+	// if the shared record's version is lower (a missing or empty record
+	// has version 0), whoever holds the lease, and wakes waiters. It
+	// reports whether it wrote. Since it raises the version, a lease
+	// holder that read the older record can no longer commit over it.
+	// Restore is a maximum: of two restores, the higher version wins in
+	// either order.
+	Restore(ctx context.Context, rec Record) (bool, error)
+}

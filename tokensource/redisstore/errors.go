@@ -25,6 +25,14 @@ var ErrCorruptRecord = errors.New("redisstore: the record is not a token in the 
 // record.
 var ErrSealMismatch = errors.New("redisstore: the record's sealing does not match the seal key")
 
+// ErrNotReplicated is matched (errors.Is) by the error of a write (Commit,
+// Save, Restore) of a Store with WithReplicaAck when fewer replicas than it
+// waits for acknowledged the write in time. The write is on the master, but
+// a failover could still lose it, and waiters were not notified. Such errors
+// also match tokensource.ErrCoordinatorUnavailable, so a Source keeps the
+// commit pending and offers it again (Restore) until it is acknowledged.
+var ErrNotReplicated = errors.New("redisstore: the write was not acknowledged by enough replicas")
+
 // recordError is a decoding failure: kind (ErrCorruptRecord or
 // ErrSealMismatch) and tokensource.ErrCorruptStore, with a detail that never
 // quotes the record.

@@ -132,9 +132,8 @@ func (w writer) publishInScript() string {
 }
 
 // acknowledge finishes a write that the script made without announcing it:
-// it waits for the replicas and then publishes version (nothing when
-// version is "": the script wrote nothing new). Without WithReplicaAck the
-// script has announced it already.
+// it waits for the replicas and then publishes version. Without
+// WithReplicaAck the script has announced it already.
 func (w writer) acknowledge(ctx context.Context, op, version string) error {
 	if w.own == nil {
 		return nil
@@ -142,12 +141,12 @@ func (w writer) acknowledge(ctx context.Context, op, version string) error {
 	s, ack := w.s, w.s.opts.ack
 	live, err := liveReplicas(ctx, w.own)
 	if err != nil {
-		return s.wrapWrite(ctx, op+": reading the replicas", err)
+		return s.fail(ctx, op+": reading the replicas", err)
 	}
 	if need := min(ack.n, live); need > 0 {
 		acked, err := w.own.Wait(ctx, need, ack.timeout).Result()
 		if err != nil {
-			return s.wrapWrite(ctx, op+": waiting for the replicas", err)
+			return s.fail(ctx, op+": waiting for the replicas", err)
 		}
 		if acked < int64(need) {
 			return fmt.Errorf("redisstore: %s: %w: %w: %d of %d live replicas acknowledged within %v",
@@ -155,9 +154,6 @@ func (w writer) acknowledge(ctx context.Context, op, version string) error {
 		}
 	} else {
 		s.opts.logger.Warn("redisstore: no live replica; the write is on the master only", "key", s.recordKey, "wanted", ack.n)
-	}
-	if version == "" {
-		return nil
 	}
 	if err := w.own.Publish(ctx, s.channel, version).Err(); err != nil {
 		// Written and acknowledged: waiters find it at their next
@@ -197,27 +193,4 @@ func liveReplicas(ctx context.Context, c *redis.Conn) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// wrapWrite is wrap for the writes. A Cluster client that wrote through a
-// connection of its own does not follow MOVED by itself: a redirect, or a
-// master that cannot be reached, means the slot moved (a failover), so the
-// client is told to reload the slots for the next attempt, and the failure
-// is a passing one.
-func (s *Store) wrapWrite(ctx context.Context, op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	cc, ok := s.client.(*redis.ClusterClient)
-	if !ok || s.opts.ack == nil {
-		return wrap(ctx, op, err)
-	}
-	moved := redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")
-	if moved || unavailable(err) {
-		cc.ReloadState(ctx)
-	}
-	if moved {
-		return fmt.Errorf("redisstore: %s: %w: the record's slot moved: %w", op, tokensource.ErrCoordinatorUnavailable, err)
-	}
-	return wrap(ctx, op, err)
 }

@@ -73,6 +73,31 @@ func wrap(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("redisstore: %s: %w: %w", op, tokensource.ErrCoordinatorUnavailable, err)
 }
 
+// fail is wrap for the Store's operations. A Cluster client follows MOVED
+// by itself, but keeps dialling a master that died until its periodic
+// reload of the slots (every 10 s): a failure to reach Redis makes it reload
+// now, so that the next attempt finds the promoted replica within about a
+// second of the failover. A Store that writes through a connection of its
+// own (WithReplicaAck) sees MOVED itself: the slot moved, a passing failure
+// too.
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	cc, ok := s.client.(*redis.ClusterClient)
+	if !ok {
+		return wrap(ctx, op, err)
+	}
+	moved := redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")
+	if moved || unavailable(err) {
+		cc.ReloadState(ctx)
+	}
+	if moved {
+		return fmt.Errorf("redisstore: %s: %w: the record's slot moved: %w", op, tokensource.ErrCoordinatorUnavailable, err)
+	}
+	return wrap(ctx, op, err)
+}
+
 // unavailable reports whether err means Redis could not serve the command:
 // anything but a server reply (dial errors, timeouts, a connection closed,
 // redis.ErrClosed, pool timeouts) and the replies of a server that is

@@ -44,7 +44,7 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 			// waiting out a TTL for a lease nobody renews.
 			l.end(ctx)
 		}
-		return nil, wrap(ctx, "taking the lease", err)
+		return nil, s.fail(ctx, "taking the lease", err)
 	}
 	if len(res) != 3 {
 		l.end(ctx)
@@ -116,14 +116,14 @@ func (l *lease) Commit(ctx context.Context, t *tokensource.Token) error {
 	const op = "committing the token"
 	w, err := s.writer(ctx)
 	if err != nil {
-		return s.wrapWrite(ctx, op, err)
+		return s.fail(ctx, op, err)
 	}
 	defer w.close()
 	res, err := commitScript.Run(ctx, w.conn, []string{s.recordKey, s.leaseKey},
 		l.owner, strconv.FormatUint(l.rec.Version, 10), data, s.channel, strconv.FormatUint(l.rec.Version+1, 10),
 		w.publishInScript()).Slice()
 	if err != nil {
-		return s.wrapWrite(ctx, op, err)
+		return s.fail(ctx, op, err)
 	}
 	if len(res) == 2 {
 		if ok, _ := res[0].(int64); ok == 1 {
@@ -155,7 +155,7 @@ func (l *lease) Release(ctx context.Context) error {
 	s := l.s
 	err := releaseScript.Run(ctx, s.client, []string{s.recordKey, s.leaseKey}, l.owner, s.channel).Err()
 	if err != nil {
-		return wrap(ctx, "releasing the lease", err)
+		return s.fail(ctx, "releasing the lease", err)
 	}
 	l.released = true
 	return nil
@@ -199,7 +199,7 @@ func (l *lease) startRenewal() {
 			case ctx.Err() != nil:
 				return
 			case err != nil:
-				s.opts.logger.Warn("redisstore: renewing the refresh lease failed; retrying", "key", s.recordKey, "error", wrap(rctx, "renewing the lease", err))
+				s.opts.logger.Warn("redisstore: renewing the refresh lease failed; retrying", "key", s.recordKey, "error", s.fail(rctx, "renewing the lease", err))
 			case n == 0:
 				s.opts.logger.Warn("redisstore: the refresh lease expired before it could be renewed; its commit will be refused if another member took over", "key", s.recordKey)
 				return

@@ -50,22 +50,20 @@ func (s *Store) Restore(ctx context.Context, rec tokensource.Record) (bool, erro
 	const op = "restoring the token"
 	w, err := s.writer(ctx)
 	if err != nil {
-		return false, s.wrapWrite(ctx, op, err)
+		return false, s.fail(ctx, op, err)
 	}
 	defer w.close()
 	version := strconv.FormatUint(rec.Version, 10)
 	n, err := restoreScript.Run(ctx, w.conn, []string{s.recordKey}, version, data, s.channel, w.publishInScript()).Int64()
 	if err != nil {
-		return false, s.wrapWrite(ctx, op, err)
+		return false, s.fail(ctx, op, err)
 	}
 	if n < 0 {
 		return false, s.recordErr(ErrCorruptRecord, "the version field is not an unsigned integer")
 	}
-	wrote := n == 1
-	if !wrote {
-		version = ""
-	}
-	return wrote, w.acknowledge(ctx, op, version)
+	// Announced even when it did not write: the record it found may be a
+	// commit that was written but never announced for want of replicas.
+	return n == 1, w.acknowledge(ctx, op, version)
 }
 
 // errVersionRange is returned by Restore for a version Redis cannot count.

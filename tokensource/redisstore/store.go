@@ -104,12 +104,12 @@ func (s *Store) Save(ctx context.Context, t *tokensource.Token) error {
 	const op = "saving the token"
 	w, err := s.writer(ctx)
 	if err != nil {
-		return s.wrapWrite(ctx, op, err)
+		return s.fail(ctx, op, err)
 	}
 	defer w.close()
 	nv, err := saveScript.Run(ctx, w.conn, []string{s.recordKey}, data, s.channel, w.publishInScript()).Int64()
 	if err != nil {
-		return s.wrapWrite(ctx, op, err)
+		return s.fail(ctx, op, err)
 	}
 	return w.acknowledge(ctx, op, strconv.FormatInt(nv, 10))
 }
@@ -124,7 +124,7 @@ func (s *Store) LoadRecord(ctx context.Context) (tokensource.Record, error) {
 	}
 	vals, err := s.client.HMGet(ctx, s.recordKey, "version", "payload").Result()
 	if err != nil {
-		return tokensource.Record{}, wrap(ctx, "loading the record", err)
+		return tokensource.Record{}, s.fail(ctx, "loading the record", err)
 	}
 	version, _ := vals[0].(string)
 	payload, _ := vals[1].(string)
@@ -163,10 +163,10 @@ func (s *Store) probe(ctx context.Context) (version uint64, leased bool, err err
 	})
 	v, verr := vcmd.Result()
 	if verr != nil && !errors.Is(verr, redis.Nil) {
-		return 0, false, wrap(ctx, "reading the record's version", verr)
+		return 0, false, s.fail(ctx, "reading the record's version", verr)
 	}
 	if err := ecmd.Err(); err != nil {
-		return 0, false, wrap(ctx, "reading the lease", err)
+		return 0, false, s.fail(ctx, "reading the lease", err)
 	}
 	if verr == nil {
 		if version, err = strconv.ParseUint(v, 10, 64); err != nil {

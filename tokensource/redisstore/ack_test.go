@@ -103,7 +103,7 @@ func TestReplicaAckStalledReplica(t *testing.T) {
 	holder := member(t, r.Master, "token", WithReplicaAck(1, 200*time.Millisecond))
 	waiter := member(t, r.Master, "token", WithPollInterval(noPoll))
 	repairer := member(t, r.Master, "token", WithReplicaAck(1, ackTimeout))
-	if err := holder.Save(ctx, secretToken()); err != nil {
+	if err := repairer.Save(ctx, secretToken()); err != nil {
 		t.Fatal(err)
 	}
 	l := mustLease(t, ctx, holder)
@@ -220,4 +220,25 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestReplicaAckStalledReplicaLeftOut: a replica that has stopped
+// acknowledging for more than two of its one-second acknowledgements no
+// longer counts as live, so a stalled replica costs the fleet failed writes
+// for a few seconds at most, never for as long as it stays stalled: the
+// write then succeeds at once, without waiting out the timeout (an hour).
+func TestReplicaAckStalledReplicaLeftOut(t *testing.T) {
+	r := redistest.StartReplicated(t, 1)
+	ctx := testContext(t)
+	s := member(t, r.Master, "token", WithReplicaAck(1, time.Hour))
+	r.Replicas[0].Pause()
+	defer r.Replicas[0].Resume()
+	redistest.WaitFor(t, "the master to see the replica stalled", func() (bool, error) {
+		reps, _, err := r.Master.Replicas()
+		return err == nil && len(reps) == 1 && reps[0].Lag > maxReplicaLag, err
+	})
+	l := mustLease(t, ctx, s)
+	if err := l.Commit(ctx, secretToken()); err != nil {
+		t.Fatalf("Commit with the only replica stalled for long: %v", err)
+	}
 }

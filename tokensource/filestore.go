@@ -81,10 +81,11 @@ const (
 //
 // All methods are safe for concurrent use.
 type FileStore struct {
-	path     string
-	lockPath string
-	ttl      time.Duration
-	poll     time.Duration
+	path          string
+	lockPath      string
+	heartbeatPath string
+	ttl           time.Duration
+	poll          time.Duration
 
 	// rename replaces newpath by oldpath (os.Rename, retried on Windows);
 	// tests replace it to simulate a crash before the rename.
@@ -92,6 +93,9 @@ type FileStore struct {
 	// now is the wall clock that judges lease expiry; tests shift it to
 	// see a lease expire without waiting.
 	now func() time.Time
+	// inLock, if set, runs at the start of every critical section, with
+	// the lock held: tests stall a member there.
+	inLock func()
 }
 
 // FileStoreOption configures a FileStore.
@@ -130,12 +134,13 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 // cause. Load reads a missing directory as an empty store.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
 	f := &FileStore{
-		path:     path,
-		lockPath: path + ".lock",
-		ttl:      defaultFileLeaseTTL,
-		poll:     defaultFilePollInterval,
-		rename:   replaceFile,
-		now:      time.Now,
+		path:          path,
+		lockPath:      path + ".lock",
+		heartbeatPath: path + ".heartbeat",
+		ttl:           defaultFileLeaseTTL,
+		poll:          defaultFilePollInterval,
+		rename:        replaceFile,
+		now:           time.Now,
 	}
 	for _, opt := range opts {
 		opt(f)

@@ -121,11 +121,17 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 // returns the lease with the record read under the lock, or (nil, nil) at
 // once if a live member, in this process or another, holds it. A lease is
 // live until its holder has renewed it neither in the lock file nor in the
-// heartbeat file for the TTL (see FileStore). Commit or Release must be
-// called on the lease. Errors of the lock file match
-// ErrCoordinatorUnavailable, except that a path that cannot work as
-// configured (see NewFileStore) fails with ErrStoreUnusable; a corrupt
-// token file fails with ErrCorruptStore and leaves the lease alone.
+// heartbeat file for the TTL (see FileStore).
+//
+// Commit or Release must be called on the lease. Its Commit writes at
+// revision Record().Version+1, exactly, so that the holder knows the
+// revision of the token it committed. (A Save writes above every revision
+// written before instead, which skips some after the token file went back.)
+//
+// Errors of the lock file match ErrCoordinatorUnavailable, except that a
+// path that cannot work as configured (see NewFileStore) fails with
+// ErrStoreUnusable; a corrupt token file fails with ErrCorruptStore and
+// leaves the lease alone.
 func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

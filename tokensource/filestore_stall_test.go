@@ -1,6 +1,9 @@
 package tokensource
 
 import (
+	"context"
+	"errors"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -75,4 +78,59 @@ func TestFileStoreCoordStalledNonHolder(t *testing.T) {
 		t.Errorf("record = %+v, want the holder's token at revision 2", rec)
 	}
 	t.Logf("stalled in the critical section about %v (TTL %v)", stalledFor.Round(10*time.Millisecond), ttl)
+}
+
+// A lease is live while its holder's heartbeats say so, for TryLease and
+// Wait alike, although its expiry in the lock file has passed. A heartbeat
+// counts only for the lease that wrote it: an earlier holder's, even one it
+// writes after losing the lease, neither keeps the current lease alive nor
+// overwrites its holder's heartbeat; a slot that cannot be read counts as
+// no heartbeat.
+func TestFileStoreCoordHeartbeatOwnLeaseOnly(t *testing.T) {
+	t.Parallel()
+	path := tokenFile(t)
+	const ttl = time.Second
+	a := NewFileStore(path, WithFileLeaseTTL(ttl))
+	la := mustLease(t, a).(*fileLease)
+	la.stopRenewing() // a hangs
+	lb := mustLease(t, shifted(path, time.Hour, WithFileLeaseTTL(ttl))).(*fileLease)
+	lb.stopRenewing() // b's renewals are written by hand below
+	start := time.Now()
+	if err := a.writeHeartbeat(lb.slot, lb.owner, start.Add(5*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// a's one heartbeat after it lost the lease (it had read the lock file
+	// before b took over).
+	if err := a.writeHeartbeat(la.slot, la.owner, start.Add(10*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	at3h := shifted(path, 3*time.Hour)
+	mustNoLease(t, at3h, "while the holder's heartbeat is live past the lock file's expiry")
+	wctx, cancel := context.WithTimeout(ctxBG, 50*time.Millisecond)
+	defer cancel()
+	if err := at3h.Wait(wctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait while the holder's heartbeat is live = %v, want DeadlineExceeded", err)
+	}
+	lc := mustLease(t, shifted(path, 6*time.Hour)).(*fileLease)
+	if !lc.TakenOver() {
+		t.Error("a lease whose heartbeats ended was not reported as taken over")
+	}
+	if lc.slot == lb.slot {
+		t.Errorf("two leases in a row use heartbeat slot %d", lc.slot)
+	}
+	lc.stopRenewing()
+	// A slot left unreadable (a crash of the host in the middle of its
+	// write) does not keep the lease alive.
+	hf, err := os.OpenFile(path+".heartbeat", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hf.WriteAt([]byte(`{"owner":"`+lc.owner+`","expires":9`), int64(lc.slot)*heartbeatSlotSize); err != nil {
+		t.Fatal(err)
+	}
+	_ = hf.Close()
+	ld := mustLease(t, shifted(path, 7*time.Hour))
+	if err := ld.Release(ctxBG); err != nil {
+		t.Fatal(err)
+	}
 }

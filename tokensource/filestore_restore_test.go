@@ -277,3 +277,65 @@ func TestFileStoreCoordCommitNextRevision(t *testing.T) {
 		t.Errorf("commit over the older copy at revision 1 wrote revision %d, want 2", got)
 	}
 }
+
+// Sources on a FileStore put their token back when the token file goes back
+// to an older copy (a backup restored over it, say): the next refresh
+// presents the newest refresh token, never the one the older copy holds,
+// which the server has already spent.
+func TestFileStoreSourcesRestoreOlderCopy(t *testing.T) {
+	t.Parallel()
+	path := tokenFile(t)
+	r, login := newRotating(time.Hour)
+	login.Expiry = time.Now().Add(-time.Minute) // the first Token refreshes
+	if err := NewFileStore(path).Save(ctxBG, login); err != nil {
+		t.Fatal(err)
+	}
+	backup, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srcs []*Source
+	for range 2 {
+		s := New(r, WithStore(NewFileStore(path, WithFilePollInterval(2*time.Millisecond))),
+			WithEarlyRefresh(0), WithRepairInterval(50*time.Millisecond))
+		t.Cleanup(func() { mustClose(t, s) })
+		srcs = append(srcs, s)
+	}
+	var tok *Token
+	for _, s := range srcs {
+		if tok, err = s.Token(ctxBG); err != nil || tok.RefreshToken != "rt-1" {
+			t.Fatalf("Token = (%v, %v), want the first refresh's", tok, err)
+		}
+	}
+	f := NewFileStore(path)
+	if rec := mustRecord(t, f); rec.Version != 2 {
+		t.Fatalf("record = %+v, want the refresh committed at revision 2", rec)
+	}
+	if err := os.WriteFile(path, backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		rec := mustRecord(t, f)
+		if rec.Version == 2 && sameToken(rec.Token, tok) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record = %+v 10 s after it went back, want the members' token restored at revision 2", rec)
+		}
+		time.Sleep(5 * time.Millisecond) // polling another goroutine's file writes
+	}
+	// A rejected token: the refresh presents rt-1, not the spent rt-0.
+	next, err := srcs[1].Refresh(ctxBG, tok)
+	if err != nil || next.RefreshToken != "rt-2" {
+		t.Fatalf("Refresh = (%v, %v), want rt-2", next, err)
+	}
+	if n := r.reused.Load(); n != 0 {
+		t.Errorf("%d refresh tokens presented twice", n)
+	}
+	if n := r.calls.Load(); n != 2 {
+		t.Errorf("%d Refresher calls, want 2", n)
+	}
+	if rec := mustRecord(t, f); rec.Version != 3 || !sameToken(rec.Token, next) {
+		t.Errorf("record = %+v, want the second refresh at revision 3", rec)
+	}
+}

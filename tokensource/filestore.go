@@ -83,10 +83,10 @@ const (
 //
 // Some pauses no lock can fence. A holder itself paused past the TTL after
 // the authorization server rotated its refresh token and before its Commit
-// stops renewing and is taken over; unless it continues within the repair
-// grace of the member that took over (see WithRepairInterval) and puts its
-// token back (Restore), that member presents the refresh token the server
-// has consumed. A wall clock stepped forward by more than the TTL, or a host
+// stops renewing and is taken over, and its Commit is refused: its token can
+// reach the record only through Restore, and the member that took over
+// presents the refresh token the server has consumed unless that happens
+// within the repair grace it waits first (see WithRepairInterval). A wall clock stepped forward by more than the TTL, or a host
 // suspended for longer, ends every lease at once, a live holder's too; a
 // clock step never unfences a commit.
 //

@@ -86,9 +86,10 @@ const (
 // stops renewing and is taken over, and its Commit is refused: its token can
 // reach the record only through Restore, and the member that took over
 // presents the refresh token the server has consumed unless that happens
-// within the repair grace it waits first (see WithRepairInterval). A wall clock stepped forward by more than the TTL, or a host
-// suspended for longer, ends every lease at once, a live holder's too; a
-// clock step never unfences a commit.
+// within the repair grace it waits first (see WithRepairInterval). A wall
+// clock stepped forward by more than the TTL, or a host suspended for
+// longer, ends every lease at once, a live holder's too; a clock step never
+// unfences a commit.
 //
 // Waiters (Wait) poll the files every poll interval (WithFilePollInterval),
 // and only while a peer refreshes. On platforms with neither flock nor

@@ -25,6 +25,9 @@ import (
 // codes.Unavailable meanwhile.
 var ErrTokenFile = errors.New("tokensource: the token file cannot be used")
 
+// errChangedWhileRead is the cause of a read that saw the file change.
+var errChangedWhileRead = errors.New("the file changed while it was read")
+
 // maxTokenFileSize bounds what is read from a token file: a token is a few
 // kilobytes at most, and a path pointing at a huge file by mistake must not
 // cost the process its memory.
@@ -122,9 +125,25 @@ var signatureAlgorithms = []jose.SignatureAlgorithm{
 	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA, jose.HS256, jose.HS384, jose.HS512,
 }
 
-// read reads the file once, at now, and checks what it holds.
+// readTries is how often read opens the file before it gives up on a file
+// that is missing or changed while it was read. kubelet removes the old
+// timestamped directory right after its ..data swap, so an open that
+// resolved the token path through the old ..data can find nothing there;
+// opening again resolves the new one. The tries follow each other at once:
+// the race lasts microseconds, a sidecar that has not written yet lasts
+// longer and is the Source's backoff's to wait for.
+const readTries = 3
+
+// read reads the file, at now, and checks what it holds.
 func (f *watchedFile) read(now time.Time) (fileRead, error) {
-	raw, mtime, err := f.readStable()
+	var raw []byte
+	var mtime time.Time
+	var err error
+	for range readTries {
+		if raw, mtime, err = f.readStable(); !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errChangedWhileRead) {
+			break
+		}
+	}
 	if err != nil {
 		return fileRead{}, err
 	}
@@ -194,7 +213,7 @@ func (f *watchedFile) readStable() ([]byte, time.Time, error) {
 		return nil, time.Time{}, &tokenFileError{path: f.path, problem: "cannot be read: " + osReason(err), err: err}
 	}
 	if int64(len(raw)) != after.Size() || !after.ModTime().Equal(before.ModTime()) {
-		return nil, time.Time{}, f.errorf("changed while it was read (half-written?)")
+		return nil, time.Time{}, &tokenFileError{path: f.path, problem: "changed while it was read (half-written?)", err: errChangedWhileRead}
 	}
 	return raw, after.ModTime(), nil
 }

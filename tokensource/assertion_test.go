@@ -390,7 +390,6 @@ type staticSubject struct{ tok *Token }
 
 func (s staticSubject) Token(context.Context) (*Token, error) { return s.tok, nil }
 
-
 // BenchmarkAssertionSign measures making one private_key_jwt assertion per
 // algorithm: the cost added to each token request (once per refresh), not
 // to any RPC.

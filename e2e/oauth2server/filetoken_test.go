@@ -24,7 +24,6 @@ func sidecarToken(a *authServer, id string) func() (string, error) {
 	}
 }
 
-
 // The bearer token comes from a file that a sidecar rewrites at 80 % of
 // each token's life, as kubelet does (the ..data swap) and as a Vault
 // agent does (a temporary file renamed over the sink): 200 callers through

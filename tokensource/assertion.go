@@ -50,6 +50,7 @@ const AssertionLifetime = time.Minute
 func WithPrivateKeyJWT(key crypto.Signer, keyID string) OAuth2Option {
 	s, err := newAssertionSigner(key, keyID)
 	return func(o *oauth2Options) {
+		o.assertionFile = false
 		o.assertion = func(_ context.Context, clientID, tokenURL string) (string, error) {
 			if err != nil {
 				return "", Permanent(err)
@@ -138,11 +139,21 @@ func (s *assertionSigner) sign(clientID, aud string, now time.Time) (string, err
 // matching ErrTokenFile that names the path, never the content; the Source
 // backs off and reads the file again when it tries again.
 //
+// With an assertion file, a server's "invalid_client" or
+// "unauthorized_client" is transient, unlike with a secret or a private
+// key: the credential belongs to the file's writer, which renews it (an
+// assertion can expire on its way to the server, or be about to be
+// replaced), and presenting the next one cannot trip a lockout. The Source
+// backs off (codes.Unavailable through the interceptors, the error naming
+// the server's code) and reads the file again, so a federation fixed at the
+// identity provider is picked up without a restart.
+//
 // WithPrivateKeyJWT and WithClientAssertionFile replace each other: the
 // last one given is used.
 func WithClientAssertionFile(path string) OAuth2Option {
 	f := &watchedFile{path: path}
 	return func(o *oauth2Options) {
+		o.assertionFile = true
 		o.assertion = func(context.Context, string, string) (string, error) {
 			r, err := f.read(time.Now())
 			if err != nil {

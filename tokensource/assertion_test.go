@@ -332,6 +332,16 @@ func TestClientAssertionFileReadPerRequest(t *testing.T) {
 	if _, err := r.Refresh(ctxBG, nil); err != nil {
 		t.Errorf("after the file was fixed: %v", err)
 	}
+
+	// The server refuses the file's assertion: transient, since the
+	// file's writer renews it (with a private key it is Permanent: see
+	// TestPrivateKeyJWTUnknownKeyRequiresReauth).
+	e.mu.Lock()
+	e.code = "invalid_client"
+	e.mu.Unlock()
+	if _, err := r.Refresh(ctxBG, nil); err == nil || IsPermanent(err) {
+		t.Errorf("invalid_client with an assertion file: %v, want a transient error", err)
+	}
 }
 
 // checkFileError checks that err is a transient ErrTokenFile that names

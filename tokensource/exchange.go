@@ -130,7 +130,7 @@ func TokenExchange(cfg TokenExchangeConfig, subject SubjectSource, opts ...OAuth
 		}
 		ot, err := exchangeOnce(ctx, o, cfg, subj)
 		if !subjectRefused(err) {
-			return fromOAuth2(ot, err, tokenExchangePermanent, "")
+			return fromOAuth2(ot, err, o.permanent(tokenExchangePermanent), "")
 		}
 		sr, ok := subject.(subjectRefresher)
 		if !ok {
@@ -150,7 +150,7 @@ func TokenExchange(cfg TokenExchangeConfig, subject SubjectSource, opts ...OAuth
 		if subjectRefused(err) {
 			return nil, Permanent(fmt.Errorf("%w, a renewed one too: %w", errSubjectRefused, classifyOAuth2Error(err, nil)))
 		}
-		return fromOAuth2(ot, err, tokenExchangePermanent, "")
+		return fromOAuth2(ot, err, o.permanent(tokenExchangePermanent), "")
 	})
 }
 

@@ -79,12 +79,13 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 // trip an authorization server's lockout. The Source then reports
 // ErrReauthRequired (codes.Unauthenticated through the interceptors) until
 // its owner fixes the client's registration, secret or key and calls
-// SetToken or builds a new Source. Other failures (HTTP errors without an
-// OAuth 2 code, "server_error", "temporarily_unavailable", a network error,
-// an assertion file that cannot be used) are transient and retried with
-// backoff, or after a 429 or 5xx response's Retry-After. Error messages
-// never contain the response body; errors.As reaches the
-// *oauth2.RetrieveError.
+// SetToken or builds a new Source (with WithClientAssertionFile,
+// "invalid_client" and "unauthorized_client" are transient: see there).
+// Other failures (HTTP errors without an OAuth 2 code, "server_error",
+// "temporarily_unavailable", a network error, an assertion file that
+// cannot be used) are transient and retried with backoff, or after a 429
+// or 5xx response's Retry-After. Error messages never contain the response
+// body; errors.As reaches the *oauth2.RetrieveError.
 //
 // The token endpoint's response normally carries no refresh token; one that
 // does is kept in the Token (and the Store) but never used.
@@ -101,7 +102,7 @@ func ClientCredentials(cfg *clientcredentials.Config, opts ...OAuth2Option) Refr
 			ot, err = o.do(ctx, grantRequest{tokenURL: cfg.TokenURL, clientID: cfg.ClientID,
 				scopes: cfg.Scopes, params: cfg.EndpointParams})
 		}
-		return fromOAuth2(ot, err, clientCredentialsPermanent, "")
+		return fromOAuth2(ot, err, o.permanent(clientCredentialsPermanent), "")
 	})
 }
 
@@ -128,7 +129,7 @@ func OAuth2Refresher(cfg *oauth2.Config, opts ...OAuth2Option) Refresher {
 		if o.assertion != nil {
 			ot, err := o.do(ctx, grantRequest{tokenURL: cfg.Endpoint.TokenURL, clientID: cfg.ClientID,
 				params: url.Values{"grant_type": {"refresh_token"}, "refresh_token": {current.RefreshToken}}})
-			return fromOAuth2(ot, err, assertionRefreshPermanent, current.RefreshToken)
+			return fromOAuth2(ot, err, o.permanent(assertionRefreshPermanent), current.RefreshToken)
 		}
 		// No access token and a past expiry make the oauth2 package
 		// refresh at once instead of returning the token it was given.

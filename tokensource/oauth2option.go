@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
@@ -23,6 +24,24 @@ type oauth2Options struct {
 	// assertionAudience overrides the token endpoint as the aud of a
 	// private_key_jwt assertion.
 	assertionAudience string
+	// assertionFile: the assertion is WithClientAssertionFile's, which
+	// another process renews.
+	assertionFile bool
+}
+
+// permanent returns the OAuth 2 error codes that make a refresh Permanent
+// for an adapter whose list is codes. With an assertion file, a refused
+// client authentication is transient: the credential is the file's, which
+// its writer renews (an assertion that expired on its way to the server,
+// one about to be replaced), and presenting it again after a backoff reads
+// the file again and can trip no lockout, as a guessed secret could.
+func (o *oauth2Options) permanent(codes []string) []string {
+	if !o.assertionFile {
+		return codes
+	}
+	return slices.DeleteFunc(slices.Clone(codes), func(c string) bool {
+		return c == "invalid_client" || c == "unauthorized_client"
+	})
 }
 
 func newOAuth2Options(opts []OAuth2Option) *oauth2Options {

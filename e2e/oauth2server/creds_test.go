@@ -94,6 +94,9 @@ func TestPrivateKeyJWTClientCredentialsUnderLoad(t *testing.T) {
 	if len(grants) != succeeded || snap.assertions[keyClient] != len(grants) {
 		t.Errorf("%d grants, %d refreshes, %d assertions: want them equal", len(grants), succeeded, snap.assertions[keyClient])
 	}
+	if len(snap.refused) != 0 {
+		t.Errorf("the server refused token requests: %v (%s)", snap.refused, snap.lastCause)
+	}
 	if snap.secrets[keyClient] != 0 || snap.replays != 0 || snap.jtis != snap.assertions[keyClient] {
 		t.Errorf("%d requests with a secret, %d replays, %d jti for %d assertions: want 0, 0 and one each",
 			snap.secrets[keyClient], snap.replays, snap.jtis, snap.assertions[keyClient])
@@ -112,11 +115,10 @@ func TestFederatedAssertionUnderLoad(t *testing.T) {
 	r := startCachingResourceServer(t, a, 200*time.Millisecond)
 
 	vol := newKubeletVolume(t)
-	const projectedLife = 3 * time.Second // rotated every 2.4 s: more often than the access token expires
-	stop := make(chan struct{})
-	writes := rotateAt80(t, vol, projectedLife, func() (string, error) {
+	const projectedLife = 6 * time.Second // renewed at 80 %, twice or more during the test
+	stopWriter := rotateAt80(t, vol, projectedLife, func() (string, error) {
 		return c.cluster.projectedToken(t, c.tokenURL(), projectedLife), nil
-	}, stop)
+	})
 
 	events := newEventLog()
 	src := tokensource.New(tokensource.ClientCredentials(&clientcredentials.Config{ClientID: workloadClient, TokenURL: c.tokenURL()},
@@ -127,20 +129,22 @@ func TestFederatedAssertionUnderLoad(t *testing.T) {
 
 	res := loadWhile(t, echo, grantsReached(a.store, oidc.GrantTypeClientCredentials, workloadClient, credsExpiries+1), workloadClient)
 	_ = src.Close()
-	close(stop)
-	rotations := <-writes
+	rotations := stopWriter()
 
 	grants := a.store.issuances(oidc.GrantTypeClientCredentials, workloadClient)
 	succeeded, _ := events.count(tokensource.RefreshSucceeded)
 	snap := c.snapshot()
 	gap := checkGaps(t, grants)
-	t.Logf("federated assertion | %v; %d token requests for %d expiries, smallest gap %v; %d projected tokens written, %d distinct ones presented; %d requests with a secret; refusals %v",
-		res, len(grants), credsExpiries, gap.Round(time.Millisecond), rotations, snap.federated, snap.secrets[workloadClient], snap.refused)
+	t.Logf("federated assertion | %v; %d token requests for %d expiries, smallest gap %v; %d projected tokens written, %d distinct ones presented; %d requests with a secret; refusals %v %s",
+		res, len(grants), credsExpiries, gap.Round(time.Millisecond), rotations, snap.federated, snap.secrets[workloadClient], snap.refused, snap.lastCause)
 	if res.failed.Load() != 0 {
 		t.Errorf("%d of %d calls failed: %v", res.failed.Load(), res.calls.Load(), res)
 	}
 	if len(grants) != succeeded || snap.assertions[workloadClient] != len(grants) {
 		t.Errorf("%d grants, %d refreshes, %d assertions: want them equal", len(grants), succeeded, snap.assertions[workloadClient])
+	}
+	if len(snap.refused) != 0 {
+		t.Errorf("the server refused token requests: %v (%s)", snap.refused, snap.lastCause)
 	}
 	if snap.secrets[workloadClient] != 0 {
 		t.Errorf("%d requests carried a secret", snap.secrets[workloadClient])
@@ -164,10 +168,9 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 
 	vol := newKubeletVolume(t)
 	const subjectLife = 6 * time.Second // renewed at 4.8 s, while the exchanged tokens live 5 s
-	stop := make(chan struct{})
-	writes := rotateAt80(t, vol, subjectLife, func() (string, error) {
+	stopWriter := rotateAt80(t, vol, subjectLife, func() (string, error) {
 		return c.cluster.projectedToken(t, "sts", subjectLife), nil
-	}, stop)
+	})
 	subject := tokensource.New(tokensource.FromFile(vol.path()))
 	defer subject.Close()
 
@@ -201,8 +204,7 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 	for _, src := range sources {
 		_ = src.Close()
 	}
-	close(stop)
-	rotations := <-writes
+	rotations := stopWriter()
 
 	grants := a.store.issuances(oidc.GrantTypeTokenExchange, exchangeClient)
 	snap := c.snapshot()
@@ -237,6 +239,9 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 	}
 	t.Logf("subject rotated %d times; %d exchanges presented %d distinct subjects; %d assertions, %d jti, %d replays, %d requests with a secret; refusals %v",
 		rotations, len(snap.subjects), len(distinct), snap.assertions[exchangeClient], snap.jtis, snap.replays, snap.secrets[exchangeClient], snap.refused)
+	if len(snap.refused) != 0 {
+		t.Errorf("the server refused token requests: %v (%s)", snap.refused, snap.lastCause)
+	}
 	if len(distinct) < 2 {
 		t.Error("the exchanges never presented a rotated subject")
 	}
@@ -249,7 +254,9 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 // invalid_client, so calls fail with Unauthenticated matching
 // ErrReauthRequired after one token request; an assertion file that
 // expired fails calls with Unavailable, naming the file, without a token
-// request, and the calls succeed once the file is renewed.
+// request; an assertion file the server refuses fails them with
+// Unavailable too (its writer renews it); the calls succeed once the file
+// is renewed.
 func TestAssertionBadInput(t *testing.T) {
 	a, c := startCredsServer(t)
 	registered, unknown := ecKey(t), ecKey(t)
@@ -293,10 +300,23 @@ func TestAssertionBadInput(t *testing.T) {
 	if n := len(a.store.issuances(oidc.GrantTypeClientCredentials, workloadClient)); n != 0 {
 		t.Errorf("%d grants with an expired assertion file", n)
 	}
-	if err := vol.write(c.cluster.projectedToken(t, c.tokenURL(), time.Minute)); err != nil {
+	// A projected token the server refuses (issued for another audience):
+	// invalid_client, transient with an assertion file, since its writer
+	// renews it.
+	if err := vol.write(c.cluster.projectedToken(t, "another-audience", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(hangGuard)
+	for c.snapshot().refused["federated assertion rejected"] == 0 {
+		_, err := fecho.Echo(ctx, &echov1.EchoRequest{Message: "refused assertion"})
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("an assertion the server refuses: %v, want Unavailable", err)
+		}
+		time.Sleep(10 * time.Millisecond) // through the 50 ms backoff
+	}
+	if err := vol.write(c.cluster.projectedToken(t, c.tokenURL(), time.Minute)); err != nil {
+		t.Fatal(err)
+	}
 	for {
 		_, err := fecho.Echo(ctx, &echov1.EchoRequest{Message: "renewed"})
 		if err == nil {

@@ -116,6 +116,7 @@ type credsServer struct {
 	federated  map[string]int // federated assertions accepted, by the assertion's jti
 	subjects   []string       // the jti of each token-exchange subject accepted, in order
 	refused    map[string]int // assertion or subject refusals, by reason
+	lastCause  string         // why the last refusal happened (zitadel's error)
 }
 
 // startCredsServer starts the authorization server with the credential
@@ -164,6 +165,9 @@ func (c *credsServer) recordWire(r *http.Request) {
 func (c *credsServer) refuse(reason string, err error) error {
 	c.mu.Lock()
 	c.refused[reason]++
+	if err != nil {
+		c.lastCause = reason + ": " + err.Error()
+	}
 	c.mu.Unlock()
 	return oidc.ErrInvalidClient().WithDescription("%s", reason).WithParent(err)
 }
@@ -187,7 +191,7 @@ func (c *credsServer) VerifyClient(ctx context.Context, r *op.Request[op.ClientC
 	if peek.Issuer == clusterIssuer {
 		return c.verifyFederated(ctx, assertion, peek)
 	}
-	verifier := op.NewJWTProfileVerifier(c.a.store, c.tokenURL(), 2*AssertionMaxAge, time.Second)
+	verifier := op.NewJWTProfileVerifier(c.a.store, c.tokenURL(), 2*assertionMaxAge, 0)
 	profile, err := op.VerifyJWTAssertion(ctx, assertion, verifier)
 	if err != nil {
 		return nil, c.refuse("private_key_jwt assertion rejected", err)
@@ -209,14 +213,14 @@ func (c *credsServer) VerifyClient(ctx context.Context, r *op.Request[op.ClientC
 	return cl, nil
 }
 
-// AssertionMaxAge bounds how old an assertion's iat may be.
-const AssertionMaxAge = time.Minute
+// assertionMaxAge bounds how old an assertion's iat may be.
+const assertionMaxAge = time.Minute
 
 // verifyFederated accepts a projected service-account token of the
 // cluster, issued for the token endpoint, as the assertion of the client
 // the service account is federated with.
 func (c *credsServer) verifyFederated(ctx context.Context, assertion string, peek jwt.Claims) (op.Client, error) {
-	verifier := op.NewJWTProfileVerifierKeySet(c.cluster, c.tokenURL(), time.Hour, time.Second,
+	verifier := op.NewJWTProfileVerifierKeySet(c.cluster, c.tokenURL(), time.Hour, 0,
 		op.SubjectCheck(func(req *oidc.JWTTokenRequest) error {
 			if req.Issuer != clusterIssuer || req.Subject != serviceAccount {
 				return errors.New("no federation for this issuer and subject")
@@ -266,6 +270,7 @@ type credsSnapshot struct {
 	federated     int // distinct projected tokens used as assertions
 	subjects      []string
 	refused       map[string]int
+	lastCause     string
 }
 
 func (c *credsServer) snapshot() credsSnapshot {
@@ -279,7 +284,8 @@ func (c *credsServer) snapshot() credsSnapshot {
 		return out
 	}
 	return credsSnapshot{jtis: len(c.jtis), replays: c.replays, assertions: cp(c.assertions), secrets: cp(c.secrets),
-		federated: len(c.federated), subjects: append([]string(nil), c.subjects...), refused: cp(c.refused)}
+		federated: len(c.federated), subjects: append([]string(nil), c.subjects...), refused: cp(c.refused),
+		lastCause: c.lastCause}
 }
 
 // --- the writers of token files ------------------------------------------
@@ -351,10 +357,11 @@ type tokenWriter interface {
 
 // rotateAt80 keeps w holding a token from next, renewed at 80 % of each
 // token's remaining lifetime when it was written (by its exp claim, or
-// life for a token without one), as kubelet renews projected tokens, until
-// stop is closed. It writes the first token before it returns; the number
-// of tokens it wrote arrives on the returned channel once it has stopped.
-func rotateAt80(t *testing.T, w tokenWriter, life time.Duration, next func() (string, error), stop <-chan struct{}) (done <-chan int) {
+// life for a token without one), as kubelet renews projected tokens. It
+// writes the first token before it returns. The returned stop ends the
+// writing and returns how many tokens were written; it is also called at
+// the test's cleanup.
+func rotateAt80(t *testing.T, w tokenWriter, life time.Duration, next func() (string, error)) (stop func() int) {
 	t.Helper()
 	write := func() (time.Duration, error) {
 		tok, err := next()
@@ -377,7 +384,7 @@ func rotateAt80(t *testing.T, w tokenWriter, life time.Duration, next func() (st
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(chan int, 1)
+	halt, out := make(chan struct{}), make(chan int, 1)
 	go func() {
 		writes := 1
 		defer func() { out <- writes }()
@@ -385,7 +392,7 @@ func rotateAt80(t *testing.T, w tokenWriter, life time.Duration, next func() (st
 		defer timer.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-halt:
 				return
 			case <-timer.C:
 			}
@@ -398,5 +405,15 @@ func rotateAt80(t *testing.T, w tokenWriter, life time.Duration, next func() (st
 			timer.Reset(wait)
 		}
 	}()
-	return out
+	var once sync.Once
+	var writes int
+	stop = func() int {
+		once.Do(func() {
+			close(halt)
+			writes = <-out
+		})
+		return writes
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }

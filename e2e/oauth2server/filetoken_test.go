@@ -38,8 +38,7 @@ func TestFileTokenRotationUnderLoad(t *testing.T) {
 			if how == "vault" {
 				w = vaultSink{file: filepath.Join(t.TempDir(), "token")}
 			}
-			stop := make(chan struct{})
-			writes := rotateAt80(t, w, accessTTL, sidecarToken(a, serviceClient), stop)
+			stopWriter := rotateAt80(t, w, accessTTL, sidecarToken(a, serviceClient))
 
 			events := newEventLog()
 			src := tokensource.New(tokensource.FromFile(w.path()), tokensource.WithObserver(events.observe))
@@ -49,8 +48,7 @@ func TestFileTokenRotationUnderLoad(t *testing.T) {
 			res := loadWhile(t, echo, grantsReached(a.store, oidc.GrantTypeClientCredentials, serviceClient, credsExpiries+1), serviceClient)
 			// Until the Source has read the last one written.
 			_ = src.Close()
-			close(stop)
-			rotations := <-writes
+			rotations := stopWriter()
 			succeeded, forced := events.count(tokensource.RefreshSucceeded)
 			failed, _ := events.count(tokensource.RefreshFailed)
 			t.Logf("%s rotation | %v; %d tokens written, %d file reads (%d forced), %d failed reads; resource server: %d accepted, %d rejected",

@@ -237,7 +237,7 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 		}
 		distinct[s] = true
 	}
-	t.Logf("subject rotated %d times; %d exchanges presented %d distinct subjects; %d assertions, %d jti, %d replays, %d requests with a secret; refusals %v",
+	t.Logf("%d subject tokens written; %d exchanges presented %d distinct subjects; %d assertions, %d jti, %d replays, %d requests with a secret; refusals %v",
 		rotations, len(snap.subjects), len(distinct), snap.assertions[exchangeClient], snap.jtis, snap.replays, snap.secrets[exchangeClient], snap.refused)
 	if len(snap.refused) != 0 {
 		t.Errorf("the server refused token requests: %v (%s)", snap.refused, snap.lastCause)

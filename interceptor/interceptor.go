@@ -131,9 +131,25 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if err != nil {
 		return err
 	}
-	opts = i.withGuard(opts)
-	err = invoker(i.attach(ctx, md, hv), method, req, reply, cc, opts...)
-	if err == nil || !i.rejected(ctx, method, err) {
+	c := i.callOptions(opts)
+	err = invoker(i.attach(ctx, md, hv), method, req, reply, cc, c.opts...)
+	if err == nil {
+		c.release()
+		return nil
+	}
+	err = i.retryUnary(ctx, method, req, reply, cc, invoker, c, tok, err, waitForReady)
+	c.release()
+	return err
+}
+
+// retryUnary deals with err, the failure of a unary call sent with tok and
+// the options of c: the server's challenge, a rejection to refresh and
+// retry once, or anything else, returned as is.
+func (i *interceptor) retryUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, c *callMD, tok *tokensource.Token, err error, waitForReady bool) error {
+	if cerr := challenged(err, c.header, c.trailer); cerr != nil {
+		return cerr
+	}
+	if !i.rejected(ctx, method, err) {
 		return err
 	}
 	_, hv, rerr := i.renew(ctx, method, tok, err, waitForReady)
@@ -141,7 +157,13 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 		return rerr
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
-	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
+	c.reset()
+	if err = invoker(i.attachAgain(ctx, hv), method, req, reply, cc, c.opts...); err != nil {
+		if cerr := challenged(err, c.header, c.trailer); cerr != nil {
+			return cerr
+		}
+	}
+	return err
 }
 
 func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {

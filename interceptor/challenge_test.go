@@ -32,10 +32,10 @@ func TestServerChallenge(t *testing.T) {
 	)
 	type outcome int
 	const (
-		retried outcome = iota // refreshed once, retried, succeeded
-		notRetried             // the server's error as is, no refresh
-		scopeErr               // ErrInsufficientScope, no refresh
-		stepUpErr              // ErrStepUpRequired, no refresh
+		retried    outcome = iota // refreshed once, retried, succeeded
+		notRetried                // the server's error as is, no refresh
+		scopeErr                  // ErrInsufficientScope, no refresh
+		stepUpErr                 // ErrStepUpRequired, no refresh
 	)
 	cases := []struct {
 		code  codes.Code

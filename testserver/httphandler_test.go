@@ -43,7 +43,7 @@ func TestHTTPHandler(t *testing.T) {
 		t.Fatalf("valid token: %s %q (%v)", resp.Status, body, err)
 	}
 
-	resp, body = do("")
+	resp, _ = do("")
 	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Bearer realm="testserver"` {
 		t.Errorf("no header: %s, challenge %q", resp.Status, resp.Header.Get("WWW-Authenticate"))
 	}

@@ -38,8 +38,8 @@ func challenged(rejection error, header, trailer metadata.MD) error {
 
 // callMD is what a unary call needs to read the server's response metadata
 // when it fails: grpc.Header and grpc.Trailer call options pointing at its
-// own fields, and room for the call's options. It is pooled, so that a
-// call that succeeds allocates nothing for it.
+// own fields, and room for the call's options. A call that succeeds puts it
+// back in a pool, so that it allocates nothing for it.
 type callMD struct {
 	header, trailer metadata.MD
 	get             [2]grpc.CallOption // grpc.Header(&header), grpc.Trailer(&trailer)

@@ -137,9 +137,10 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 		c.release()
 		return nil
 	}
-	err = i.retryUnary(ctx, method, req, reply, cc, invoker, c, tok, err, waitForReady)
-	c.release()
-	return err
+	// A failed call's callMD is left to the collector, not pooled: an inner
+	// interceptor that gave up waiting for its invoker (on a deadline, say)
+	// may still have it in use.
+	return i.retryUnary(ctx, method, req, reply, cc, invoker, c, tok, err, waitForReady)
 }
 
 // retryUnary deals with err, the failure of a unary call sent with tok and

@@ -45,6 +45,7 @@ func Example() {
 	echo := echov1.NewEchoServiceClient(conn)
 	// The same Source behind net/http. nil instead of api.Client().Transport means http.DefaultTransport.
 	client := &http.Client{Transport: httpauth.NewTransport(src, api.Client().Transport)}
+	// README.md HTTP clients: to here.
 
 	call := func() {
 		r, err := echo.Echo(ctx, &echov1.EchoRequest{Message: "hello"})
@@ -65,7 +66,6 @@ func Example() {
 	call()
 	srv.ForceExpire() // the server rejects the token from now on
 	call()            // the gRPC call meets the rejection and refreshes; the HTTP request uses the new token
-	// README.md HTTP clients: to here.
 	fmt.Println("refreshes:", srv.Counters().RefreshesOK)
 
 	// Output:

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/testing/testpb"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -152,4 +154,23 @@ func methodFor(kind string) string {
 		return testpb.TestService_PingList_FullMethodName
 	}
 	return testpb.TestService_PingStream_FullMethodName
+}
+
+// The caller's own grpc.Header and grpc.Trailer options still receive the
+// server's metadata beside the interceptor's.
+func TestCallerMetadataOptionsKept(t *testing.T) {
+	s, creds := startServer(t, false)
+	r := &rotatingRefresher{srv: s}
+	src := newSource(t, r)
+	client := dial(t, s, creds, dialOpts(src)...)
+	s.accept("revoked")
+	s.setReply(&challengeReply{code: codes.PermissionDenied, value: `Bearer error="insufficient_scope", scope="a"`, inTrailer: true})
+	var header, trailer metadata.MD
+	_, err := client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{Value: "v"}, grpc.Header(&header), grpc.Trailer(&trailer))
+	if !errors.Is(err, tokensource.ErrInsufficientScope) {
+		t.Fatalf("err = %v, want ErrInsufficientScope", err)
+	}
+	if got := trailer.Get("www-authenticate"); len(got) != 1 {
+		t.Errorf("the caller's trailer %v lacks the challenge", trailer)
+	}
 }

@@ -190,16 +190,20 @@ func (p *parser) params(c *Challenge) bool {
 		p.i++ // '='
 		p.skipOWS()
 		var value string
+		escaped := false
 		if p.peek() == '"' {
-			v, ok := p.quoted()
+			v, esc, ok := p.quoted()
 			if !ok {
 				return false
 			}
-			value = v
+			value, escaped = v, esc
 		} else if value = p.token(); value == "" {
 			return false
 		}
 		if len(c.Params) < MaxParams {
+			if escaped {
+				value = unescape(value) // only for a param kept: the one allocation per value
+			}
 			c.Params = append(c.Params, Param{Name: name, Value: value})
 		}
 		p.skipOWS()
@@ -212,34 +216,30 @@ func (p *parser) params(c *Challenge) bool {
 	}
 }
 
-// quoted parses a quoted-string at p.i, returning its content with
-// quoted-pairs resolved. Only a value with escapes allocates.
-func (p *parser) quoted() (string, bool) {
+// quoted parses a quoted-string at p.i and returns its raw content and
+// whether it holds quoted-pairs (see unescape).
+func (p *parser) quoted() (raw string, escaped, ok bool) {
 	p.i++ // opening quote
 	start := p.i
-	escaped := false
 	for !p.done() {
 		switch c := p.s[p.i]; {
 		case c == '"':
-			raw := p.s[start:p.i]
+			raw = p.s[start:p.i]
 			p.i++
-			if escaped {
-				return unescape(raw), true
-			}
-			return raw, true
+			return raw, escaped, true
 		case c == '\\':
 			if p.i+1 >= len(p.s) || !isQuotedPairChar(p.s[p.i+1]) {
-				return "", false
+				return "", false, false
 			}
 			escaped = true
 			p.i += 2
 		case isQdtext(c):
 			p.i++
 		default:
-			return "", false
+			return "", false, false
 		}
 	}
-	return "", false // unterminated
+	return "", false, false // unterminated
 }
 
 // unescape resolves the quoted-pairs of raw, which quoted checked.

@@ -3,6 +3,7 @@ package challenge
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,5 +150,21 @@ func TestErrorMessages(t *testing.T) {
 	want = `tokensource: the server requires a stronger or more recent user authentication (acr_values "gold", max_age 1m0s)`
 	if err == nil || err.Error() != want {
 		t.Errorf("message = %v\nwant %s", err, want)
+	}
+}
+
+// A megabyte of challenges and escaped params costs no more allocations
+// than the limits allow, and keeps only that many.
+func TestParseHostileHeaderBounded(t *testing.T) {
+	for name, v := range map[string]string{
+		"escaped params": "Bearer " + strings.Repeat(`a="\"\\\"", `, 1<<16),
+		"challenges":     strings.Repeat(`Bearer realm="\x", `, 1<<16),
+		"commas":         strings.Repeat(",", 1<<20),
+	} {
+		var cs []Challenge
+		allocs := testing.AllocsPerRun(5, func() { cs = Parse(nil, v) })
+		if len(cs) > MaxChallenges || allocs > 8+MaxChallenges*(8+2*MaxParams) {
+			t.Errorf("%s: %d challenges, %v allocations for %d bytes", name, len(cs), allocs, len(v))
+		}
 	}
 }

@@ -4,7 +4,7 @@ go 1.25.0
 
 require (
 	github.com/auth0/go-jwt-middleware/v2 v2.3.1
-	github.com/go-jose/go-jose/v4 v4.1.4
+	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/tokenrefresh/grpc-tokenrefresh v0.1.0
 	github.com/zitadel/oidc/v3 v3.45.6
 	golang.org/x/oauth2 v0.36.0

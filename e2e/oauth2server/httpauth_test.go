@@ -164,13 +164,12 @@ func httpClient(a *authServer, src httpauth.TokenSource) *http.Client {
 }
 
 // serviceSource is a Source on the client-credentials grant of client id
-// with the scope echo:read. Its refreshes reach the token endpoint through
-// the client that a.httpContext puts in the context of the call or request
-// that starts them.
+// with the scope echo:read, reaching the token endpoint through the client
+// that trusts the authorization server's certificate.
 func serviceSource(a *authServer, id string, opts ...tokensource.Option) *tokensource.Source {
 	cfg := a.serviceConfig(id)
 	cfg.Scopes = []string{"echo:read"}
-	return tokensource.New(tokensource.ClientCredentials(cfg), opts...)
+	return tokensource.New(tokensource.ClientCredentials(cfg, tokensource.WithHTTPClient(a.srv.Client())), opts...)
 }
 
 // getAs sends GET path with request ID id and checks that the answer is

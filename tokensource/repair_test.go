@@ -2,6 +2,7 @@ package tokensource
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -18,7 +19,14 @@ type outageStore struct {
 	down   atomic.Bool
 	orphan atomic.Bool // a lease ended without Commit or Release: the next TryLease is a takeover
 	last   atomic.Pointer[outageLease]
+	// unacked: writes land but are not confirmed (a replica acknowledgement
+	// that does not come): Commit and Restore write and fail; restores
+	// counts the Restore calls.
+	unacked  atomic.Bool
+	restores atomic.Int64
 }
+
+var errUnacked = fmt.Errorf("not acknowledged by replicas: %w", ErrCoordinatorUnavailable)
 
 // expire ends the lease granted last as its TTL would while its holder is
 // paused: the next member takes it over, and the holder's Commit is refused.
@@ -48,10 +56,15 @@ func (o *outageStore) TryLease(ctx context.Context) (Lease, error) {
 }
 
 func (o *outageStore) Restore(ctx context.Context, rec Record) (bool, error) {
+	o.restores.Add(1)
 	if o.down.Load() {
 		return false, errDown
 	}
-	return o.MemoryStore.Restore(ctx, rec)
+	wrote, err := o.MemoryStore.Restore(ctx, rec)
+	if err == nil && o.unacked.Load() {
+		return false, errUnacked
+	}
+	return wrote, err
 }
 
 // reset empties the record, as a Redis restart without persistence does.
@@ -76,7 +89,10 @@ func (l *outageLease) Commit(ctx context.Context, t *Token) error {
 		l.o.orphan.Store(true)
 		return errDown
 	}
-	return l.Lease.Commit(ctx, t)
+	if err := l.Lease.Commit(ctx, t); err != nil || !l.o.unacked.Load() {
+		return err
+	}
+	return errUnacked
 }
 
 func (l *outageLease) Release(ctx context.Context) error {
@@ -222,6 +238,32 @@ func TestPausedHolderResumingWithinTheGrace(t *testing.T) {
 		}
 		if got := (<-bDone).AccessToken; got != "at-1" {
 			t.Errorf("b: Token = %s, want at-1, the token a could not commit", got)
+		}
+		checkLanded(t, r, st)
+	})
+}
+
+// A commit that landed but was not confirmed (a replica acknowledgement that
+// did not come) stays pending although the record shows its version: the
+// Source asks the Coordinator to confirm it (Restore) until it does.
+func TestUnconfirmedCommitIsConfirmedLater(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 1)
+		a := srcs[0]
+		st.unacked.Store(true)
+		if _, err := a.Refresh(ctxBG, mustToken(t, a)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		if n := st.restores.Load(); n < 2 {
+			t.Fatalf("%d Restore calls while the commit is unconfirmed, want it asked again and again", n)
+		}
+		st.unacked.Store(false)
+		time.Sleep(time.Second)
+		n := st.restores.Load()
+		time.Sleep(5 * time.Second)
+		if extra := st.restores.Load() - n; extra != 0 {
+			t.Errorf("%d Restore calls after the commit was confirmed, want none", extra)
 		}
 		checkLanded(t, r, st)
 	})

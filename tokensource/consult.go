@@ -40,9 +40,12 @@ func (s *Source) rateLimitedUnlock(ctx context.Context, st *state, now time.Time
 // runConsult obtains the token of a consultation: the fleet's record when a
 // peer has replaced prev there, and otherwise no token at all (declined):
 // the flight's declined error, or prev itself for a rate-limited refresh.
-// The Refresher is not called, so the storm guard is not spent.
+// The Refresher is not called, so the storm guard is not spent. A record
+// behind this Source's token (its commit is pending, or the record went
+// back) is put right instead: its token is older, and adopting it would drop
+// the newest refresh token the fleet has.
 func (s *Source) runConsult(wctx context.Context, f *flight, prev *Token) result {
-	if rec, err := s.loadRecord(wctx); err == nil {
+	if rec, err := s.loadRecord(wctx); err == nil && !s.restoreBehind(wctx, rec) {
 		if cand, seed, need := s.decide(rec, prev); !need && !seed {
 			return s.adopt(cand, prev, rec.Version)
 		}

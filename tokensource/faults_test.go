@@ -201,3 +201,91 @@ func mustToken(t *testing.T, s *Source) *Token {
 	}
 	return tok
 }
+
+// A rate-limited refresh does not adopt a token older than the one the
+// Source holds: this member's commit of at-2 failed (pending), and the
+// record still holds at-1, whose refresh token at-2's refresh spent.
+// Adopting it would drop the only copy of the newest refresh token.
+func TestRateLimitedRefreshKeepsANewerPendingToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, _ := outageFleet(t, 0)
+		var calls atomic.Int64
+		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			tok, err := r.Refresh(ctx, cur)
+			if calls.Add(1) == forcedBurst {
+				st.down.Store(true) // the last refresh's commit fails
+			}
+			return tok, err
+		}), WithStore(st), WithEarlyRefresh(0))
+		defer mustClose(t, a)
+		cur := mustToken(t, a)
+		for range forcedBurst { // at-1 committed, at-2 pending; the storm guard is spent
+			next, err := a.Refresh(ctxBG, cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = next
+		}
+		st.down.Store(false)
+		got, err := a.Refresh(ctxBG, cur) // rate-limited: a consultation of the record, which holds at-1
+		if err != nil || got.AccessToken != cur.AccessToken {
+			t.Fatalf("a: rate-limited Refresh = (%v, %v), want %s back, not the older token in the record", got, err, cur.AccessToken)
+		}
+		time.Sleep(2 * time.Second) // the storm guard refills
+		next, err := a.Refresh(ctxBG, got)
+		if err != nil || next.AccessToken != "at-3" {
+			t.Fatalf("a: Refresh = (%v, %v), want at-3", next, err)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+	})
+}
+
+// A rate-limited refresh while a Refresher that outlived the refresh
+// timeout still runs does not let a second Refresher call start before it
+// returns: both would present the same refresh token.
+func TestRateLimitedRefreshWhileATimedOutRefresherRuns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, login := newRotating(time.Minute)
+		st := NewMemoryStore()
+		if err := st.Save(ctxBG, login); err != nil {
+			t.Fatal(err)
+		}
+		release := make(chan struct{})
+		var calls atomic.Int64
+		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			if calls.Add(1) == forcedBurst+1 {
+				<-release // hangs, ignoring its context
+			}
+			return r.Refresh(ctx, cur)
+		}), WithStore(st), WithMinRefreshInterval(time.Hour), WithRefreshTimeout(5*time.Second))
+		defer mustClose(t, a)
+		cur := mustToken(t, a)
+		for range forcedBurst { // spend the storm guard
+			next, err := a.Refresh(ctxBG, cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = next
+		}
+		time.Sleep(40 * time.Second) // cur's early window (it is stale at 54 s)
+		mustToken(t, a)              // the background refresh, whose Refresher hangs
+		time.Sleep(6 * time.Second)  // past its refresh timeout
+		if got, err := a.Refresh(ctxBG, cur); err != nil || got != cur {
+			t.Fatalf("a: rate-limited Refresh = (%v, %v), want the current token back", got, err)
+		}
+		time.Sleep(10 * time.Second) // cur is stale
+		if _, err := a.Token(ctxBG); err == nil {
+			t.Error("a: Token succeeded while the timed-out Refresher still runs, want its failure")
+		}
+		if got := calls.Load(); got != forcedBurst+1 {
+			t.Errorf("%d Refresher calls, want %d: a second one started while the timed-out one ran", got, forcedBurst+1)
+		}
+		close(release)
+		synctest.Wait()
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+	})
+}

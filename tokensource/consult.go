@@ -20,11 +20,14 @@ const (
 // Without a Coordinator the answer is st's token, unchanged. With one, a
 // consultation asks the fleet's record first: a peer may have committed a
 // token newer than the rejected one, and handing that back is what keeps a
-// member from sending a rejected token while a valid one is committed.
+// member from sending a rejected token while a valid one is committed. Not
+// while a Refresher the refresh timeout gave up on still runs: a flight
+// would take its place in s.running, and once that flight ended a refresh
+// could start beside it, presenting the same refresh token.
 func (s *Source) rateLimitedUnlock(ctx context.Context, st *state, now time.Time) (*Token, error) {
 	s.rateLimited.Add(1)
 	var f *flight
-	if s.coord != nil {
+	if s.coord != nil && s.running == nil {
 		f = s.startLocked(ctx, st, consultation, nil)
 		f.waiters++
 	}

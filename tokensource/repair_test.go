@@ -24,6 +24,9 @@ type outageStore struct {
 	// counts the Restore calls.
 	unacked  atomic.Bool
 	restores atomic.Int64
+	// refused: Restore fails without writing while reads still work (a
+	// write that does not reach the master while a replica serves reads).
+	refused atomic.Bool
 }
 
 var errUnacked = fmt.Errorf("not acknowledged by replicas: %w", ErrCoordinatorUnavailable)
@@ -57,7 +60,7 @@ func (o *outageStore) TryLease(ctx context.Context) (Lease, error) {
 
 func (o *outageStore) Restore(ctx context.Context, rec Record) (bool, error) {
 	o.restores.Add(1)
-	if o.down.Load() {
+	if o.down.Load() || o.refused.Load() {
 		return false, errDown
 	}
 	wrote, err := o.MemoryStore.Restore(ctx, rec)
@@ -335,6 +338,32 @@ func TestRepairIntervalZeroDisablesRepair(t *testing.T) {
 		mustToken(t, srcs[0])
 		if srcs[0].stopRepair != nil {
 			t.Error("the repair check started with WithRepairInterval(0)")
+		}
+	})
+}
+
+// A member whose token is newer than the record and whose restore fails
+// neither adopts the older token in the record (its newest refresh token
+// would be gone) nor presents that token's spent refresh token: the flight
+// fails, and the repair puts the token back once the Coordinator takes it.
+func TestFailedRestoreDoesNotAdoptTheOlderRecord(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, _ := outageFleet(t, 0)
+		a, a1 := outageHolder(t, r, st) // at-1 pending at version 2; the record holds at-0
+		st.refused.Store(true)
+		st.down.Store(false)
+		got, err := a.Refresh(ctxBG, a1)
+		if err == nil {
+			t.Fatalf("a: Refresh = %v, want a failure while the record is behind and cannot be repaired", got.AccessToken)
+		}
+		st.refused.Store(false)
+		time.Sleep(2 * time.Second) // the repair lands, the backoff ends
+		next, err := a.Refresh(ctxBG, a1)
+		if err != nil || next.AccessToken != "at-2" {
+			t.Fatalf("a: Refresh = (%v, %v), want at-2 refreshed from at-1", next, err)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
 		}
 	})
 }

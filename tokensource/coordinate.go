@@ -27,6 +27,12 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			restored = true
 			continue
 		}
+		if _, behind := s.behind(rec); behind {
+			// The restore did not take. The record's token is older than
+			// this Source's: adopting it would drop the newest refresh
+			// token, and presenting its refresh token would spend it twice.
+			return result{kind: failed, err: errStillBehind}
+		}
 		if cand, seed, need := s.decide(rec, prev); !need && !seed {
 			s.leaseWaited(f, waitStart)
 			return s.adopt(cand, prev, rec.Version)

@@ -2,6 +2,7 @@ package tokensource
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -100,13 +101,8 @@ func (s *Source) checkRecord(ctx context.Context) bool {
 // restoreBehind restores this Source's token if rec, just read, is behind
 // it, and reports whether it tried (the caller reads the record again).
 func (s *Source) restoreBehind(ctx context.Context, rec Record) bool {
-	if s.restorer == nil {
-		return false
-	}
-	s.mu.Lock()
-	ft := s.fleet
-	s.mu.Unlock()
-	if ft.ver <= rec.Version {
+	ft, behind := s.behind(rec)
+	if !behind {
 		return false
 	}
 	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
@@ -114,6 +110,24 @@ func (s *Source) restoreBehind(ctx context.Context, rec Record) bool {
 	s.restore(rctx, ft, rec)
 	return true
 }
+
+// behind reports whether rec is older than this Source's token ft, which a
+// restore can put back.
+func (s *Source) behind(rec Record) (ft fleetToken, behind bool) {
+	if s.restorer == nil {
+		return ft, false
+	}
+	s.mu.Lock()
+	ft = s.fleet
+	s.mu.Unlock()
+	return ft, ft.ver > rec.Version
+}
+
+// errStillBehind fails a flight that found the record still behind its
+// Source's token after putting the token back: the Coordinator did not
+// take the write.
+var errStillBehind = fmt.Errorf("tokensource: the fleet's record is behind this member's token and putting the token back failed: %w",
+	ErrCoordinatorUnavailable)
 
 // restore puts ft back into the fleet's record rec, which is behind it. It
 // reports whether the record holds ft or a newer token now.

@@ -3,6 +3,7 @@ package tokensource
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -117,16 +118,20 @@ func outageFleet(t *testing.T, n int, opts ...Option) (*rotating, *outageStore, 
 	return r, st, fleet(t, n, r, st, append([]Option{WithEarlyRefresh(0)}, opts...)...)
 }
 
-// outageHolder returns a Source on st whose one refresh succeeds at the
+// outageHolder returns a Source on st whose first refresh succeeds at the
 // authorization server r and then finds the coordinator gone: its commit
-// fails. It returns once that refresh has been handed out.
+// fails. It returns once that refresh has been handed out; later refreshes
+// are plain.
 func outageHolder(t *testing.T, r *rotating, st *outageStore, opts ...Option) (*Source, *Token) {
 	t.Helper()
 	hold := make(chan struct{})
+	var once sync.Once
 	a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
 		tok, err := r.Refresh(ctx, cur)
-		st.down.Store(true)
-		close(hold)
+		once.Do(func() {
+			st.down.Store(true)
+			close(hold)
+		})
 		return tok, err
 	}), append([]Option{WithStore(st), WithEarlyRefresh(0)}, opts...)...)
 	t.Cleanup(func() { mustClose(t, a) })

@@ -193,7 +193,10 @@ func TestTakeoverWaitsForAPendingCommit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r, st, _ := outageFleet(t, 0)
 		outageHolder(t, r, st)
-		time.Sleep(5 * time.Second) // the outage
+		// The outage, ending between two of the holder's repair checks
+		// (every 250 ms while its commit is pending), so that b reads the
+		// record before the holder has put its token back.
+		time.Sleep(5*time.Second + 100*time.Millisecond)
 		st.down.Store(false)
 		// A member started just now (a process restarted during the
 		// outage) whose stored token is rejected at once.

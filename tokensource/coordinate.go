@@ -230,9 +230,10 @@ const coordinatorRetry = time.Second
 
 // coordBackoff is the backoff after the n-th consecutive failure of the
 // Coordinator: the Source's backoff, capped by coordinatorRetry and then
-// jittered like it, so that a fleet does not probe in lockstep.
+// jittered like it, so that a fleet does not probe in lockstep. A backoff
+// within the cap is kept as it is: it is within WithBackoff's maximum too.
 func (s *Source) coordBackoff(n int) time.Duration {
-	if d := s.backoff(n); d < coordinatorRetry/2 {
+	if d := s.backoff(n); d <= coordinatorRetry {
 		return d
 	}
 	return coordinatorRetry/2 + rand.N(coordinatorRetry-coordinatorRetry/2+1)

@@ -289,3 +289,20 @@ func TestRateLimitedRefreshWhileATimedOutRefresherRuns(t *testing.T) {
 		}
 	})
 }
+
+// The backoff after a Coordinator failure is capped at a second, and never
+// longer than WithBackoff's maximum.
+func TestCoordinatorBackoffCapped(t *testing.T) {
+	for _, maxWait := range []time.Duration{100 * time.Millisecond, 600 * time.Millisecond, time.Minute} {
+		s := New(sequence(time.Now, time.Hour), WithBackoff(maxWait/2, maxWait))
+		limit := min(maxWait, coordinatorRetry)
+		for n := 1; n <= 10; n++ {
+			for range 100 {
+				if d := s.coordBackoff(n); d > limit || d <= 0 {
+					t.Fatalf("WithBackoff(%v, %v): coordBackoff(%d) = %v, want in (0, %v]", maxWait/2, maxWait, n, d, limit)
+				}
+			}
+		}
+		mustClose(t, s)
+	}
+}

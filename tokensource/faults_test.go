@@ -306,3 +306,39 @@ func TestCoordinatorBackoffCapped(t *testing.T) {
 		mustClose(t, s)
 	}
 }
+
+// A caller that needs a token while a consultation is in flight (its token
+// went stale meanwhile) does not get the consultation's answer, which may be
+// that stale token: it waits for the consultation and then for a refresh.
+func TestDemandDoesNotJoinAConsultation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 1, WithMinRefreshInterval(time.Hour))
+		a := srcs[0]
+		cur := mustToken(t, a)
+		for range forcedBurst { // spend the storm guard
+			next, err := a.Refresh(ctxBG, cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = next
+		}
+		time.Sleep(53*time.Second + 500*time.Millisecond) // cur is stale at 54 s
+		st.slow.Store(int64(800 * time.Millisecond))
+		consulted := make(chan *Token)
+		go func() {
+			tok, _ := a.Refresh(ctxBG, cur) // rate-limited: a consultation, slow to read the record
+			consulted <- tok
+		}()
+		time.Sleep(600 * time.Millisecond) // cur is stale now
+		tok, err := a.Token(ctxBG)
+		if err != nil || tok.AccessToken == cur.AccessToken {
+			t.Errorf("a: Token = (%v, %v), want a fresh token, not the stale %s", tok, err, cur.AccessToken)
+		}
+		if got := <-consulted; got != cur {
+			t.Errorf("a: rate-limited Refresh = %v, want the rejected token back", got)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+	})
+}

@@ -28,6 +28,8 @@ type outageStore struct {
 	// refused: Restore fails without writing while reads still work (a
 	// write that does not reach the master while a replica serves reads).
 	refused atomic.Bool
+	// slow: how long LoadRecord takes (a coordinator under load).
+	slow atomic.Int64
 }
 
 var errUnacked = fmt.Errorf("not acknowledged by replicas: %w", ErrCoordinatorUnavailable)
@@ -40,6 +42,7 @@ func (o *outageStore) expire() {
 }
 
 func (o *outageStore) LoadRecord(ctx context.Context) (Record, error) {
+	time.Sleep(time.Duration(o.slow.Load()))
 	if o.down.Load() {
 		return Record{}, errDown
 	}

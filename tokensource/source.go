@@ -308,6 +308,12 @@ func (s *Source) joinLocked(ctx context.Context, why trigger) (*flight, error) {
 		return nil, ErrSelfWait
 	}
 	f := s.flight
+	if f != nil && f.consult && why != rejection {
+		// A consultation answers a rejection of a token that was valid;
+		// it may decline with that token, stale by now. Wait for it to
+		// end, then for a refresh.
+		return nil, &notYet{wake: f.end, last: s.lastErr}
+	}
 	if f == nil {
 		if s.running != nil {
 			// No second call while a timed-out Refresher runs (it could
@@ -384,7 +390,9 @@ func (s *Source) await(ctx context.Context, f *flight) (*Token, error) {
 
 // notYet is the answer to a caller that waits for ready (WaitForReady)
 // while the Source backs off: try again at at, or, while a Refresher the
-// refresh timeout gave up on still runs, when wake is closed.
+// refresh timeout gave up on still runs, when wake is closed. Any caller
+// that needs a token while a consultation runs gets it too (wake: the
+// consultation's end).
 type notYet struct {
 	at   time.Time
 	wake <-chan struct{}

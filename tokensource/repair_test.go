@@ -222,6 +222,13 @@ func TestTakeoverWaitsForAPendingCommit(t *testing.T) {
 // so its result stays pending and is put back into the record; the member
 // that took over adopts it instead of presenting the spent refresh token.
 func TestPausedHolderResumingWithinTheGrace(t *testing.T) {
+	// It resumes as soon as b waits, or a second into b's grace of 1.25 s.
+	for _, late := range []time.Duration{0, time.Second} {
+		t.Run(late.String(), func(t *testing.T) { pausedHolderResuming(t, late) })
+	}
+}
+
+func pausedHolderResuming(t *testing.T, late time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		r, login := newRotating(time.Minute)
 		login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
@@ -239,18 +246,29 @@ func TestPausedHolderResumingWithinTheGrace(t *testing.T) {
 		defer mustClose(t, a)
 		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
 
-		aDone := make(chan *Token, 1)
-		go func() { aDone <- mustToken(t, a) }()
+		// Tokens by name ("" for an error), got on goroutines of their own.
+		token := func(s *Source, done chan<- string) {
+			tok, err := s.Token(ctxBG)
+			if err != nil {
+				t.Error(err)
+				done <- ""
+				return
+			}
+			done <- tok.AccessToken
+		}
+		aDone := make(chan string, 1)
+		go token(a, aDone)
 		<-presented
 		st.expire() // a's lease runs out while it is paused
-		bDone := make(chan *Token, 1)
-		go func() { bDone <- mustToken(t, b) }()
+		bDone := make(chan string, 1)
+		go token(b, bDone)
 		synctest.Wait() // b has taken the lease over and waits the grace
+		time.Sleep(late)
 		close(resume)
-		if got := (<-aDone).AccessToken; got != "at-1" {
+		if got := <-aDone; got != "at-1" {
 			t.Errorf("a: Token = %s, want at-1", got)
 		}
-		if got := (<-bDone).AccessToken; got != "at-1" {
+		if got := <-bDone; got != "at-1" {
 			t.Errorf("b: Token = %s, want at-1, the token a could not commit", got)
 		}
 		checkLanded(t, r, st)

@@ -84,9 +84,12 @@ type Lease interface {
 // back a token its shared record lost: a commit that failed or was never
 // acknowledged, a record lost with a Redis restart without persistence, or
 // one rolled back by a failover to a lagging replica. A Source whose
-// Coordinator implements it never refreshes from a record older than a
-// token a live member of the fleet still holds (see "Data loss" in the
-// package documentation); one that does not keeps working as before.
+// Coordinator implements it puts its token back into a record that is behind
+// it, and waits a short grace before it refreshes from a record that may
+// have lost a newer token, so that the fleet does not spend a refresh token
+// twice while a live member holds the newer one (see "Data loss" in the
+// package documentation for what remains possible); one that does not keeps
+// working as before.
 type Restorer interface {
 	// Restore writes rec.Token as the shared token at version rec.Version
 	// if the shared record's version is lower (a missing or empty record

@@ -97,7 +97,8 @@ type Event struct {
 	// refresh (RefreshStarted, the lease events, TokenLoaded, StoreFailed,
 	// its result, and a late result after the refresh timeout) and in
 	// RefreshInfo.ID and the calls of RefreshHooks. 0 for events outside a
-	// refresh: TokenSet, RefreshRateLimited, and StoreFailed after SetToken.
+	// refresh: TokenSet, RefreshRateLimited, TokenRestored, and StoreFailed
+	// after SetToken.
 	Refresh uint64
 	// Time is when the event happened, by the Source's clock.
 	Time time.Time

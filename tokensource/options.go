@@ -19,8 +19,9 @@ const (
 	// DefaultRefreshTimeout bounds one call of the Refresher (and the store
 	// load or save around it).
 	DefaultRefreshTimeout = 30 * time.Second
-	// DefaultMinRefreshInterval is the shortest time between two forced
-	// refreshes (Source.Refresh of the current token).
+	// DefaultMinRefreshInterval is the refill interval of the storm guard
+	// of forced refreshes (Source.Refresh of the current token): after a
+	// burst of two, one per interval (see WithMinRefreshInterval).
 	DefaultMinRefreshInterval = time.Second
 	// DefaultBackoffInitial and DefaultBackoffMax bound the wait after a
 	// failed refresh: it starts at DefaultBackoffInitial, doubles with every
@@ -147,8 +148,9 @@ func WithRefreshAttempts(n int) Option {
 // the current token without refreshing (or a newer one a peer of the fleet
 // committed), so a server that rejects every fresh token gets about one
 // refresh per d, while two separate revocations in quick succession are both
-// refreshed. Only a forced refresh in which the Refresher ran counts:
-// adopting a peer's token does not. 0 disables the limit; negative values are
+// refreshed. Only a forced refresh that got a token from the Refresher (or
+// the rejected one back) counts: adopting a peer's token does not, nor does a
+// failed one, after which the backoff holds the next one back. 0 disables the limit; negative values are
 // treated as 0.
 func WithMinRefreshInterval(d time.Duration) Option {
 	return func(o *options) { o.minRefreshInterval = max(d, 0) }

@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/faultpoint"
 )
 
 // leaseRecord is the contents of a FileStore's lock file.
@@ -112,6 +114,7 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		}
 	}
 	defer unlockFile(lf)
+	faultpoint.FileStoreLocked(f.lockPath)
 	return fn(lf)
 }
 

@@ -1,0 +1,414 @@
+package e2e_test
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+)
+
+// The campaign's checkers. Definitions:
+//
+//   - A fault's window is [start, end + the recovery allowance]
+//     (-chaos.recovery, 1.5 s): start and end are when the fault began and
+//     ended (a kill: from the SIGKILL to the restarted process's start; a
+//     stop: SIGSTOP to SIGCONT; a force-expiry: the instant of the call; a
+//     FileStore stall: the sleep with the flock held, as the member reported
+//     it; a Redis kill: from the SIGKILL to the restarted server answering
+//     PING). A member fault (kill, stop) scopes its window to the member it
+//     hit; every other fault's window covers the fleet. A lost session
+//     (below) opens a fleet window until the campaign's relogin.
+//   - A failed call belongs to a window when the call's span [start, end]
+//     overlaps it, and is attributed to the overlapping window that began
+//     last; a failed call overlapping none is "outside" (bound: 0).
+//   - Failed calls per force-expiry: those attributed to each force-expiry
+//     (bound: 20 for every one).
+//   - Reuse: refresh tokens presented a second time, as the server detected
+//     them (bound: 0). Sessions lost: episodes that began with a reuse or a
+//     member requiring re-authentication, each ended by a relogin (bound: 0).
+//   - Stale sends: requests the server rejected for a member that had been
+//     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
+//     earlier, that this very token was rejected, while another token was
+//     committed to the store at least that allowance earlier and still valid
+//     at the server (not expired, issued after every force-expiry and lost
+//     session before the request, not wiped with the store since). Requests
+//     while the store is down, and for the allowance after, are not judged:
+//     a member cannot read what is committed then (bound: 0).
+//   - Grants per token lifetime: the tokens the server issued (refreshes and
+//     logins) per 1.8 s of the campaign.
+
+// window is the span a fault, or a lost session, may fail calls in.
+type window struct {
+	label    string
+	member   int // -1: the fleet
+	from, to time.Time
+	fault    *faultRec // nil for a lost session
+}
+
+// kindRow is one line of the summary table.
+type kindRow struct {
+	label                      string
+	injected, missed           int
+	failed, maxPerEvent, stale int
+	reuse, lost                int
+	perEvent                   []int
+}
+
+type chaosReport struct {
+	seed      uint64
+	store     string
+	elapsed   time.Duration
+	calls     int64
+	failed    int
+	rows      map[string]*kindRow
+	order     []string
+	outside   []failureRec
+	reuse     []string // the window each was detected in
+	lost      []string
+	stale     int
+	staleKeys int
+	staleLog  []string
+	grants    int64
+	refFailed int64
+	expiries  []int // failed calls per force-expiry
+	workerErr []string
+	sumStats  map[string]uint64
+	start     time.Time
+	faults    []*faultRec
+}
+
+const outsideLabel = "(outside windows)"
+
+func (c *campaign) analyze() *chaosReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rep := &chaosReport{seed: c.seed, store: c.topo.name, elapsed: c.end.Sub(c.start), rows: map[string]*kindRow{},
+		sumStats: map[string]uint64{}, start: c.start, faults: c.faults}
+	row := func(label string) *kindRow {
+		r := rep.rows[label]
+		if r == nil {
+			r = &kindRow{label: label}
+			rep.rows[label] = r
+			rep.order = append(rep.order, label)
+		}
+		return r
+	}
+	recovery := *chaosRecovery
+	var wins []window
+	for _, f := range c.faults {
+		r := row(f.label())
+		if f.missed != "" || f.start.IsZero() {
+			r.missed++
+			continue
+		}
+		r.injected++
+		wins = append(wins, window{label: f.label(), member: f.member, from: f.start, to: f.end.Add(recovery), fault: f})
+	}
+	for _, ep := range c.episodes {
+		end := ep.end
+		if end.IsZero() {
+			end = c.end
+		}
+		wins = append(wins, window{label: "session-lost", member: -1, from: ep.start, to: end.Add(recovery)})
+	}
+	attribute := func(member int, s, e time.Time) *window {
+		var best *window
+		for i := range wins {
+			w := &wins[i]
+			if member >= 0 && w.member >= 0 && w.member != member {
+				continue
+			}
+			if w.from.After(e) || w.to.Before(s) {
+				continue
+			}
+			if best == nil || w.from.After(best.from) {
+				best = w
+			}
+		}
+		return best
+	}
+	during := func(member int, at time.Time) string {
+		var ls []string
+		for i := range wins {
+			w := &wins[i]
+			if (member < 0 || w.member < 0 || w.member == member) && !w.from.After(at) && !w.to.Before(at) {
+				l := w.label
+				if w.member >= 0 {
+					l += fmt.Sprintf(" of member %d", w.member)
+				}
+				ls = append(ls, fmt.Sprintf("%s (+%.3fs)", l, w.from.Sub(c.start).Seconds()))
+			}
+		}
+		if len(ls) == 0 {
+			return outsideLabel
+		}
+		return strings.Join(ls, ", ")
+	}
+	label := func(w *window) string {
+		if w == nil {
+			return outsideLabel
+		}
+		return w.label
+	}
+
+	// Calls and failures.
+	for _, p := range c.procs {
+		n, summarized := p.callCount()
+		rep.calls += n
+		if summarized {
+			p.mu.Lock()
+			st := p.summary.Stats
+			p.mu.Unlock()
+			if st != nil {
+				rep.sumStats["refreshes"] += st.Refreshes
+				rep.sumStats["adopted"] += st.Adopted
+				rep.sumStats["rate-limited"] += st.RateLimited
+				rep.sumStats["refresh failures"] += st.Failures
+				rep.sumStats["store failures"] += st.StoreFailures
+			}
+		} else if !c.wasKilled(p) {
+			rep.workerErr = append(rep.workerErr, fmt.Sprintf("worker %s ended without a summary (%v)\n%s",
+				p.member, p.cmd.ProcessState, p.stderr))
+		}
+	}
+	perFault := map[*faultRec]int{}
+	for _, fl := range c.failures {
+		rep.failed++
+		w := attribute(fl.idx, fl.start, fl.end)
+		row(label(w)).failed++
+		if w == nil {
+			rep.outside = append(rep.outside, fl)
+		} else if w.fault != nil {
+			perFault[w.fault]++
+		}
+	}
+	for _, f := range c.faults {
+		if f.missed != "" || f.start.IsZero() {
+			continue
+		}
+		r := row(f.label())
+		n := perFault[f]
+		r.perEvent = append(r.perEvent, n)
+		r.maxPerEvent = max(r.maxPerEvent, n)
+		if f.kind == faultExpire {
+			rep.expiries = append(rep.expiries, n)
+		}
+	}
+
+	// Reuse and lost sessions.
+	for _, u := range c.reuses {
+		w := attribute(memberIndex(u.member), u.at, u.at)
+		row(label(w)).reuse++
+		rep.reuse = append(rep.reuse, fmt.Sprintf("+%.3fs by member %s, in the windows of: %s", u.at.Sub(c.start).Seconds(), u.member,
+			during(memberIndex(u.member), u.at)))
+	}
+	for _, ep := range c.episodes {
+		// The episode's own window is the latest to begin: look just
+		// before it.
+		w := attribute(-1, ep.start.Add(-time.Nanosecond), ep.start.Add(-time.Nanosecond))
+		row(label(w)).lost++
+		rep.lost = append(rep.lost, fmt.Sprintf("+%.3fs %s, in the windows of: %s", ep.start.Sub(c.start).Seconds(), ep.why,
+			during(-1, ep.start.Add(-time.Nanosecond))))
+	}
+
+	c.staleSends(rep, row, attribute, label)
+
+	counters := c.srv.Counters()
+	rep.grants = counters.RefreshesOK + counters.Logins
+	rep.refFailed = counters.RefreshesFailed
+	return rep
+}
+
+// staleSends runs the stale-send checker (see the definitions above).
+func (c *campaign) staleSends(rep *chaosReport, row func(string) *kindRow,
+	attribute func(int, time.Time, time.Time) *window, label func(*window) string) {
+	allow := *chaosStaleAllowance
+	rejs := slices.Clone(c.rejections)
+	slices.SortStableFunc(rejs, func(a, b rejectionRec) int { return a.at.Compare(b.at) })
+	first := map[string]time.Time{}
+	seen := map[string]bool{}
+	for _, r := range rejs {
+		if r.fp == "" || r.member == "" {
+			continue
+		}
+		key := r.member + "/" + r.fp
+		told, ok := first[key]
+		if !ok {
+			first[key] = r.at
+			continue
+		}
+		if r.at.Sub(told) < allow || c.storeDownAt(r.at, allow) {
+			continue
+		}
+		w, ok := c.validCommitted(r.at, r.fp, allow)
+		if !ok {
+			continue
+		}
+		rep.stale++
+		win := attribute(memberIndex(r.member), r.at, r.at)
+		row(label(win)).stale++
+		if !seen[key] {
+			seen[key] = true
+			rep.staleKeys++
+			if len(rep.staleLog) < 5 {
+				rep.staleLog = append(rep.staleLog, fmt.Sprintf(
+					"+%.3fs member %s sent a token rejected for it at +%.3fs (%s); a valid token was committed at +%.3fs by %s; during %s",
+					r.at.Sub(c.start).Seconds(), r.member, told.Sub(c.start).Seconds(), r.reason,
+					w.at.Sub(c.start).Seconds(), w.by, label(win)))
+			}
+		}
+	}
+}
+
+// storeDownAt reports whether the store was down at t or came back less
+// than allow before it.
+func (c *campaign) storeDownAt(t time.Time, allow time.Duration) bool {
+	for _, s := range c.storeDown {
+		if !t.Before(s.from) && !t.After(s.to.Add(allow)) {
+			return true
+		}
+	}
+	// A kill whose restart is still pending has no span yet.
+	for _, w := range c.wipes {
+		if !t.Before(w) && !c.restartedAfter(w, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *campaign) restartedAfter(kill, t time.Time) bool {
+	for _, s := range c.storeDown {
+		if s.from.Equal(kill) {
+			return true
+		}
+	}
+	return false
+}
+
+// validCommitted returns a token other than fp that was written to the store
+// at least allow before t, not wiped since, and valid at the server at t.
+func (c *campaign) validCommitted(t time.Time, fp string, allow time.Duration) (writeRec, bool) {
+	var lastWipe time.Time
+	for _, w := range c.wipes {
+		if !w.After(t) && w.After(lastWipe) {
+			lastWipe = w
+		}
+	}
+	for _, w := range c.writes {
+		if w.fp == fp || w.at.After(t.Add(-allow)) || !w.at.After(lastWipe) || !w.expiry.After(t) {
+			continue
+		}
+		issued := w.expiry.Add(-chaosTokenTTL)
+		valid := true
+		for _, inv := range c.invalidations {
+			if !inv.from.After(t) && !issued.After(inv.to) {
+				valid = false
+				break
+			}
+		}
+		if valid {
+			return w, true
+		}
+	}
+	return writeRec{}, false
+}
+
+func (c *campaign) wasKilled(p *chaosProc) bool {
+	// A killed incarnation is one a later incarnation replaced before the
+	// end: the slot no longer points at it.
+	return c.slots[p.idx].proc != p
+}
+
+// memberIndex is the index of member "<index>.<incarnation>", or -1.
+func memberIndex(member string) int {
+	i, _, _ := strings.Cut(member, ".")
+	n, err := strconv.Atoi(i)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func (r *chaosReport) log(t *testing.T) {
+	lifetimes := r.elapsed.Seconds() / chaosTokenTTL.Seconds()
+	t.Logf("chaos | seed=%d store=%s: %d calls, %d failed (%d outside fault windows), reuse %d, sessions lost %d, stale sends %d (%d member-token pairs), grants %d (%.2f per %v token lifetime), failed refreshes at the server %d",
+		r.seed, r.store, r.calls, r.failed, len(r.outside), len(r.reuse), len(r.lost), r.stale, r.staleKeys,
+		r.grants, float64(r.grants)/lifetimes, chaosTokenTTL, r.refFailed)
+	t.Logf("chaos | members' stats: %v", r.sumStats)
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "fault kind\tinjected\tmissed\tfailed calls\tper event (mean)\tmax\tstale sends\treuse\tsessions lost\t")
+	order := slices.Clone(r.order)
+	slices.Sort(order)
+	for _, l := range order {
+		row := r.rows[l]
+		mean := "-"
+		if len(row.perEvent) > 0 {
+			mean = strconv.FormatFloat(float64(row.failed)/float64(len(row.perEvent)), 'f', 1, 64)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%d\t%d\t\n", l, row.injected, row.missed, row.failed, mean,
+			row.maxPerEvent, row.stale, row.reuse, row.lost)
+	}
+	_ = tw.Flush()
+	for _, line := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+		t.Logf("chaos | %s %s", r.store, line)
+	}
+	for _, f := range r.faults {
+		what := fmt.Sprintf("+%.3fs–+%.3fs", f.start.Sub(r.start).Seconds(), f.end.Sub(r.start).Seconds())
+		if f.missed != "" {
+			what = "missed: " + f.missed
+		}
+		t.Logf("chaos | applied %s (member %d): %s", f.label(), f.member, what)
+	}
+}
+
+// assert checks the checkers' bounds; each failure names the checker, the
+// fault kinds involved, the store and the seed.
+func (r *chaosReport) assert(t *testing.T) {
+	at := fmt.Sprintf("chaos seed=%d store=%s", r.seed, r.store)
+	for _, e := range r.workerErr {
+		t.Errorf("%s: %s", at, e)
+	}
+	if r.calls == 0 {
+		t.Errorf("%s: no calls were made", at)
+	}
+	if len(r.reuse) > 0 {
+		t.Errorf("%s: checker refresh-token-reuse = %d, want 0:\n  %s", at, len(r.reuse), strings.Join(r.reuse, "\n  "))
+	}
+	if len(r.lost) > 0 {
+		t.Errorf("%s: checker sessions-lost = %d, want 0:\n  %s", at, len(r.lost), strings.Join(r.lost, "\n  "))
+	}
+	if n := len(r.outside); n > 0 {
+		var lines []string
+		for _, f := range r.outside[:min(n, 5)] {
+			lines = append(lines, fmt.Sprintf("member %s, call +%.3fs–+%.3fs: %s: %s (last fault before: %s)", f.member,
+				f.start.Sub(r.start).Seconds(), f.end.Sub(r.start).Seconds(), f.code, f.msg, r.lastFaultBefore(f.end)))
+		}
+		t.Errorf("%s: checker failed-calls-outside-fault-windows = %d, want 0; first ones:\n  %s", at, n, strings.Join(lines, "\n  "))
+	}
+	if m := slices.Max(append([]int{0}, r.expiries...)); m > chaosMaxPerExpiry {
+		t.Errorf("%s: checker failed-calls-per-force-expiry: max %d, want <= %d (per force-expiry: %v)", at, m, chaosMaxPerExpiry, r.expiries)
+	}
+	if r.stale > 0 {
+		t.Errorf("%s: checker stale-sends (a member sending a rejected token while a valid one is committed) = %d requests by %d member-token pairs, want 0; first ones:\n  %s",
+			at, r.stale, r.staleKeys, strings.Join(r.staleLog, "\n  "))
+	}
+}
+
+func (r *chaosReport) lastFaultBefore(t time.Time) string {
+	var best *faultRec
+	for _, f := range r.faults {
+		if f.missed == "" && !f.start.IsZero() && !f.start.After(t) && (best == nil || f.start.After(best.start)) {
+			best = f
+		}
+	}
+	if best == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%s of member %d at +%.3fs–+%.3fs", best.label(), best.member,
+		best.start.Sub(r.start).Seconds(), best.end.Sub(r.start).Seconds())
+}

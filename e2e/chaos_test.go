@@ -256,7 +256,7 @@ func (c *campaign) onReject(ctx context.Context, r testserver.Rejection) {
 		c.mu.Lock()
 		c.reuses = append(c.reuses, reuseRec{at: now, member: member})
 		c.mu.Unlock()
-		c.lose(now, "refresh-token reuse by member "+member)
+		c.lose(now, "refresh-token reuse by member "+member, true)
 		return
 	}
 	if r.Kind != "access token" {
@@ -275,11 +275,17 @@ func (c *campaign) onReject(ctx context.Context, r testserver.Rejection) {
 
 // lose opens a lost-session episode unless one is open, and logs the fleet
 // in again after chaosReloginDelay, so that the campaign goes on measuring.
-func (c *campaign) lose(at time.Time, why string) {
+func (c *campaign) lose(at time.Time, why string, reuse bool) {
 	c.mu.Lock()
-	if n := len(c.episodes); n > 0 && c.episodes[n-1].end.IsZero() {
-		c.mu.Unlock()
-		return
+	if n := len(c.episodes); n > 0 {
+		// A member that finds out about a loss only after the relogin (its
+		// refresh was in flight) is still that loss; a reuse, though,
+		// after the relogin is a new one.
+		last := c.episodes[n-1]
+		if last.end.IsZero() || (!reuse && at.Before(last.end.Add(*chaosRecovery))) {
+			c.mu.Unlock()
+			return
+		}
 	}
 	ep := &episode{start: at, why: why}
 	c.episodes = append(c.episodes, ep)
@@ -469,7 +475,7 @@ func (c *campaign) read(p *chaosProc, r io.Reader) {
 			c.writes = append(c.writes, writeRec{at: at, fp: l.FP, expiry: time.Unix(0, l.Expiry), by: p.member + " " + l.Kind})
 			c.mu.Unlock()
 		case lineReauth:
-			c.lose(at, "member "+p.member+" requires re-authentication")
+			c.lose(at, "member "+p.member+" requires re-authentication", false)
 		case lineStall, lineNoStall:
 			select {
 			case p.stall <- l:

@@ -70,6 +70,8 @@ type chaosReport struct {
 	lost      []string
 	stale     int
 	staleKeys int
+	repeats   int // rejections of a token already rejected for the member at least the allowance before
+	rejected  int // access-token rejections
 	staleLog  []string
 	grants    int64
 	refFailed int64
@@ -178,6 +180,13 @@ func (c *campaign) analyze() *chaosReport {
 	for _, fl := range c.failures {
 		rep.failed++
 		w := attribute(fl.idx, fl.start, fl.end)
+		if fl.reauth {
+			// A call failed for want of a session belongs to the lost
+			// session, whatever fault began since.
+			if lw := lostWindow(wins, fl.start, fl.end); lw != nil {
+				w = lw
+			}
+		}
 		row(label(w)).failed++
 		if w == nil {
 			rep.outside = append(rep.outside, fl)
@@ -214,12 +223,25 @@ func (c *campaign) analyze() *chaosReport {
 			during(-1, ep.start.Add(-time.Nanosecond))))
 	}
 
+	rep.rejected = len(c.rejections)
 	c.staleSends(rep, row, attribute, label)
 
 	counters := c.srv.Counters()
 	rep.grants = counters.RefreshesOK + counters.Logins
 	rep.refFailed = counters.RefreshesFailed
 	return rep
+}
+
+// lostWindow returns the lost session's window that overlaps [s, e], if
+// any.
+func lostWindow(wins []window, s, e time.Time) *window {
+	for i := range wins {
+		w := &wins[i]
+		if w.fault == nil && !w.from.After(e) && !w.to.Before(s) {
+			return w
+		}
+	}
+	return nil
 }
 
 // staleSends runs the stale-send checker (see the definitions above).
@@ -243,6 +265,7 @@ func (c *campaign) staleSends(rep *chaosReport, row func(string) *kindRow,
 		if r.at.Sub(told) < allow || c.storeDownAt(r.at, allow) {
 			continue
 		}
+		rep.repeats++
 		w, ok := c.validCommitted(r.at, r.fp, allow)
 		if !ok {
 			continue
@@ -338,7 +361,8 @@ func (r *chaosReport) log(t *testing.T) {
 	t.Logf("chaos | seed=%d store=%s: %d calls, %d failed (%d outside fault windows), reuse %d, sessions lost %d, stale sends %d (%d member-token pairs), grants %d (%.2f per %v token lifetime), failed refreshes at the server %d",
 		r.seed, r.store, r.calls, r.failed, len(r.outside), len(r.reuse), len(r.lost), r.stale, r.staleKeys,
 		r.grants, float64(r.grants)/lifetimes, chaosTokenTTL, r.refFailed)
-	t.Logf("chaos | members' stats: %v", r.sumStats)
+	t.Logf("chaos | members' stats: %v; access tokens rejected at the server: %d, %d of them again to a member told at least %v before",
+		r.sumStats, r.rejected, r.repeats, *chaosStaleAllowance)
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "fault kind\tinjected\tmissed\tfailed calls\tper event (mean)\tmax\tstale sends\treuse\tsessions lost\t")

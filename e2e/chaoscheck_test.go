@@ -390,21 +390,30 @@ func (r *chaosReport) log(t *testing.T) {
 	}
 }
 
-// assert checks the checkers' bounds; each failure names the checker, the
-// fault kinds involved, the store and the seed.
+// assert fails t with each of the report's violations.
 func (r *chaosReport) assert(t *testing.T) {
+	for _, v := range r.violations() {
+		t.Error(v)
+	}
+}
+
+// violations checks the checkers' bounds; each violation names the checker,
+// the faults involved, the store and the seed.
+func (r *chaosReport) violations() []string {
+	var out []string
+	errorf := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 	at := fmt.Sprintf("chaos seed=%d store=%s", r.seed, r.store)
 	for _, e := range r.workerErr {
-		t.Errorf("%s: %s", at, e)
+		errorf("%s: %s", at, e)
 	}
 	if r.calls == 0 {
-		t.Errorf("%s: no calls were made", at)
+		errorf("%s: no calls were made", at)
 	}
 	if len(r.reuse) > 0 {
-		t.Errorf("%s: checker refresh-token-reuse = %d, want 0:\n  %s", at, len(r.reuse), strings.Join(r.reuse, "\n  "))
+		errorf("%s: checker refresh-token-reuse = %d, want 0:\n  %s", at, len(r.reuse), strings.Join(r.reuse, "\n  "))
 	}
 	if len(r.lost) > 0 {
-		t.Errorf("%s: checker sessions-lost = %d, want 0:\n  %s", at, len(r.lost), strings.Join(r.lost, "\n  "))
+		errorf("%s: checker sessions-lost = %d, want 0:\n  %s", at, len(r.lost), strings.Join(r.lost, "\n  "))
 	}
 	if n := len(r.outside); n > 0 {
 		var lines []string
@@ -412,15 +421,16 @@ func (r *chaosReport) assert(t *testing.T) {
 			lines = append(lines, fmt.Sprintf("member %s, call +%.3fs–+%.3fs: %s: %s (last fault before: %s)", f.member,
 				f.start.Sub(r.start).Seconds(), f.end.Sub(r.start).Seconds(), f.code, f.msg, r.lastFaultBefore(f.end)))
 		}
-		t.Errorf("%s: checker failed-calls-outside-fault-windows = %d, want 0; first ones:\n  %s", at, n, strings.Join(lines, "\n  "))
+		errorf("%s: checker failed-calls-outside-fault-windows = %d, want 0; first ones:\n  %s", at, n, strings.Join(lines, "\n  "))
 	}
 	if m := slices.Max(append([]int{0}, r.expiries...)); m > chaosMaxPerExpiry {
-		t.Errorf("%s: checker failed-calls-per-force-expiry: max %d, want <= %d (per force-expiry: %v)", at, m, chaosMaxPerExpiry, r.expiries)
+		errorf("%s: checker failed-calls-per-force-expiry: max %d, want <= %d (per force-expiry: %v)", at, m, chaosMaxPerExpiry, r.expiries)
 	}
 	if r.stale > 0 {
-		t.Errorf("%s: checker stale-sends (a member sending a rejected token while a valid one is committed) = %d requests by %d member-token pairs, want 0; first ones:\n  %s",
+		errorf("%s: checker stale-sends (a member sending a rejected token while a valid one is committed) = %d requests by %d member-token pairs, want 0; first ones:\n  %s",
 			at, r.stale, r.staleKeys, strings.Join(r.staleLog, "\n  "))
 	}
+	return out
 }
 
 func (r *chaosReport) lastFaultBefore(t time.Time) string {

@@ -68,9 +68,9 @@ soak:
 	$(GO) test -race -count=1 -run '^TestSoak$$' ./e2e/ -soak.duration=$(SOAK)
 
 ## chaos: the seeded fault campaign (e2e TestChaos): 6 worker processes per store under kills, stops,
-## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=1 for 20s).
+## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=30 for 20s).
 ## SEED=<n> DURATION=<d> STORE=file|redis|all; CHAOS_GOFLAGS=-race to build with the race detector
-SEED          ?= 1
+SEED          ?= 30
 DURATION      ?= 60s
 STORE         ?= all
 CHAOS_GOFLAGS ?=

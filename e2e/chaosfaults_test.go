@@ -275,12 +275,21 @@ func (r *redisChaos) restart(c *campaign, start time.Time, down time.Duration) t
 // duration (50–750 ms), the time a supervisor takes to restart it.
 func downtime(f *faultRec) time.Duration { return f.sched.dur / 4 }
 
-// injectKill kills redis-server at a random moment.
-func (r *redisChaos) injectKill(c *campaign, f *faultRec) {
+// acquire waits, up to chaosArmWithin, for the Redis fault before to end
+// (one outage at a time), or marks f missed.
+func (r *redisChaos) acquire(f *faultRec) bool {
 	select {
 	case r.mu <- struct{}{}:
-	default:
-		f.missed = "redis-server is already down"
+		return true
+	case <-time.After(chaosArmWithin):
+		f.missed = "redis-server was down for another fault for " + chaosArmWithin.String()
+		return false
+	}
+}
+
+// injectKill kills redis-server at a random moment.
+func (r *redisChaos) injectKill(c *campaign, f *faultRec) {
+	if !r.acquire(f) {
 		return
 	}
 	defer func() { <-r.mu }()
@@ -293,10 +302,7 @@ func (r *redisChaos) injectKill(c *campaign, f *faultRec) {
 // the next refresh the server receives, before it rotates the token, so
 // that the holder has a new token and no coordinator to commit it to.
 func (r *redisChaos) injectKillInFlight(c *campaign, f *faultRec) {
-	select {
-	case r.mu <- struct{}{}:
-	default:
-		f.missed = "redis-server is already down"
+	if !r.acquire(f) {
 		return
 	}
 	defer func() { <-r.mu }()

@@ -94,7 +94,7 @@
 // while a valid one is committed, and grants per token lifetime. A lost
 // session is followed by a relogin, so that the campaign goes on. Each
 // store ends with a table per fault kind on "chaos |" lines; a failure
-// names the checker, the faults and the seed. `make test` runs seed 1 for
+// names the checker, the faults and the seed. `make test` runs seed 30 for
 // 20 s per store; for longer runs:
 //
 //	make chaos SEED=7 DURATION=10m STORE=redis

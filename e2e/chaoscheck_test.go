@@ -55,6 +55,7 @@ type kindRow struct {
 	failed, maxPerEvent, stale int
 	reuse, lost                int
 	perEvent                   []int
+	reasons                    map[string]int // failed calls by code and message
 }
 
 type chaosReport struct {
@@ -187,7 +188,12 @@ func (c *campaign) analyze() *chaosReport {
 				w = lw
 			}
 		}
-		row(label(w)).failed++
+		r := row(label(w))
+		r.failed++
+		if r.reasons == nil {
+			r.reasons = map[string]int{}
+		}
+		r.reasons[fl.code+": "+fl.msg]++
 		if w == nil {
 			rep.outside = append(rep.outside, fl)
 		} else if w.fault != nil {
@@ -380,6 +386,20 @@ func (r *chaosReport) log(t *testing.T) {
 	_ = tw.Flush()
 	for _, line := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
 		t.Logf("chaos | %s %s", r.store, line)
+	}
+	for _, l := range order {
+		type reason struct {
+			what string
+			n    int
+		}
+		var rs []reason
+		for what, n := range r.rows[l].reasons {
+			rs = append(rs, reason{what, n})
+		}
+		slices.SortFunc(rs, func(a, b reason) int { return b.n - a.n })
+		for _, x := range rs[:min(len(rs), 3)] {
+			t.Logf("chaos | %s %s: %d× %s", r.store, l, x.n, x.what)
+		}
 	}
 	for _, f := range r.faults {
 		what := fmt.Sprintf("+%.3fs–+%.3fs", f.start.Sub(r.start).Seconds(), f.end.Sub(r.start).Seconds())

@@ -25,6 +25,14 @@ var ErrCorruptRecord = errors.New("redisstore: the record is not a token in the 
 // record.
 var ErrSealMismatch = errors.New("redisstore: the record's sealing does not match the seal key")
 
+// ErrNotReplicated is matched (errors.Is) by the error of a write (Commit,
+// Save, Restore) of a Store with WithReplicaAck when fewer replicas than it
+// waits for acknowledged the write in time. The write is on the master, but
+// a failover could still lose it, and waiters were not notified. Such errors
+// also match tokensource.ErrCoordinatorUnavailable, so a Source keeps the
+// commit pending and offers it again (Restore) until it is acknowledged.
+var ErrNotReplicated = errors.New("redisstore: the write was not acknowledged by enough replicas")
+
 // recordError is a decoding failure: kind (ErrCorruptRecord or
 // ErrSealMismatch) and tokensource.ErrCorruptStore, with a detail that never
 // quotes the record.
@@ -63,6 +71,31 @@ func wrap(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("redisstore: %s: %w: %w: %w", op, tokensource.ErrCoordinatorUnavailable, cerr, err)
 	}
 	return fmt.Errorf("redisstore: %s: %w: %w", op, tokensource.ErrCoordinatorUnavailable, err)
+}
+
+// fail is wrap for the Store's operations. A Cluster client follows MOVED
+// by itself, but keeps dialling a master that died until its periodic
+// reload of the slots (every 10 s): a failure to reach Redis makes it reload
+// now, so that the next attempt finds the promoted replica within about a
+// second of the failover. A Store that writes through a connection of its
+// own (WithReplicaAck) sees MOVED itself: the slot moved, a passing failure
+// too.
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	cc, ok := s.client.(*redis.ClusterClient)
+	if !ok {
+		return wrap(ctx, op, err)
+	}
+	moved := redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")
+	if moved || unavailable(err) {
+		cc.ReloadState(ctx)
+	}
+	if moved {
+		return fmt.Errorf("redisstore: %s: %w: the record's slot moved: %w", op, tokensource.ErrCoordinatorUnavailable, err)
+	}
+	return wrap(ctx, op, err)
 }
 
 // unavailable reports whether err means Redis could not serve the command:

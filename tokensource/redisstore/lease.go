@@ -44,7 +44,7 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 			// waiting out a TTL for a lease nobody renews.
 			l.end(ctx)
 		}
-		return nil, wrap(ctx, "taking the lease", err)
+		return nil, s.fail(ctx, "taking the lease", err)
 	}
 	if len(res) != 3 {
 		l.end(ctx)
@@ -91,7 +91,11 @@ func (l *lease) TakenOver() bool { return l.takenOver }
 // Commit writes t as the shared token if the record still holds the version
 // read with the lease and no other member holds the lease (ours may have
 // expired or been released, and a late result is still written then). It
-// bumps the version, deletes the lease, and notifies waiters. A refused write
+// writes exactly version Record().Version+1, deletes the lease, and notifies
+// waiters. With WithReplicaAck it returns, and notifies, only once replicas
+// acknowledged the write; otherwise it fails with an error matching
+// ErrNotReplicated and tokensource.ErrCoordinatorUnavailable, and the
+// written token is not announced (Restore offers it again). A refused write
 // returns an error matching tokensource.ErrLeaseLost and writes nothing. The
 // lease ends with Commit whatever its outcome: a refused commit deletes it if
 // it is still ours, and after a failure to reach Redis it is no longer
@@ -109,14 +113,21 @@ func (l *lease) Commit(ctx context.Context, t *tokensource.Token) error {
 		return err
 	}
 	s := l.s
-	res, err := commitScript.Run(ctx, s.client, []string{s.recordKey, s.leaseKey},
-		l.owner, strconv.FormatUint(l.rec.Version, 10), data, s.channel, strconv.FormatUint(l.rec.Version+1, 10)).Slice()
+	const op = "committing the token"
+	w, err := s.writer(ctx)
 	if err != nil {
-		return wrap(ctx, "committing the token", err)
+		return s.fail(ctx, op, err)
+	}
+	defer w.close()
+	res, err := commitScript.Run(ctx, w.conn, []string{s.recordKey, s.leaseKey},
+		l.owner, strconv.FormatUint(l.rec.Version, 10), data, s.channel, strconv.FormatUint(l.rec.Version+1, 10),
+		w.publishInScript()).Slice()
+	if err != nil {
+		return s.fail(ctx, op, err)
 	}
 	if len(res) == 2 {
 		if ok, _ := res[0].(int64); ok == 1 {
-			return nil
+			return w.acknowledge(ctx, op, strconv.FormatUint(l.rec.Version+1, 10))
 		}
 		switch reason, _ := res[1].(string); reason {
 		case "held":
@@ -144,7 +155,7 @@ func (l *lease) Release(ctx context.Context) error {
 	s := l.s
 	err := releaseScript.Run(ctx, s.client, []string{s.recordKey, s.leaseKey}, l.owner, s.channel).Err()
 	if err != nil {
-		return wrap(ctx, "releasing the lease", err)
+		return s.fail(ctx, "releasing the lease", err)
 	}
 	l.released = true
 	return nil
@@ -188,7 +199,7 @@ func (l *lease) startRenewal() {
 			case ctx.Err() != nil:
 				return
 			case err != nil:
-				s.opts.logger.Warn("redisstore: renewing the refresh lease failed; retrying", "key", s.recordKey, "error", wrap(rctx, "renewing the lease", err))
+				s.opts.logger.Warn("redisstore: renewing the refresh lease failed; retrying", "key", s.recordKey, "error", s.fail(rctx, "renewing the lease", err))
 			case n == 0:
 				s.opts.logger.Warn("redisstore: the refresh lease expired before it could be renewed; its commit will be refused if another member took over", "key", s.recordKey)
 				return

@@ -32,6 +32,7 @@ type options struct {
 	seal    []cipher.AEAD // seal[0] seals; all of them open
 	sealErr string        // a bad WithSealKey; New panics with it
 	logger  *slog.Logger
+	ack     *replicaAck // WithReplicaAck; nil when off
 }
 
 func defaultOptions() options {

@@ -50,11 +50,14 @@ return 0
 // commitScript is the fenced write: only if nobody else holds the lease
 // (ours, or none at all: it expired or was released and nobody took it) and
 // the version is still the one read with the lease.
-// ARGV: owner, expected version, payload, channel, expected version + 1.
-// Returns {1, new version}, or {0, reason}. A commit refused for the version
-// still deletes our lease. A retry of a commit that was applied (its reply
-// lost) finds its own payload at the next version and succeeds again, rather
-// than being refused by its own write.
+// ARGV: owner, expected version, payload, channel, expected version + 1,
+// and "0" to leave the announcement of the new version to the caller (who
+// publishes once replicas acknowledged it). Returns {1, new version}, or
+// {0, reason}. A commit refused for the version still deletes our lease. A
+// retry of a commit that was applied (its reply lost) finds its own payload
+// at the next version and succeeds again, rather than being refused by its
+// own write; it rewrites the version field to itself so that a WAIT after
+// the retry also covers the first attempt's write.
 var commitScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[1] then
@@ -62,6 +65,7 @@ if cur and cur ~= ARGV[1] then
 end
 local v = redis.call('HGET', KEYS[1], 'version') or '0'
 if v == ARGV[5] and redis.call('HGET', KEYS[1], 'payload') == ARGV[3] then
+	redis.call('HSET', KEYS[1], 'version', v)
 	return {1, v}
 end
 if v ~= ARGV[2] then
@@ -84,7 +88,9 @@ end
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
 	redis.call('HDEL', KEYS[1], 'holder')
 end
-redis.call('PUBLISH', ARGV[4], nv)
+if ARGV[6] ~= '0' then
+	redis.call('PUBLISH', ARGV[4], nv)
+end
 return {1, nv}
 `)
 
@@ -108,10 +114,44 @@ return n
 
 // saveScript is the unconditional write of Store.Save. It leaves the lease
 // alone; the version bump refuses the holder's commit.
-// ARGV: payload, channel. Returns the new version.
+// ARGV: payload, channel, "0" to leave the announcement to the caller.
+// Returns the new version.
 var saveScript = redis.NewScript(`
 local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'payload', ARGV[1])
-redis.call('PUBLISH', ARGV[2], nv)
+if ARGV[3] ~= '0' then
+	redis.call('PUBLISH', ARGV[2], nv)
+end
 return nv
+`)
+
+// restoreScript is the fenced maximum of Store.Restore: it writes the payload
+// at the given version only if the record's version is lower (absent: 0),
+// whoever holds the lease, and leaves the lease and its holder alone, so the
+// holder's commit is refused by the version it no longer matches.
+// ARGV: version (decimal, no leading zeros), payload, channel, "0" to leave
+// the announcement to the caller. Returns 1 when written, 0 when the record
+// was at that version or higher, -1 when its version field is not a number.
+// Versions are compared as decimal strings (length first), which holds for
+// every uint64 where Lua's doubles would not. When it does not write, it
+// rewrites the version field to itself, so that a WAIT after it also covers
+// whichever write put the record there (an unacknowledged commit re-offered
+// by Restore is acknowledged by that WAIT).
+var restoreScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'version') or '0'
+if not string.match(cur, '^[0-9]+$') then
+	return -1
+end
+local want = ARGV[1]
+if #cur > #want or (#cur == #want and cur >= want) then
+	if redis.call('EXISTS', KEYS[1]) == 1 then
+		redis.call('HSET', KEYS[1], 'version', cur)
+	end
+	return 0
+end
+redis.call('HSET', KEYS[1], 'version', want, 'payload', ARGV[2])
+if ARGV[4] ~= '0' then
+	redis.call('PUBLISH', ARGV[3], want)
+end
+return 1
 `)

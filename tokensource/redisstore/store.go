@@ -29,10 +29,13 @@ var _ tokensource.Coordinator = (*Store)(nil)
 
 // New returns a Store for the record named key (with WithKeyPrefix's prefix
 // in front) on client. Nothing is sent to Redis until the first call. The
-// keys are described in the package documentation. New panics if client is
-// nil, key is empty or WithSealKey was given a key of the wrong size: each
-// is a configuration error that must not degrade into running uncoordinated
-// or unsealed.
+// keys are described in the package documentation; on a Cluster (or Ring)
+// client a key without a hash tag of its own gets one, so that the record,
+// the lease and the channel share a slot. New panics if client is nil, key
+// is empty, WithSealKey was given a key of the wrong size, no hash tag can
+// keep the names in one slot, or WithReplicaAck cannot be honoured by client
+// (see WithReplicaAck): each is a configuration error that must not degrade
+// into running uncoordinated, unsealed or unacknowledged.
 func New(client redis.UniversalClient, key string, opts ...Option) *Store {
 	if client == nil {
 		panic("redisstore: New: nil client")
@@ -47,12 +50,20 @@ func New(client redis.UniversalClient, key string, opts ...Option) *Store {
 	if o.sealErr != "" {
 		panic(o.sealErr)
 	}
-	base := o.prefix + key
+	base, ok := keyNames(client, o.prefix, key)
+	if !ok {
+		panic("redisstore: New: the record " + strconv.Quote(base) + ", its lease and its channel would not share a " +
+			"Redis Cluster slot: the braces in the prefix defeat the hash tag; put a non-empty hash tag in the prefix " +
+			"or the key, for example WithKeyPrefix(\"{svc-a}:\")")
+	}
+	if msg := checkReplicaAck(client, o.ack); msg != "" {
+		panic(msg)
+	}
 	s := &Store{
 		client:    client,
 		recordKey: base,
-		leaseKey:  base + ":lease",
-		channel:   base + ":events",
+		leaseKey:  base + leaseSuffix,
+		channel:   base + channelSuffix,
 		opts:      o,
 	}
 	s.notify.store = s
@@ -60,7 +71,8 @@ func New(client redis.UniversalClient, key string, opts ...Option) *Store {
 }
 
 // Key returns the name of the record's key; the lease is Key()+":lease" and
-// the notification channel Key()+":events".
+// the notification channel Key()+":events". It is prefix+key, or on a
+// Cluster client prefix+"{"+key+"}" when prefix+key has no hash tag.
 func (s *Store) Key() string { return s.recordKey }
 
 // Load returns the shared token, or (nil, nil) when none is stored. See
@@ -74,7 +86,10 @@ func (s *Store) Load(ctx context.Context) (*tokensource.Token, error) {
 // than anything stored), bumps the version and wakes waiters. A lease holder
 // that read the previous version can no longer commit over it. Errors from
 // Redis match tokensource.ErrCoordinatorUnavailable when Redis could not be
-// reached.
+// reached. With WithReplicaAck, waiters are woken only once replicas
+// acknowledged the write, and an error matching ErrNotReplicated (and
+// tokensource.ErrCoordinatorUnavailable) means the token is written on the
+// master but not known to be on the replicas.
 func (s *Store) Save(ctx context.Context, t *tokensource.Token) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -86,8 +101,17 @@ func (s *Store) Save(ctx context.Context, t *tokensource.Token) error {
 	if err != nil {
 		return err
 	}
-	err = saveScript.Run(ctx, s.client, []string{s.recordKey}, data, s.channel).Err()
-	return wrap(ctx, "saving the token", err)
+	const op = "saving the token"
+	w, err := s.writer(ctx)
+	if err != nil {
+		return s.fail(ctx, op, err)
+	}
+	defer w.close()
+	nv, err := saveScript.Run(ctx, w.conn, []string{s.recordKey}, data, s.channel, w.publishInScript()).Int64()
+	if err != nil {
+		return s.fail(ctx, op, err)
+	}
+	return w.acknowledge(ctx, op, strconv.FormatInt(nv, 10))
 }
 
 // LoadRecord returns the shared token and its version with one round trip.
@@ -100,7 +124,7 @@ func (s *Store) LoadRecord(ctx context.Context) (tokensource.Record, error) {
 	}
 	vals, err := s.client.HMGet(ctx, s.recordKey, "version", "payload").Result()
 	if err != nil {
-		return tokensource.Record{}, wrap(ctx, "loading the record", err)
+		return tokensource.Record{}, s.fail(ctx, "loading the record", err)
 	}
 	version, _ := vals[0].(string)
 	payload, _ := vals[1].(string)
@@ -139,10 +163,10 @@ func (s *Store) probe(ctx context.Context) (version uint64, leased bool, err err
 	})
 	v, verr := vcmd.Result()
 	if verr != nil && !errors.Is(verr, redis.Nil) {
-		return 0, false, wrap(ctx, "reading the record's version", verr)
+		return 0, false, s.fail(ctx, "reading the record's version", verr)
 	}
 	if err := ecmd.Err(); err != nil {
-		return 0, false, wrap(ctx, "reading the lease", err)
+		return 0, false, s.fail(ctx, "reading the lease", err)
 	}
 	if verr == nil {
 		if version, err = strconv.ParseUint(v, 10, 64); err != nil {

@@ -134,6 +134,13 @@ func (sub *subscription) run(ctx context.Context, s *Store) {
 		}
 		if err != nil {
 			s.opts.logger.Debug("redisstore: pub/sub receive failed; reconnecting", "channel", s.channel, "error", err)
+			if cc, ok := s.client.(*redis.ClusterClient); ok {
+				// The subscription reconnects to the master of the
+				// channel's slot as the client knows it: after a
+				// failover, only a reload finds the new one, and
+				// nothing else may make this client reload.
+				cc.ReloadState(ctx)
+			}
 			// The next Receive reconnects; back off so as not to spin
 			// while Redis is down (waiters re-read on their own timers).
 			select {

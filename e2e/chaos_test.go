@@ -32,7 +32,8 @@ import (
 var (
 	chaosSeed     = flag.Uint64("chaos.seed", 30, "seed of the chaos campaign's fault schedule (the default, run by make test, schedules every fault kind of both stores in 20 s)")
 	chaosDuration = flag.Duration("chaos.duration", 20*time.Second, "how long each store's chaos campaign sends traffic")
-	chaosStores   = flag.String("chaos.store", "all", "the chaos campaign's stores: file, redis or all (comma-separated)")
+	chaosStores   = flag.String("chaos.store", "file,redis",
+		"the chaos campaign's stores, comma-separated: file, redis, cluster (a 3-master Redis Cluster), sentinel (a master, a replica, 3 Sentinels) or all")
 	chaosRecovery = flag.Duration("chaos.recovery", 1500*time.Millisecond,
 		"the recovery allowance: a fault's window lasts from its start to its end plus this")
 	chaosStaleAllowance = flag.Duration("chaos.stale-allowance", 500*time.Millisecond,
@@ -82,9 +83,9 @@ func TestChaos(t *testing.T) {
 }
 
 func chaosSelected(name string) bool {
-	for _, s := range strings.Split(*chaosStores, ",") {
-		s = strings.ToLower(strings.TrimSpace(s))
-		if s == "all" || s == strings.ToLower(name) || (s == "file" && name == "FileStore") {
+	for _, sel := range strings.Split(*chaosStores, ",") {
+		sel = strings.ToLower(strings.TrimSpace(sel))
+		if sel == "all" || sel == chaosStoreArg(name) {
 			return true
 		}
 	}
@@ -218,9 +219,15 @@ func newCampaign(t *testing.T, topo *chaosTopology) *campaign {
 	return c
 }
 
+// chaosStoreArg is the -chaos.store (and STORE=) name of a topology.
 func chaosStoreArg(name string) string {
-	if name == "FileStore" {
+	switch name {
+	case "FileStore":
 		return "file"
+	case "RedisCluster":
+		return "cluster"
+	case "RedisSentinel":
+		return "sentinel"
 	}
 	return strings.ToLower(name)
 }

@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -169,8 +168,10 @@ type chaosTopology struct {
 	store  tokensource.Store
 }
 
+// chaosTopologies are the stores the campaign knows, by the name
+// -chaos.store selects them with.
 func chaosTopologies() []*chaosTopology {
-	return []*chaosTopology{fileTopology(), redisTopology()}
+	return []*chaosTopology{fileTopology(), redisTopology(), clusterTopology(), sentinelTopology()}
 }
 
 func fileTopology() *chaosTopology {
@@ -231,13 +232,7 @@ func redisTopology() *chaosTopology {
 	topo.setup = func(t *testing.T) {
 		r.rs = redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
 		client := redisClient(t, r.rs)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		dir, err := client.ConfigGet(ctx, "dir").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.dir = dir["dir"]
+		r.dir = r.rs.Dir()
 		topo.spec = "redis:" + r.rs.Socket
 		topo.store = redisstore.New(client, fleetKey)
 	}

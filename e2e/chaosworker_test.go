@@ -119,7 +119,7 @@ func runChaosWorker(member string) int {
 
 	out := &chaosOut{enc: json.NewEncoder(os.Stdout)}
 	spec := os.Getenv(envChaosStore)
-	st, closeStore, err := openFleetStore(spec, leaseTTL)
+	st, closeStore, err := openChaosStore(spec, leaseTTL)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos worker: opening the store:", err)
 		return 2

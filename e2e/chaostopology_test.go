@@ -22,6 +22,12 @@ import (
 // token and a coordinator in failover to commit it to). Their nodes keep no
 // data on disk, as the topology helpers start them.
 
+// Pauses after an outage of a topology before the next may begin.
+const (
+	clusterCoolDown  = 3 * time.Second
+	sentinelCoolDown = 21 * time.Second
+)
+
 // openChaosStore opens the store of a worker: the specs of openFleetStore,
 // "rediscluster:<addr>,<addr>…" (a Cluster client seeded with the nodes) and
 // "redissentinel:<master name>@<addr>,<addr>…" (a failover client).
@@ -95,7 +101,7 @@ func clusterTopology() *chaosTopology {
 	topo := &chaosTopology{name: "RedisCluster"}
 	var cl *redistest.Cluster
 	outage := make(oneOutage, 1)
-	topo.faults = []*faultKind{{name: "cluster-master-kill", weight: 3, variants: [2]string{"random", "inflight"},
+	topo.faults = []*faultKind{{name: "cluster-master-kill", weight: 2, variants: [2]string{"random", "inflight"},
 		inject: func(c *campaign, f *faultRec) {
 			if !outage.acquire(f) {
 				return
@@ -114,6 +120,9 @@ func clusterTopology() *chaosTopology {
 			f.done(start, end, -1)
 			m.Restart() // back as a replica of the new master
 			cl.WaitHealthy(c.t)
+			// A failover a moment after the last measures a cluster that
+			// never settled: the next outage waits.
+			time.Sleep(clusterCoolDown)
 		}}}
 	topo.setup = func(t *testing.T) {
 		cl = redistest.StartCluster(t, 3, 1)
@@ -129,7 +138,7 @@ func sentinelTopology() *chaosTopology {
 	topo := &chaosTopology{name: "RedisSentinel"}
 	var sn *redistest.Sentinel
 	outage := make(oneOutage, 1)
-	topo.faults = []*faultKind{{name: "sentinel-failover", weight: 3, variants: [2]string{"random", "inflight"},
+	topo.faults = []*faultKind{{name: "sentinel-failover", weight: 2, variants: [2]string{"random", "inflight"},
 		inject: func(c *campaign, f *faultRec) {
 			if !outage.acquire(f) {
 				return
@@ -152,6 +161,10 @@ func sentinelTopology() *chaosTopology {
 				c.t.Errorf("chaos: the Sentinels name the killed master as master again")
 			}
 			old.Restart() // empty; the Sentinels make it a replica of the new master
+			// Sentinel does not fail the same master name over again
+			// within twice its failover-timeout (10 s in
+			// redistest.StartSentinel): the next outage waits.
+			time.Sleep(time.Until(start.Add(sentinelCoolDown)))
 		}}}
 	topo.setup = func(t *testing.T) {
 		sn = redistest.StartSentinel(t, 1, 3)

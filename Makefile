@@ -69,7 +69,7 @@ soak:
 
 ## chaos: the seeded fault campaign (e2e TestChaos): 6 worker processes per store under kills, stops,
 ## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=30 for 20s).
-## SEED=<n> DURATION=<d> STORE=file|redis|all; CHAOS_GOFLAGS=-race to build with the race detector
+## SEED=<n> DURATION=<d> STORE=file,redis,cluster,sentinel or all; CHAOS_GOFLAGS=-race to build with the race detector
 SEED          ?= 30
 DURATION      ?= 60s
 STORE         ?= all

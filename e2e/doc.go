@@ -85,7 +85,12 @@
 // FileStore's critical section with a live lease (through
 // internal/faultpoint); redis-server killed and restarted empty or from its
 // append-only file, at a random moment or while a refresh is in flight
-// (before the server rotates). The schedule is drawn from -chaos.seed and
+// (before the server rotates). With -chaos.store=cluster or sentinel (or
+// all) it runs on topologies started for the purpose (chaostopology_test.go):
+// a 3-master Redis Cluster whose master for the record's slot is killed,
+// and a master with a replica and three Sentinels, failed over by killing
+// the master, each at a random moment or with a refresh in flight. The
+// schedule is drawn from -chaos.seed and
 // logged first; the refresh latency is not part of it. The checkers, with
 // the definitions of fault windows and the recovery allowance, are
 // documented in chaoscheck_test.go: refresh-token reuse at the server,
@@ -95,7 +100,8 @@
 // session is followed by a relogin, so that the campaign goes on. Each
 // store ends with a table per fault kind on "chaos |" lines; a failure
 // names the checker, the faults and the seed. `make test` runs seed 30 for
-// 20 s per store; for longer runs:
+// 20 s on FileStore and on Redis; for longer runs (STORE=file, redis,
+// cluster, sentinel or all):
 //
 //	make chaos SEED=7 DURATION=10m STORE=redis
 //

@@ -90,8 +90,8 @@
 // a 3-master Redis Cluster whose master for the record's slot is killed,
 // and a master with a replica and three Sentinels, failed over by killing
 // the master, each at a random moment or with a refresh in flight. The
-// schedule is drawn from -chaos.seed and
-// logged first; the refresh latency is not part of it. The checkers, with
+// schedule is drawn from -chaos.seed and logged first; the refresh latency
+// is not part of it. The checkers, with
 // the definitions of fault windows and the recovery allowance, are
 // documented in chaoscheck_test.go: refresh-token reuse at the server,
 // lost sessions, failed calls outside fault windows, failed calls per

@@ -257,10 +257,16 @@ func TestServerRejectingEveryToken(t *testing.T) {
 		}
 	})
 	t.Run("unary within the source's rate limit", func(t *testing.T) {
-		// The source refuses a second forced refresh so soon and returns
+		// The storm guard allows a second forced refresh at once (two
+		// separate revocations), then refuses a third so soon and returns
 		// the same token: a retry could not help, so there is none.
+		_, err := client.Ping(withID(testCtx(t), t.Name()+"/burst"), &testpb.PingRequest{})
+		wantCode(t, err, codes.Unauthenticated)
+		if n := len(srv.callsFor(t.Name()+"/burst", methodPing)); n != 2 {
+			t.Fatalf("server saw %d attempts of the burst's second call, want 2 (one retry)", n)
+		}
 		before := r.n.Load()
-		_, err := client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{})
+		_, err = client.Ping(withID(testCtx(t), t.Name()), &testpb.PingRequest{})
 		wantCode(t, err, codes.Unauthenticated)
 		if n := len(srv.callsFor(t.Name(), methodPing)); n != 1 {
 			t.Fatalf("server saw %d attempts, want 1", n)

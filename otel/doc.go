@@ -32,11 +32,12 @@
 //	tokenrefresh.refreshes             Counter          {refresh}   refreshes completed, by tokenrefresh.outcome and tokenrefresh.trigger (+ error.type when not a success)
 //	tokenrefresh.refresh.duration      Histogram        s           how long each refresh took, same attributes
 //	tokenrefresh.callers.waited        Counter          {caller}    callers that blocked on a refresh (Event.Waiters, added when it ends), same attributes
-//	tokenrefresh.refresh.rate_limited  Counter          {refresh}   forced refreshes skipped by the minimum refresh interval
+//	tokenrefresh.refresh.rate_limited  Counter          {refresh}   forced refreshes held back by the storm guard (WithMinRefreshInterval)
 //	tokenrefresh.store.failures        Counter          {failure}   failed token saves (the token was used anyway), by error.type
 //	tokenrefresh.tokens.adopted        Counter          {token}     tokens adopted from the fleet's shared store instead of calling the Refresher
 //	tokenrefresh.lease.wait.duration   Histogram        s           waits for the fleet's refresh lease held by a peer
 //	tokenrefresh.lease.takeovers       Counter          {takeover}  leases taken over from a holder that stopped renewing them
+//	tokenrefresh.tokens.restored       Counter          {token}     tokens put back into a shared record that was behind them (a failed commit, a record lost or rolled back)
 //	tokenrefresh.rpc.retries           Counter          {retry}     calls retried with a new token, by rpc.system.name, rpc.method, rpc.response.status_code
 //	tokenrefresh.callers.waiting       UpDownCounter    {caller}    callers blocked on a refresh now (ObserveStats)
 //	tokenrefresh.refresh.active        UpDownCounter    {refresh}   refreshes running now, 0 or 1 per Source (ObserveStats)

@@ -177,3 +177,49 @@ func TestFleetLeaseWaitAndTakeover(t *testing.T) {
 		}
 	}
 }
+
+// lostStore is the Coordinator of a fleet whose shared record can be lost, as
+// with a Redis restart without persistence: reset swaps in an empty
+// MemoryStore.
+type lostStore struct{ cur atomic.Pointer[tokensource.MemoryStore] }
+
+func newLostStore() *lostStore {
+	l := &lostStore{}
+	l.reset()
+	return l
+}
+
+func (l *lostStore) reset() { l.cur.Store(tokensource.NewMemoryStore()) }
+
+func (l *lostStore) Load(ctx context.Context) (*tokensource.Token, error) { return l.cur.Load().Load(ctx) }
+func (l *lostStore) Save(ctx context.Context, t *tokensource.Token) error  { return l.cur.Load().Save(ctx, t) }
+func (l *lostStore) LoadRecord(ctx context.Context) (tokensource.Record, error) {
+	return l.cur.Load().LoadRecord(ctx)
+}
+func (l *lostStore) TryLease(ctx context.Context) (tokensource.Lease, error) {
+	return l.cur.Load().TryLease(ctx)
+}
+func (l *lostStore) Wait(ctx context.Context, v uint64) error { return l.cur.Load().Wait(ctx, v) }
+func (l *lostStore) Restore(ctx context.Context, rec tokensource.Record) (bool, error) {
+	return l.cur.Load().Restore(ctx, rec)
+}
+
+// Members whose token is newer than the shared record (it was lost) put
+// their token back before anyone refreshes: the restored counter.
+func TestFleetRestore(t *testing.T) {
+	clk := testutil.NewClock(time.Now())
+	st := newLostStore()
+	ref := &refresher{clock: clk.Now, life: time.Hour}
+	a, b := twoMembers(t, st, ref, clk, tokensource.WithRepairInterval(20*time.Millisecond))
+	st.reset()
+	clk.Advance(2 * time.Hour) // the shared token has expired, and the record is empty
+	if _, err := a.src.Token(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	a.rg.waitFor(t, tokensource.RefreshSucceeded)
+	// a's flight or b's periodic check, whichever comes first: a restore
+	// writes only over an older record, so there is one.
+	if got := a.rg.sum(t, tokenrefreshotel.MetricTokensRestored) + b.rg.sum(t, tokenrefreshotel.MetricTokensRestored); got != 1 {
+		t.Errorf("%s = %d across the fleet, want 1", tokenrefreshotel.MetricTokensRestored, got)
+	}
+}

@@ -16,6 +16,7 @@ const (
 	MetricTokensAdopted       = "tokenrefresh.tokens.adopted"
 	MetricLeaseWaitDuration   = "tokenrefresh.lease.wait.duration"
 	MetricLeaseTakeovers      = "tokenrefresh.lease.takeovers"
+	MetricTokensRestored      = "tokenrefresh.tokens.restored"
 	MetricRPCRetries          = "tokenrefresh.rpc.retries"
 	MetricCallersWaiting      = "tokenrefresh.callers.waiting"
 	MetricRefreshActive       = "tokenrefresh.refresh.active"

@@ -35,6 +35,7 @@ type Observer struct {
 	adopted         metric.Int64Counter
 	leaseWait       metric.Float64Histogram
 	takeovers       metric.Int64Counter
+	restored        metric.Int64Counter
 	retries         metric.Int64Counter
 	callersWaiting  metric.Int64ObservableUpDownCounter
 	refreshActive   metric.Int64ObservableUpDownCounter
@@ -103,6 +104,9 @@ func NewObserver(opts ...Option) (*Observer, error) {
 	check(err)
 	obs.takeovers, err = meter.Int64Counter(MetricLeaseTakeovers, metric.WithUnit("{takeover}"),
 		metric.WithDescription("Refresh leases taken over from a holder that stopped renewing them."))
+	check(err)
+	obs.restored, err = meter.Int64Counter(MetricTokensRestored, metric.WithUnit("{token}"),
+		metric.WithDescription("Tokens put back into the fleet's shared record, which was behind them."))
 	check(err)
 	obs.retries, err = meter.Int64Counter(MetricRPCRetries, metric.WithUnit("{retry}"),
 		metric.WithDescription("Calls retried with a new token after the server rejected their token."))
@@ -184,6 +188,8 @@ func (o *Observer) Observe(e tokensource.Event) {
 	case tokensource.LeaseTakenOver:
 		o.takeovers.Add(bg, 1, o.base)
 		o.leaseEvent(e, "tokenrefresh.lease_taken_over", e.Time)
+	case tokensource.TokenRestored:
+		o.restored.Add(bg, 1, o.base)
 	}
 }
 

@@ -29,7 +29,7 @@ var (
 	forced    = tokenrefreshotel.TriggerKey.String(tokenrefreshotel.TriggerForced)
 )
 
-// A refresh for a missing token, a forced refresh and a rate-limited one:
+// A refresh for a missing token, two forced refreshes and a rate-limited one:
 // counters by outcome and trigger, the duration histogram, one span each.
 func TestRefreshesByTrigger(t *testing.T) {
 	rg := newRig(t, tokenrefreshotel.WithAttributes(attribute.String("tokenrefresh.source", "billing")))
@@ -47,12 +47,17 @@ func TestRefreshesByTrigger(t *testing.T) {
 		t.Fatalf("Refresh = %v, %v; want a new token", tok2, err)
 	}
 	rg.waitFor(t, tokensource.RefreshSucceeded)
-	if tok3, err := src.Refresh(ctx, tok2); err != nil || tok3 != tok2 {
-		t.Fatalf("second Refresh = %v, %v; want the same token (rate limit)", tok3, err)
+	tok3, err := src.Refresh(ctx, tok2) // the storm guard's burst is two
+	if err != nil || tok3 == tok2 {
+		t.Fatalf("second Refresh = %v, %v; want a new token", tok3, err)
+	}
+	rg.waitFor(t, tokensource.RefreshSucceeded)
+	if tok4, err := src.Refresh(ctx, tok3); err != nil || tok4 != tok3 {
+		t.Fatalf("third Refresh = %v, %v; want the same token (rate limit)", tok4, err)
 	}
 	rg.waitFor(t, tokensource.RefreshRateLimited)
-	if n := ref.n.Load(); n != 2 {
-		t.Fatalf("Refresher calls = %d, want 2", n)
+	if n := ref.n.Load(); n != 3 {
+		t.Fatalf("Refresher calls = %d, want 3", n)
 	}
 
 	source := attribute.String("tokenrefresh.source", "billing")
@@ -61,31 +66,31 @@ func TestRefreshesByTrigger(t *testing.T) {
 		want  int64
 	}{
 		{[]attribute.KeyValue{success, expiry, source}, 1},
-		{[]attribute.KeyValue{success, forced, source}, 1},
+		{[]attribute.KeyValue{success, forced, source}, 2},
 		{[]attribute.KeyValue{success, early}, 0},
 		{[]attribute.KeyValue{failure}, 0},
-		{nil, 2},
+		{nil, 3},
 	} {
 		if got := rg.sum(t, tokenrefreshotel.MetricRefreshes, c.attrs...); got != c.want {
 			t.Errorf("%s%v = %d, want %d", tokenrefreshotel.MetricRefreshes, c.attrs, got, c.want)
 		}
 	}
-	if n, _ := rg.hist(t, tokenrefreshotel.MetricRefreshDuration, success, source); n != 2 {
-		t.Errorf("%s count = %d, want 2", tokenrefreshotel.MetricRefreshDuration, n)
+	if n, _ := rg.hist(t, tokenrefreshotel.MetricRefreshDuration, success, source); n != 3 {
+		t.Errorf("%s count = %d, want 3", tokenrefreshotel.MetricRefreshDuration, n)
 	}
 	if got := rg.sum(t, tokenrefreshotel.MetricRefreshRateLimited, source); got != 1 {
 		t.Errorf("%s = %d, want 1", tokenrefreshotel.MetricRefreshRateLimited, got)
 	}
 	// The callers that called Token and Refresh each waited for their refresh.
-	if got := rg.sum(t, tokenrefreshotel.MetricCallersWaited); got != 2 {
-		t.Errorf("%s = %d, want 2", tokenrefreshotel.MetricCallersWaited, got)
+	if got := rg.sum(t, tokenrefreshotel.MetricCallersWaited); got != 3 {
+		t.Errorf("%s = %d, want 3", tokenrefreshotel.MetricCallersWaited, got)
 	}
 
 	spans := rg.refreshSpans()
-	if len(spans) != 2 {
-		t.Fatalf("refresh spans = %d, want 2", len(spans))
+	if len(spans) != 3 {
+		t.Fatalf("refresh spans = %d, want 3", len(spans))
 	}
-	for i, trig := range []attribute.KeyValue{expiry, forced} {
+	for i, trig := range []attribute.KeyValue{expiry, forced, forced} {
 		s := spans[i]
 		wantAttr(t, s, success)
 		wantAttr(t, s, trig)

@@ -14,14 +14,21 @@ import (
 func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) result {
 	c := s.coord
 	var waitStart time.Time
+	restored, graced := false, false
 	for {
 		rec, err := s.loadRecord(wctx)
 		if err != nil {
 			return s.runUncoordinated(ctx, wctx, f, prev, current, err)
 		}
+		if !restored && s.restoreBehind(wctx, rec) {
+			// This Source's token is newer than the record (its commit did
+			// not land, or the record went back): it is the fleet's again.
+			restored = true
+			continue
+		}
 		if cand, seed, need := s.decide(rec, prev); !need && !seed {
 			s.leaseWaited(f, waitStart)
-			return s.adopt(cand, prev)
+			return s.adopt(cand, prev, rec.Version)
 		}
 		lease, err := c.TryLease(wctx)
 		if err != nil {
@@ -44,11 +51,15 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			s.log.Warn("tokensource: took over the fleet's refresh lease from a holder that stopped renewing it")
 			s.emit(f.event(LeaseTakenOver, s.now(), f.gen))
 		}
-		cand, seed, need := s.decide(lease.Record(), prev)
+		lrec := lease.Record()
+		s.mu.Lock()
+		s.noteLocked(lrec.Version)
+		s.mu.Unlock()
+		cand, seed, need := s.decide(lrec, prev)
 		switch {
 		case !need && !seed:
 			s.releaseLease(ctx, lease)
-			return s.adopt(cand, prev)
+			return s.adopt(cand, prev, lrec.Version)
 		case !need:
 			// The Store is empty and this Source has a usable login token:
 			// it becomes the fleet's, saved before it is handed out.
@@ -56,11 +67,26 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			if errors.Is(err, ErrLeaseLost) {
 				continue // a peer stored a token meanwhile: look again
 			}
-			return result{kind: loaded, tok: cand, saveErr: err}
+			return result{kind: loaded, tok: cand, saveErr: err, ver: lrec.Version + 1}
 		}
 		if cand != nil {
 			// Present the newest refresh token of the fleet.
 			current = cand
+		}
+		if !graced && s.mayHaveLost(lease, current, restored) {
+			// A newer token may live in a member's memory only: give it
+			// the time to come back before spending this refresh token.
+			graced = true
+			moved, err := s.waitForCandidates(wctx, lease)
+			if err != nil || moved {
+				s.releaseLease(ctx, lease)
+			}
+			switch {
+			case err != nil:
+				return s.runUncoordinated(ctx, wctx, f, prev, current, err)
+			case moved:
+				continue
+			}
 		}
 		return s.refresh(ctx, wctx, f, prev, current, s.underLease(lease))
 	}
@@ -94,13 +120,14 @@ func (s *Source) decide(rec Record, prev *Token) (cand *Token, seed, need bool) 
 	return cand, seed, !usable
 }
 
-// adopt makes the shared record's token the flight's result: a peer's
-// refresh, or, for a Source that had no token yet, what it loads at start.
-func (s *Source) adopt(tok, prev *Token) result {
+// adopt makes the shared record's token, at version ver, the flight's
+// result: a peer's refresh, or, for a Source that had no token yet, what it
+// loads at start.
+func (s *Source) adopt(tok, prev *Token, ver uint64) result {
 	if prev == nil {
-		return result{kind: loaded, tok: tok, loaded: tok, storeRead: true, fromStore: true}
+		return result{kind: loaded, tok: tok, loaded: tok, storeRead: true, fromStore: true, ver: ver}
 	}
-	return result{kind: adopted, tok: tok}
+	return result{kind: adopted, tok: tok, ver: ver}
 }
 
 // underLease persists under the fleet's lease: a token is committed (fenced
@@ -110,6 +137,7 @@ func (s *Source) underLease(lease Lease) persistence {
 	return persistence{
 		write:   func(ctx context.Context, t *Token) error { return s.commit(ctx, lease, t) },
 		release: func(ctx context.Context) { s.releaseLease(ctx, lease) },
+		ver:     lease.Record().Version + 1, // a Commit writes the next version
 	}
 }
 
@@ -123,7 +151,7 @@ func (s *Source) adoptAfterLostLease(ctx context.Context, prev *Token, res resul
 	if err == nil {
 		if cand, _, need := s.decide(rec, prev); !need {
 			s.log.Warn("tokensource: lost the fleet's refresh lease during the refresh; adopting the token a peer committed")
-			return s.adopt(cand, prev)
+			return s.adopt(cand, prev, rec.Version)
 		}
 	}
 	return res
@@ -181,6 +209,12 @@ func (s *Source) waitError(wctx context.Context, err error) error {
 // dial-retry budget.
 const coordinatorProbe = time.Second
 
+// coordinatorRetry caps the backoff after failures of the Coordinator (the
+// Source's, and between probes of a Coordinator known to be down), so that
+// members recover within about a second of it answering again. A dead Redis
+// still costs each Source at most one bounded probe per second.
+const coordinatorRetry = time.Second
+
 // loadRecord reads the shared record, bounded by coordinatorProbe. While the
 // Coordinator is known to be down (its last answer was
 // ErrCoordinatorUnavailable) it is asked at most once per backoff period; in
@@ -200,10 +234,11 @@ func (s *Source) loadRecord(wctx context.Context) (Record, error) {
 	defer s.mu.Unlock()
 	switch {
 	case err == nil:
+		s.noteLocked(rec.Version)
 		s.coordErr, s.coordFailures = nil, 0
 	case errors.Is(err, ErrCoordinatorUnavailable):
 		s.coordFailures++
-		s.coordErr, s.coordDownUntil = err, s.now().Add(s.backoff(s.coordFailures))
+		s.coordErr, s.coordDownUntil = err, s.now().Add(min(s.backoff(s.coordFailures), coordinatorRetry))
 	}
 	return rec, err
 }

@@ -29,8 +29,9 @@ const (
 	TokenLoaded
 	// TokenSet: SetToken installed a token.
 	TokenSet
-	// RefreshRateLimited: a forced refresh was skipped because the previous
-	// one finished less than the minimum refresh interval ago.
+	// RefreshRateLimited: a forced refresh was skipped by the storm guard
+	// (see WithMinRefreshInterval). With a Coordinator, the Source still
+	// looks for a newer token a peer committed.
 	RefreshRateLimited
 	// RefreshUnchanged: a forced refresh returned the access token the
 	// server had just rejected (an oauth2.ReuseTokenSource handing back its
@@ -53,6 +54,12 @@ const (
 	// waiters keep waiting (see WithRefreshAttempts). Attempts is the number
 	// of calls made so far.
 	RefreshAttemptFailed
+	// TokenRestored: the Source put its token back into the fleet's shared
+	// record, which was behind it: a commit of this Source had failed (the
+	// coordinator did not answer), or the record was lost or rolled back
+	// (a Redis restart without persistence, a failover to a lagging
+	// replica). See Restorer.
+	TokenRestored
 )
 
 var eventKindNames = [...]string{
@@ -69,6 +76,7 @@ var eventKindNames = [...]string{
 	LeaseWaited:          "LeaseWaited",
 	LeaseTakenOver:       "LeaseTakenOver",
 	RefreshAttemptFailed: "RefreshAttemptFailed",
+	TokenRestored:        "TokenRestored",
 }
 
 // String returns the constant's name, such as "RefreshSucceeded".

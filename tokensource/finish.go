@@ -1,6 +1,9 @@
 package tokensource
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // apply makes res the Source's state and counts it, under s.mu (which it
 // takes), then releases f's waiters and ends f. The counters change before
@@ -34,15 +37,22 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 	switch res.kind {
 	case set:
 		// A login: it ends the re-authentication state and the rate limit.
-		s.reauthErr, s.lastForced = nil, time.Time{}
+		s.reauthErr, s.guard = nil, stormGuard{}
 		s.reauth.Store(false)
 		fallthrough
 	case refreshed, loaded, adopted:
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
-		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
-		if f.forced {
-			s.lastForced = now
+		s.fleet = fleetToken{tok: res.tok, ver: res.ver}
+		if res.ver > 0 {
+			s.noteLocked(res.ver)
+			s.startRepairLocked()
 		}
+		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
+		if f.forced && f.attempts > 0 {
+			s.guard.spend(now, s.opts.minRefreshInterval)
+		}
+	case declined:
+		// Neither a success nor a failure: the consultation changes nothing.
 	case permanent:
 		s.reauthErr = res.err
 		s.reauth.Store(true)
@@ -61,8 +71,8 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		s.backOffLocked(now, res.err)
 		if f.forced && res.kind == unchanged {
 			// The Refresher will hand back the same token for a while:
-			// wait the rate limit's interval too before asking again.
-			s.lastForced = now
+			// the storm guard counts it like a refresh.
+			s.guard.spend(now, s.opts.minRefreshInterval)
 		}
 	}
 	s.countLocked(f, res)
@@ -89,6 +99,7 @@ func (s *Source) countLocked(f *flight, res result) {
 		s.refreshes.Add(1)
 	case res.kind == adopted:
 		s.adopted.Add(1)
+	case res.kind == declined:
 	case res.err != nil && !f.released:
 		s.failed.Add(1)
 	}
@@ -105,7 +116,13 @@ func (s *Source) countLocked(f *flight, res result) {
 // ends. s.mu must be held.
 func (s *Source) backOffLocked(now time.Time, err error) {
 	s.failures++
-	s.retryAt = now.Add(s.backoff(s.failures))
+	d := s.backoff(s.failures)
+	if errors.Is(err, ErrCoordinatorUnavailable) {
+		// The fleet is healthy again as soon as its coordinator answers:
+		// its members must not sit out a backoff grown during the outage.
+		d = min(d, coordinatorRetry)
+	}
+	s.retryAt = now.Add(d)
 	s.lastErr = err
 	s.serveUntilRetryLocked()
 }
@@ -204,7 +221,7 @@ func (s *Source) report(f *flight, start time.Time, res result, ev Event, releas
 		s.log.Warn("tokensource: token refresh failed", "error", res.err, "retry_in", retryIn,
 			"waiters", ev.Waiters, "background", f.background)
 		ev.Kind = RefreshFailed
-	default: // loaded: reported as TokenLoaded (from the Store) or not at all
+	default: // loaded: reported as TokenLoaded (from the Store) or not at all; declined: as RefreshRateLimited
 		return
 	}
 	s.emit(ev)

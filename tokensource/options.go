@@ -30,6 +30,10 @@ const (
 	// DefaultRefreshAttempts is how many Refresher calls one refresh makes
 	// at most when they fail transiently.
 	DefaultRefreshAttempts = 3
+	// DefaultRepairInterval is how often a Source whose Coordinator is a
+	// Restorer checks that the fleet's shared record is not behind its
+	// token (see WithRepairInterval).
+	DefaultRepairInterval = time.Second
 )
 
 // The caps that keep the leeway and the early window proportionate for
@@ -58,6 +62,7 @@ type options struct {
 	hooks              RefreshHooks
 	logger             *slog.Logger
 	uncoordinated      bool // refresh locally when the Coordinator is unavailable
+	repairInterval     time.Duration
 }
 
 func defaultOptions() options {
@@ -69,6 +74,7 @@ func defaultOptions() options {
 		minRefreshInterval: DefaultMinRefreshInterval,
 		backoffInitial:     DefaultBackoffInitial,
 		backoffMax:         DefaultBackoffMax,
+		repairInterval:     DefaultRepairInterval,
 	}
 }
 
@@ -135,21 +141,24 @@ func WithRefreshAttempts(n int) Option {
 	}
 }
 
-// WithMinRefreshInterval sets the shortest time between the end of one
-// forced refresh and the start of the next (default
-// DefaultMinRefreshInterval). Within it, Source.Refresh of the current token
-// returns that token without refreshing, so a server that rejects every token
-// cannot cause a refresh storm. 0 disables the limit; negative values are
+// WithMinRefreshInterval sets the storm guard of forced refreshes
+// (Source.Refresh of the current token; default DefaultMinRefreshInterval):
+// two may run back to back, then one per d. Past the guard, Refresh returns
+// the current token without refreshing (or a newer one a peer of the fleet
+// committed), so a server that rejects every fresh token gets about one
+// refresh per d, while two separate revocations in quick succession are both
+// refreshed. Only a forced refresh in which the Refresher ran counts:
+// adopting a peer's token does not. 0 disables the limit; negative values are
 // treated as 0.
 func WithMinRefreshInterval(d time.Duration) Option {
 	return func(o *options) { o.minRefreshInterval = max(d, 0) }
 }
 
-// MinRefreshInterval returns the configured minimum interval between forced
-// refreshes (WithMinRefreshInterval; 0 means no limit). When a forced
-// refresh would start sooner, Refresh hands back the rejected token instead
-// of refreshing, and a caller such as the interceptor package can say so in
-// the error of the call it does not retry.
+// MinRefreshInterval returns the interval of the storm guard of forced
+// refreshes (WithMinRefreshInterval; 0 means no limit). When the guard holds
+// a forced refresh back, Refresh hands back the rejected token instead of
+// refreshing, and a caller such as the interceptor package can say so in the
+// error of the call it does not retry.
 func (s *Source) MinRefreshInterval() time.Duration { return s.opts.minRefreshInterval }
 
 // WithBackoff sets the wait after failed refreshes: initial after the first
@@ -226,4 +235,21 @@ func WithLogger(l *slog.Logger) Option {
 // this way is used at once and saved to the Store on a best-effort basis.
 func WithUncoordinatedRefresh() Option {
 	return func(o *options) { o.uncoordinated = true }
+}
+
+// WithRepairInterval sets how often a Source whose Store is a Coordinator
+// that implements Restorer checks, off the hot path, that the fleet's shared
+// record is not behind the token it holds (default DefaultRepairInterval),
+// and puts its token back if it is: a commit of this Source that failed, or
+// a record lost or rolled back (a Redis restart without persistence, a
+// failover to a lagging replica). While the Coordinator does not answer, or a
+// restore has not landed, it looks four times as often. A member that is
+// about to present a refresh token from a record that may have lost a newer
+// one (it took the lease over from a holder that stopped renewing it, or the
+// record is empty or older than a version it has seen) first waits d + d/4
+// for such a restore. The check runs on one goroutine per Source, started
+// with its first token from the fleet and stopped by Close. 0 disables both
+// the check and the wait; negative values are treated as 0.
+func WithRepairInterval(d time.Duration) Option {
+	return func(o *options) { o.repairInterval = max(d, 0) }
 }

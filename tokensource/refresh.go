@@ -24,6 +24,7 @@ const (
 	permanent                        // err requires re-authentication; no more refreshes
 	superseded                       // a late result after SetToken installed a newer token: dropped, not saved
 	set                              // tok from SetToken
+	declined                         // a consultation found nothing newer: tok (unchanged) or err; nothing changes
 )
 
 // result is what a flight produced.
@@ -36,8 +37,13 @@ type result struct {
 	// WithInitialToken's token when it was empty (!fromStore).
 	loaded               *Token
 	storeRead, fromStore bool
-	saveErr              error  // persisting failed; tok is used anyway
-	rotated              string // the refresh token of a refused result: see Source.rotated
+	saveErr              error // persisting failed; tok is used anyway
+	// ver is tok's version in the fleet's shared record (0: none): the
+	// record's for an adopted or loaded token, the one a commit writes for
+	// a token committed under the lease, even if the commit failed (it is
+	// pending: see repair.go).
+	ver     uint64
+	rotated string // the refresh token of a refused result: see Source.rotated
 }
 
 // run is the refresh goroutine of f. ctx bounds the Refresher call (the
@@ -48,9 +54,12 @@ type result struct {
 func (s *Source) run(ctx, wctx context.Context, f *flight, prev, current *Token) {
 	start := s.now()
 	var res result
-	if s.coord != nil {
+	switch {
+	case f.consult:
+		res = s.runConsult(wctx, f, prev)
+	case s.coord != nil:
 		res = s.runCoordinated(ctx, wctx, f, prev, current)
-	} else {
+	default:
 		res = s.runLocal(ctx, wctx, f, prev, current)
 	}
 	ev, released, retryIn := s.apply(f, res)
@@ -92,6 +101,7 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 type persistence struct {
 	write   func(ctx context.Context, t *Token) error
 	release func(ctx context.Context)
+	ver     uint64 // the version in the fleet's record that write gives a token (0: none)
 }
 
 // toStore persists to the Store, if there is one: for a Source without a
@@ -140,6 +150,7 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 		if res.saveErr = p.write(ctx, res.tok); errors.Is(res.saveErr, ErrLeaseLost) {
 			return s.adoptAfterLostLease(ctx, prev, res)
 		}
+		res.ver = p.ver
 	case rotatedBy(refused, current):
 		// The Refresher may have consumed current's refresh token: the
 		// next refresh, here or in the fleet, must present the new one.

@@ -52,9 +52,13 @@ type flight struct {
 	released   bool   // done is closed; guarded by Source.mu
 	forced     bool
 	background bool
-	load       bool      // load the Store before refreshing
-	gen        uint64    // generation of the token being replaced
-	deadline   time.Time // when the refresh timeout cuts the Refresher off
+	// consult: the flight may only adopt a newer token from the fleet's
+	// record (see runConsult); declined is its error when there is none.
+	consult  bool
+	declined error
+	load     bool      // load the Store before refreshing
+	gen      uint64    // generation of the token being replaced
+	deadline time.Time // when the refresh timeout cuts the Refresher off
 	// stopWaiting cancels the flight's work that has not reached the
 	// authorization server yet (loading the Store, waiting for a peer's
 	// lease); Close calls it. The Refresher's own context is not cancelled
@@ -78,6 +82,7 @@ type Source struct {
 	opts      options
 	log       *slog.Logger
 	coord     Coordinator // the Store, when it coordinates a fleet; else nil
+	restorer  Restorer    // coord, when it can put back a token its record lost; else nil
 
 	cur atomic.Pointer[state]
 
@@ -87,15 +92,15 @@ type Source struct {
 	// outlives flight when the refresh timeout has released the waiters of
 	// a Refresher that ignores its context; no other refresh starts until
 	// that Refresher returns.
-	running    *flight
-	lastID     uint64    // the ID of the last refresh started
-	loaded     bool      // the Store has been loaded (or there is none)
-	closed     bool      // Close was called
-	failures   int       // consecutive failed refreshes, for the backoff
-	retryAt    time.Time // no refresh before this while failures > 0
-	lastErr    error     // the last failure, handed out while backing off
-	reauthErr  error     // non-nil: re-authentication required
-	lastForced time.Time // when the last forced refresh finished
+	running   *flight
+	lastID    uint64     // the ID of the last refresh started
+	loaded    bool       // the Store has been loaded (or there is none)
+	closed    bool       // Close was called
+	failures  int        // consecutive failed refreshes, for the backoff
+	retryAt   time.Time  // no refresh before this while failures > 0
+	lastErr   error      // the last failure, handed out while backing off
+	reauthErr error      // non-nil: re-authentication required
+	guard     stormGuard // limits forced refreshes (WithMinRefreshInterval)
 	// rotated is the refresh token of a result the Source refused (an
 	// invalid access token): the Refresher may have consumed the previous
 	// one, so the next refresh must present this one.
@@ -105,6 +110,12 @@ type Source struct {
 	coordErr       error
 	coordDownUntil time.Time
 	coordFailures  int
+	// fleet is the current token with its version in the fleet's record,
+	// seen the highest version of that record this Source has read, and
+	// stopRepair ends the periodic check of the record (see repair.go).
+	fleet      fleetToken
+	seen       uint64
+	stopRepair context.CancelFunc
 
 	closing chan struct{}  // closed by Close: releases every waiter
 	wg      sync.WaitGroup // refresh goroutines
@@ -139,6 +150,7 @@ func New(r Refresher, opts ...Option) *Source {
 	log := cmp.Or(o.logger, slog.New(slog.DiscardHandler))
 	s := &Source{refresher: r, opts: o, log: log, closing: make(chan struct{})}
 	s.coord, _ = o.store.(Coordinator)
+	s.restorer, _ = s.coord.(Restorer)
 	st := &state{}
 	if o.store == nil {
 		s.loaded = true
@@ -229,12 +241,12 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 		// Still valid: either inside the early window, or another caller
 		// installed a new token since the hot path looked.
 		if !now.Before(st.refreshAt) && s.flight == nil && s.running == nil && s.reauthErr == nil && !s.backingOffLocked(now) {
-			s.startLocked(ctx, st, false, true)
+			s.startLocked(ctx, st, early, nil)
 		}
 		s.mu.Unlock()
 		return st.tok, nil
 	}
-	return s.waitUnlock(ctx, false)
+	return s.waitUnlock(ctx, demand)
 }
 
 // Refresh reports that a server rejected stale, which must be a token this
@@ -242,10 +254,16 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // to a newer valid token, Refresh returns that token at once without
 // refreshing. If stale is still the current token (or stale is nil), Refresh
 // waits for one shared refresh, joining the one in progress if there is one,
-// and returns its result. A forced refresh is rate-limited: within the
-// minimum refresh interval after the previous one (WithMinRefreshInterval),
-// Refresh returns the current token unchanged. If the Refresher hands back
-// the rejected access token, the refresh fails with an error matching
+// and returns its result.
+//
+// Forced refreshes are limited by a storm guard (WithMinRefreshInterval): a
+// burst of two, then one per interval. Past it, Refresh of a still-valid
+// current token returns that token unchanged, so that a server rejecting
+// every token cannot cause a refresh storm; with a Coordinator it first
+// looks at the fleet's shared record and returns a newer token a peer
+// committed, if there is one. The same look happens for a forced refresh
+// while the Source backs off after a failure. If the Refresher hands back the
+// rejected access token, the refresh fails with an error matching
 // ErrUnchangedToken. Other errors are as for Token; in the
 // re-authentication-required state Refresh of the current token fails at
 // once with an error matching ErrReauthRequired.
@@ -266,17 +284,15 @@ func (s *Source) refreshOnce(ctx context.Context, stale *Token) (*Token, error) 
 			s.mu.Unlock()
 			return st.tok, nil
 		}
-		return s.waitUnlock(ctx, false)
+		return s.waitUnlock(ctx, demand)
 	}
-	if s.reauthErr == nil && s.flight == nil && valid && s.opts.minRefreshInterval > 0 &&
-		!s.lastForced.IsZero() && now.Sub(s.lastForced) < s.opts.minRefreshInterval {
-		s.mu.Unlock()
-		s.rateLimited.Add(1)
-		s.log.Debug("tokensource: forced refresh rate-limited", "min_interval", s.opts.minRefreshInterval)
-		s.emit(Event{Kind: RefreshRateLimited, Time: now, Forced: true, Generation: st.gen})
-		return st.tok, nil
+	if s.reauthErr == nil && s.flight == nil && valid && !s.guard.allows(now, s.opts.minRefreshInterval) {
+		return s.rateLimitedUnlock(ctx, st, now)
 	}
-	return s.waitUnlock(ctx, valid)
+	if valid {
+		return s.waitUnlock(ctx, rejection)
+	}
+	return s.waitUnlock(ctx, demand)
 }
 
 // joinLocked returns the refresh to wait for: the one in flight, or a new
@@ -284,7 +300,7 @@ func (s *Source) refreshOnce(ctx context.Context, stale *Token) (*Token, error) 
 // waiting for a Refresher the refresh timeout gave up on (then the error to
 // fail with at once). s.mu must be held; joinLocked keeps it, and counts
 // the caller among the flight's waiters.
-func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
+func (s *Source) joinLocked(ctx context.Context, why trigger) (*flight, error) {
 	if err := s.reauthErr; err != nil {
 		return nil, err
 	}
@@ -306,17 +322,24 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 			switch {
 			case waitsForReady(ctx):
 				return nil, &notYet{at: s.retryAt, last: s.lastErr}
-			case !forced:
+			case why != rejection:
 				return nil, s.lastErr
 			}
-			// A rejected call learns why it is not retried.
-			return nil, fmt.Errorf("tokensource: forced refresh not attempted: backing off after a failed refresh, next attempt in %v: %w",
+			// A rejected call learns why it is not retried, unless a peer
+			// has committed a newer token meanwhile.
+			err := fmt.Errorf("tokensource: forced refresh not attempted: backing off after a failed refresh, next attempt in %v: %w",
 				s.retryAt.Sub(now).Round(time.Millisecond), s.lastErr)
+			if s.coord == nil {
+				return nil, err
+			}
+			f = s.startLocked(ctx, s.cur.Load(), consultation, err)
+			f.waiters++
+			return f, nil
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("tokensource: not starting a token refresh: %w", err)
 		}
-		f = s.startLocked(ctx, s.cur.Load(), forced, false)
+		f = s.startLocked(ctx, s.cur.Load(), why, nil)
 	}
 	f.waiters++
 	return f, nil
@@ -324,8 +347,8 @@ func (s *Source) joinLocked(ctx context.Context, forced bool) (*flight, error) {
 
 // waitUnlock joins the shared refresh (see joinLocked), unlocks s.mu, which
 // the caller holds, and waits for that refresh within ctx.
-func (s *Source) waitUnlock(ctx context.Context, forced bool) (*Token, error) {
-	f, err := s.joinLocked(ctx, forced)
+func (s *Source) waitUnlock(ctx context.Context, why trigger) (*Token, error) {
+	f, err := s.joinLocked(ctx, why)
 	s.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -429,21 +452,24 @@ func (s *Source) backingOffLocked(now time.Time) bool {
 	return s.lastErr != nil && now.Before(s.retryAt)
 }
 
-// startLocked starts a refresh goroutine. Its context keeps the values of
-// the initiator's ctx (trace IDs, credentials for the Refresher's own RPCs),
-// or those the hooks derive from them (WithRefreshHooks), but not its
-// cancellation, carries the refresh marker for InRefresh, and ends at the
-// refresh timeout. s.mu must be held.
-func (s *Source) startLocked(ctx context.Context, st *state, forced, background bool) *flight {
+// startLocked starts a refresh goroutine for why; declined is what a
+// consultation answers when no peer has a newer token (nil: the current
+// token). Its context keeps the values of the initiator's ctx (trace IDs,
+// credentials for the Refresher's own RPCs), or those the hooks derive from
+// them (WithRefreshHooks), but not its cancellation, carries the refresh
+// marker for InRefresh, and ends at the refresh timeout. s.mu must be held.
+func (s *Source) startLocked(ctx context.Context, st *state, why trigger, declined error) *flight {
 	s.lastID++
 	f := &flight{
 		done:       make(chan struct{}),
 		end:        make(chan struct{}),
 		refDone:    make(chan struct{}),
 		id:         s.lastID,
-		forced:     forced,
-		background: background,
-		load:       !s.loaded,
+		forced:     why == rejection || why == consultation,
+		background: why == early,
+		consult:    why == consultation,
+		declined:   declined,
+		load:       !s.loaded && why != consultation,
 		gen:        st.gen,
 	}
 	rctx, cancel := context.WithTimeoutCause(withRefreshMarker(s.refreshContext(ctx, f), s),
@@ -453,7 +479,7 @@ func (s *Source) startLocked(ctx context.Context, st *state, forced, background 
 	f.stopWaiting = stopWaiting
 	s.flight, s.running = f, f
 	s.inFlight.Store(true)
-	if background {
+	if why == early {
 		// Keep serving the valid token from the hot path while it refreshes.
 		s.installLocked(st.withFreshUntil(st.staleAt))
 	}
@@ -558,6 +584,9 @@ func (s *Source) Close() error {
 		s.installLocked(&c)
 		if f := s.flight; f != nil && f.stopWaiting != nil {
 			f.stopWaiting(ErrClosed)
+		}
+		if s.stopRepair != nil {
+			s.stopRepair()
 		}
 	}
 	r := s.running

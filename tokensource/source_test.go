@@ -688,24 +688,24 @@ func TestForcedRefreshIsRateLimited(t *testing.T) {
 		cur = next
 		clk.Advance(10 * time.Millisecond)
 	}
-	if got := r.calls.Load(); got != 2 {
-		t.Errorf("Refresher called %d times within the interval, want 2 (initial + 1 forced)", got)
+	if got := r.calls.Load(); got != 3 {
+		t.Errorf("Refresher called %d times within the interval, want 3 (initial + a burst of 2 forced)", got)
 	}
-	if got := s.Stats().RateLimited; got != 19 {
-		t.Errorf("RateLimited = %d, want 19", got)
+	if got := s.Stats().RateLimited; got != 18 {
+		t.Errorf("RateLimited = %d, want 18", got)
 	}
 	clk.Advance(time.Second)
 	if next, err := s.Refresh(ctxBG, cur); err != nil || next == cur {
 		t.Fatalf("Refresh after the interval = (%v, %v), want a new token", next, err)
 	}
-	if got := r.calls.Load(); got != 3 {
-		t.Errorf("Refresher called %d times after the interval, want 3", got)
+	if got := r.calls.Load(); got != 4 {
+		t.Errorf("Refresher called %d times after the interval, want 4", got)
 	}
 	mustClose(t, s)
-	if got := len(evs.of(RefreshRateLimited)); got != 19 {
-		t.Errorf("%d RefreshRateLimited events, want 19", got)
+	if got := len(evs.of(RefreshRateLimited)); got != 18 {
+		t.Errorf("%d RefreshRateLimited events, want 18", got)
 	}
-	if f := evs.of(RefreshSucceeded); len(f) != 3 || f[0].Forced || !f[1].Forced {
+	if f := evs.of(RefreshSucceeded); len(f) != 4 || f[0].Forced || !f[1].Forced || !f[2].Forced {
 		t.Errorf("RefreshSucceeded events = %+v", f)
 	}
 }

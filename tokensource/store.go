@@ -115,6 +115,26 @@ func (m *MemoryStore) Wait(ctx context.Context, version uint64) error {
 	}
 }
 
+// Restore is Restorer.Restore: it stores a copy of rec.Token at
+// rec.Version if the stored version is lower, whoever holds the lease, and
+// wakes the Sources waiting for a change.
+func (m *MemoryStore) Restore(ctx context.Context, rec Record) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if rec.Token == nil {
+		return false, errNilToken
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.version >= rec.Version {
+		return false, nil
+	}
+	m.tok, m.version = rec.Token.clone(), rec.Version
+	m.notifyLocked()
+	return true, nil
+}
+
 func (m *MemoryStore) recordLocked() Record {
 	return Record{Token: m.tok.clone(), Version: m.version}
 }
@@ -172,4 +192,7 @@ func (l *memoryLease) Release(context.Context) error {
 	return nil
 }
 
-var _ Coordinator = (*MemoryStore)(nil)
+var (
+	_ Coordinator = (*MemoryStore)(nil)
+	_ Restorer    = (*MemoryStore)(nil)
+)

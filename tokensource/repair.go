@@ -1,0 +1,165 @@
+package tokensource
+
+import (
+	"context"
+	"time"
+)
+
+// A coordinated Source knows the version at which the fleet's shared record
+// holds its token (adopted at the record's version, committed at the next).
+// When the record is behind that version, a commit of this Source did not
+// land (the coordinator did not answer) or the record went back (lost with a
+// Redis restart, rolled back by a failover): its refresh token may already be
+// spent, and presenting it would look like token theft to the authorization
+// server. So the Source puts its token back (Restorer) before anyone
+// refreshes from the stale record: at once in its own flights, and from a
+// periodic check for the members whose tokens are still valid and would
+// otherwise not look. A member about to present a refresh token from a
+// record that may have lost a newer one waits for those restores first
+// (waitForCandidates).
+
+// fleetToken is a coordinated Source's token with the version at which the
+// fleet's shared record holds it, or is to hold it (ver 0: neither).
+type fleetToken struct {
+	tok *Token
+	ver uint64
+}
+
+// noteLocked records v as a version of the fleet's record this Source has
+// seen. s.mu must be held.
+func (s *Source) noteLocked(v uint64) {
+	s.seen = max(s.seen, v)
+}
+
+// startRepairLocked starts the periodic check of the fleet's record, once.
+// s.mu must be held.
+func (s *Source) startRepairLocked() {
+	if s.restorer == nil || s.opts.repairInterval <= 0 || s.stopRepair != nil || s.closed {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopRepair = cancel
+	s.wg.Go(func() { s.repairLoop(ctx) })
+}
+
+// repairLoop checks the fleet's record every repair interval until ctx ends
+// (Close), and four times as often while a check fails.
+func (s *Source) repairLoop(ctx context.Context) {
+	t := time.NewTimer(s.opts.repairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next := s.opts.repairInterval
+		if !s.checkRecord(ctx) {
+			next /= 4
+		}
+		t.Reset(next)
+	}
+}
+
+// checkRecord reads the fleet's record and restores this Source's token if
+// the record is behind it. It reports whether the record holds that token or
+// a newer one now; false when the Coordinator did not answer or refused.
+func (s *Source) checkRecord(ctx context.Context) bool {
+	s.mu.Lock()
+	ft := s.fleet
+	s.mu.Unlock()
+	if ft.ver == 0 {
+		return true
+	}
+	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
+	defer cancel()
+	rec, err := s.coord.LoadRecord(rctx)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	s.noteLocked(rec.Version)
+	s.coordErr, s.coordFailures = nil, 0 // it answers again: callers need not wait out the probe's backoff
+	s.mu.Unlock()
+	return rec.Version >= ft.ver || s.restore(rctx, ft, rec)
+}
+
+// restoreBehind restores this Source's token if rec, just read, is behind
+// it, and reports whether it tried (the caller reads the record again).
+func (s *Source) restoreBehind(ctx context.Context, rec Record) bool {
+	if s.restorer == nil {
+		return false
+	}
+	s.mu.Lock()
+	ft := s.fleet
+	s.mu.Unlock()
+	if ft.ver <= rec.Version {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
+	defer cancel()
+	s.restore(rctx, ft, rec)
+	return true
+}
+
+// restore puts ft back into the fleet's record rec, which is behind it. It
+// reports whether the record holds ft or a newer token now.
+func (s *Source) restore(ctx context.Context, ft fleetToken, rec Record) bool {
+	wrote, err := s.restorer.Restore(ctx, Record{Token: ft.tok.clone(), Version: ft.ver})
+	if err != nil {
+		s.log.Warn("tokensource: putting this member's token back into the fleet's record failed; trying again",
+			"error", err, "record_version", rec.Version, "version", ft.ver)
+		return false
+	}
+	if wrote {
+		s.log.Warn("tokensource: put this member's token back into the fleet's record, which was behind it",
+			"record_version", rec.Version, "version", ft.ver)
+		s.emit(Event{Kind: TokenRestored, Time: s.now(), Generation: s.cur.Load().gen})
+	}
+	return true
+}
+
+// repairGrace is how long a member waits for restores before it presents a
+// refresh token from a record that may have lost a newer one: one check of
+// every member, and a quarter more for the slowest.
+func (s *Source) repairGrace() time.Duration {
+	return s.opts.repairInterval + s.opts.repairInterval/4
+}
+
+// mayHaveLost reports whether the record under lease, from which this
+// Source is about to present presenting's refresh token, may have lost a
+// newer token a live member holds: the lease was taken over from a holder
+// that stopped renewing it (its commit may be pending), the record is empty
+// or older than a version this Source has seen, or this Source has just put
+// its own token back into it (restored: the record had gone back, and a
+// peer may hold a newer token than this Source's).
+func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool {
+	if s.restorer == nil || s.opts.repairInterval <= 0 || presenting == nil || presenting.RefreshToken == "" {
+		return false // without a refresh token to present there is nothing to spend twice
+	}
+	v := lease.Record().Version
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return restored || lease.TakenOver() || v == 0 || v < s.seen
+}
+
+// waitForCandidates waits the repair grace under lease, then reports
+// whether the record has moved on meanwhile (a member restored a newer
+// token, or a previous holder's pending commit landed).
+func (s *Source) waitForCandidates(wctx context.Context, lease Lease) (moved bool, err error) {
+	v := lease.Record().Version
+	s.log.Info("tokensource: waiting for a newer token from the fleet before presenting a refresh token",
+		"record_version", v, "taken_over", lease.TakenOver(), "grace", s.repairGrace())
+	t := time.NewTimer(s.repairGrace())
+	defer t.Stop()
+	select {
+	case <-wctx.Done():
+		return false, wctx.Err()
+	case <-t.C:
+	}
+	rec, err := s.loadRecord(wctx)
+	if err != nil {
+		return false, err
+	}
+	return rec.Version != v, nil
+}

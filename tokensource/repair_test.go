@@ -1,0 +1,206 @@
+package tokensource
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// outageStore is a MemoryStore behind a coordinator that can stop answering
+// (down), as a Redis server that is killed does: while down every call fails
+// with ErrCoordinatorUnavailable, and a lease whose commit failed that way is
+// gone when the coordinator answers again (its TTL ran out), so the next
+// member takes it over.
+type outageStore struct {
+	*MemoryStore
+	down   atomic.Bool
+	orphan atomic.Bool // a lease ended without Commit or Release: the next TryLease is a takeover
+}
+
+func (o *outageStore) LoadRecord(ctx context.Context) (Record, error) {
+	if o.down.Load() {
+		return Record{}, errDown
+	}
+	return o.MemoryStore.LoadRecord(ctx)
+}
+
+func (o *outageStore) TryLease(ctx context.Context) (Lease, error) {
+	if o.down.Load() {
+		return nil, errDown
+	}
+	l, err := o.MemoryStore.TryLease(ctx)
+	if l == nil || err != nil {
+		return l, err
+	}
+	return &outageLease{Lease: l, o: o, takenOver: o.orphan.Swap(false)}, nil
+}
+
+func (o *outageStore) Restore(ctx context.Context, rec Record) (bool, error) {
+	if o.down.Load() {
+		return false, errDown
+	}
+	return o.MemoryStore.Restore(ctx, rec)
+}
+
+// reset empties the record, as a Redis restart without persistence does.
+func (o *outageStore) reset() {
+	m := o.MemoryStore
+	m.mu.Lock()
+	m.tok, m.version = nil, 0
+	m.mu.Unlock()
+}
+
+type outageLease struct {
+	Lease
+	o         *outageStore
+	takenOver bool
+}
+
+func (l *outageLease) TakenOver() bool { return l.takenOver }
+
+func (l *outageLease) Commit(ctx context.Context, t *Token) error {
+	if l.o.down.Load() {
+		_ = l.Lease.Release(ctx) // the lease expires while the coordinator is away
+		l.o.orphan.Store(true)
+		return errDown
+	}
+	return l.Lease.Commit(ctx, t)
+}
+
+func (l *outageLease) Release(ctx context.Context) error {
+	if l.o.down.Load() {
+		return errDown // it expires: see Commit
+	}
+	return l.Lease.Release(ctx)
+}
+
+// outageFleet returns a rotating authorization server, an outageStore
+// holding its login token, and n Sources sharing it.
+func outageFleet(t *testing.T, n int, opts ...Option) (*rotating, *outageStore, []*Source) {
+	t.Helper()
+	r, login := newRotating(time.Minute)
+	st := &outageStore{MemoryStore: NewMemoryStore()}
+	if err := st.Save(ctxBG, login); err != nil {
+		t.Fatal(err)
+	}
+	return r, st, fleet(t, n, r, st, append([]Option{WithEarlyRefresh(0)}, opts...)...)
+}
+
+// A holder whose commit fails (the coordinator stopped answering after the
+// authorization server rotated the refresh token) keeps its token pending and
+// puts it into the record as soon as the coordinator answers again; a peer
+// that takes the lease over waits for it instead of presenting the refresh
+// token the holder already spent.
+func TestPendingCommitLandsBeforeAPeerRefreshes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var restored events
+		r, st, srcs := outageFleet(t, 1)
+		b := srcs[0]
+		// a refreshes; the coordinator goes away before a commits.
+		hold := make(chan struct{})
+		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			tok, err := r.Refresh(ctx, cur)
+			st.down.Store(true)
+			close(hold)
+			return tok, err
+		}), WithStore(st), WithEarlyRefresh(0), WithObserver(restored.observe))
+		defer mustClose(t, a)
+		a0, b0 := mustToken(t, a), mustToken(t, b)
+		a1, err := a.Refresh(ctxBG, a0)
+		<-hold
+		if err != nil || a1.AccessToken != "at-1" {
+			t.Fatalf("a: Refresh = (%v, %v), want at-1 (used although its commit failed)", a1, err)
+		}
+		time.Sleep(5 * time.Second) // the outage
+		st.down.Store(false)
+		// b's token is rejected at once: b takes over the orphaned lease.
+		b1, err := b.Refresh(ctxBG, b0)
+		if err != nil || b1.AccessToken != "at-1" {
+			t.Fatalf("b: Refresh = (%v, %v), want at-1, the token a could not commit", b1, err)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+		if got := r.calls.Load(); got != 1 {
+			t.Errorf("%d Refresher calls, want 1", got)
+		}
+		if rec, _ := st.LoadRecord(ctxBG); rec.Token == nil || rec.Token.AccessToken != "at-1" || rec.Version != 2 {
+			t.Errorf("record = %v at version %d, want at-1 at 2", rec.Token, rec.Version)
+		}
+		if got := len(restored.of(TokenRestored)); got != 1 {
+			t.Errorf("%d TokenRestored events, want 1", got)
+		}
+	})
+}
+
+// A record that went back (a Redis restart without persistence) is repaired
+// from the newest token a live member holds before a lagging member, whose
+// token is older, refreshes: the lagging member adopts the newest token
+// instead of presenting a refresh token that was spent before the loss.
+func TestRecordThatWentBackIsRepairedFromTheNewestToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 3)
+		a, b, lagging := srcs[0], srcs[1], srcs[2]
+		mustToken(t, lagging) // holds at-0 (version 1) from now on
+		time.Sleep(30 * time.Second)
+		a1, err := a.Refresh(ctxBG, mustToken(t, a)) // a revocation: at-1, valid for a minute
+		if err != nil || a1.AccessToken != "at-1" {
+			t.Fatalf("a: Refresh = (%v, %v)", a1, err)
+		}
+		if tok := mustToken(t, b); tok.AccessToken != "at-1" {
+			t.Fatalf("b: Token = %s, want at-1", tok.AccessToken)
+		}
+		time.Sleep(29 * time.Second)
+		st.reset() // the record is lost a moment before the lagging member's token expires
+		time.Sleep(2 * time.Second)
+		tok, err := lagging.Token(ctxBG)
+		if err != nil || tok.AccessToken != "at-1" {
+			t.Fatalf("lagging: Token = (%v, %v), want at-1 restored by a live member", tok, err)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+		if got := r.calls.Load(); got != 1 {
+			t.Errorf("%d Refresher calls, want 1", got)
+		}
+	})
+}
+
+// The same loss found by the lagging member itself first: it puts its older
+// token back, then waits the repair grace before presenting it, and the live
+// members' newer token overtakes it.
+func TestLaggingMemberWaitsForANewerTokenAfterALoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 3)
+		a, b, lagging := srcs[0], srcs[1], srcs[2]
+		mustToken(t, lagging)
+		time.Sleep(30 * time.Second)
+		if _, err := a.Refresh(ctxBG, mustToken(t, a)); err != nil {
+			t.Fatal(err)
+		}
+		mustToken(t, b)
+		time.Sleep(30*time.Second - 50*time.Millisecond)
+		st.reset() // lost just before the lagging member's token expires
+		time.Sleep(100 * time.Millisecond)
+		tok, err := lagging.Token(ctxBG)
+		if err != nil || tok.AccessToken != "at-1" {
+			t.Fatalf("lagging: Token = (%v, %v), want at-1", tok, err)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+	})
+}
+
+// WithRepairInterval(0) turns the repair off: no goroutine, no grace.
+func TestRepairIntervalZeroDisablesRepair(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, _, srcs := outageFleet(t, 1, WithRepairInterval(0))
+		mustToken(t, srcs[0])
+		if srcs[0].stopRepair != nil {
+			t.Error("the repair check started with WithRepairInterval(0)")
+		}
+	})
+}

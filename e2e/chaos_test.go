@@ -122,7 +122,13 @@ type campaign struct {
 	failures      []failureRec
 	episodes      []*episode
 	reloginsDone  int
-	background    sync.WaitGroup // relogins
+	// Refresh tokens presented: each member's last one (a fingerprint),
+	// and the first presentation of each; the refreshes that set off an
+	// in-flight fault.
+	lastPresented  map[string]string
+	firstPresented map[string]presentation
+	inflightBy     []presentation
+	background     sync.WaitGroup // relogins
 }
 
 // memberSlot is one of the fleet's members across its incarnations.
@@ -162,6 +168,7 @@ type rejectionRec struct {
 type reuseRec struct {
 	at     time.Time
 	member string
+	first  presentation // the refresh token's first presentation
 }
 
 // writeRec is a token written to the shared store: a member's commit or
@@ -193,7 +200,8 @@ func newCampaign(t *testing.T, topo *chaosTopology) *campaign {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &campaign{t: t, topo: topo, seed: *chaosSeed, duration: *chaosDuration, exe: exe, inflight: make(chan func(), 1)}
+	c := &campaign{t: t, topo: topo, seed: *chaosSeed, duration: *chaosDuration, exe: exe, inflight: make(chan func(), 1),
+		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}}
 	c.schedule = makeSchedule(c.seed, c.duration, topo)
 	t.Logf("chaos | seed=%d store=%s duration=%v: %d faults scheduled (rerun: make chaos SEED=%d DURATION=%v STORE=%s)",
 		c.seed, topo.name, c.duration, len(c.schedule), c.seed, c.duration, chaosStoreArg(topo.name))
@@ -235,7 +243,16 @@ func chaosStoreArg(name string) string {
 // refreshHook is the server's refresh predicate: 50–200 ms of latency (not
 // part of the seeded schedule: it is the server's, not a fault), then the
 // armed in-flight fault, if any, before the token is rotated.
-func (c *campaign) refreshHook(ctx context.Context, _ string) error {
+func (c *campaign) refreshHook(ctx context.Context, refreshToken string) error {
+	member := memberOf(ctx)
+	fp := tokenFingerprint(refreshToken)
+	now := time.Now()
+	c.mu.Lock()
+	c.lastPresented[member] = fp
+	if _, ok := c.firstPresented[fp]; !ok {
+		c.firstPresented[fp] = presentation{at: now, member: member}
+	}
+	c.mu.Unlock()
 	d := chaosLatencyMin + rand.N(chaosLatencyMax-chaosLatencyMin)
 	tm := time.NewTimer(d)
 	select {
@@ -246,22 +263,37 @@ func (c *campaign) refreshHook(ctx context.Context, _ string) error {
 	}
 	select {
 	case f := <-c.inflight:
+		c.mu.Lock()
+		c.inflightBy = append(c.inflightBy, presentation{at: time.Now(), member: member})
+		c.mu.Unlock()
 		f()
 	default:
 	}
 	return nil
 }
 
+// memberOf returns the member an RPC came from.
+func memberOf(ctx context.Context) string {
+	if v := metadata.ValueFromIncomingContext(ctx, chaosMemberKey); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// presentation is a refresh token presented to the server.
+type presentation struct {
+	at     time.Time
+	member string
+}
+
 // onReject is the server's rejection observer.
 func (c *campaign) onReject(ctx context.Context, r testserver.Rejection) {
 	now := time.Now()
-	member := ""
-	if v := metadata.ValueFromIncomingContext(ctx, chaosMemberKey); len(v) > 0 {
-		member = v[0]
-	}
+	member := memberOf(ctx)
 	if r.Reuse {
 		c.mu.Lock()
-		c.reuses = append(c.reuses, reuseRec{at: now, member: member})
+		first := c.firstPresented[c.lastPresented[member]]
+		c.reuses = append(c.reuses, reuseRec{at: now, member: member, first: first})
 		c.mu.Unlock()
 		c.lose(now, "refresh-token reuse by member "+member, true)
 		return

@@ -71,8 +71,9 @@ type chaosReport struct {
 	lost      []string
 	stale     int
 	staleKeys int
-	repeats   int // rejections of a token already rejected for the member at least the allowance before
-	rejected  int // access-token rejections
+	repeats   int      // rejections of a token already rejected for the member at least the allowance before
+	rejected  int      // access-token rejections
+	inflight  []string // the refreshes in flight at an in-flight fault
 	staleLog  []string
 	grants    int64
 	refFailed int64
@@ -217,8 +218,12 @@ func (c *campaign) analyze() *chaosReport {
 	for _, u := range c.reuses {
 		w := attribute(memberIndex(u.member), u.at, u.at)
 		row(label(w)).reuse++
-		rep.reuse = append(rep.reuse, fmt.Sprintf("+%.3fs by member %s, in the windows of: %s", u.at.Sub(c.start).Seconds(), u.member,
-			during(memberIndex(u.member), u.at)))
+		first := "never seen before"
+		if !u.first.at.IsZero() {
+			first = fmt.Sprintf("first presented by member %s at +%.3fs", u.first.member, u.first.at.Sub(c.start).Seconds())
+		}
+		rep.reuse = append(rep.reuse, fmt.Sprintf("+%.3fs by member %s (the refresh token was %s), in the windows of: %s",
+			u.at.Sub(c.start).Seconds(), u.member, first, during(memberIndex(u.member), u.at)))
 	}
 	for _, ep := range c.episodes {
 		// The episode's own window is the latest to begin: look just
@@ -231,6 +236,9 @@ func (c *campaign) analyze() *chaosReport {
 
 	rep.rejected = len(c.rejections)
 	c.staleSends(rep, row, attribute, label)
+	for _, p := range c.inflightBy {
+		rep.inflight = append(rep.inflight, fmt.Sprintf("+%.3fs by member %s", p.at.Sub(c.start).Seconds(), p.member))
+	}
 
 	counters := c.srv.Counters()
 	rep.grants = counters.RefreshesOK + counters.Logins
@@ -400,6 +408,9 @@ func (r *chaosReport) log(t *testing.T) {
 		for _, x := range rs[:min(len(rs), 3)] {
 			t.Logf("chaos | %s %s: %d× %s", r.store, l, x.n, x.what)
 		}
+	}
+	if len(r.inflight) > 0 {
+		t.Logf("chaos | refreshes in flight at in-flight faults: %s", strings.Join(r.inflight, "; "))
 	}
 	for _, f := range r.faults {
 		what := fmt.Sprintf("+%.3fs–+%.3fs", f.start.Sub(r.start).Seconds(), f.end.Sub(r.start).Seconds())

@@ -83,7 +83,7 @@ const (
 	lineReauth   = "reauth"   // the Source requires re-authentication
 	lineStall    = "stall"    // a stall inside the FileStore's critical section, from At to End
 	lineNoStall  = "nostall"  // an armed stall expired without a critical section to stall in
-	lineRelogged = "relogged" // SetToken of a relogin command done
+	lineRelogged = "relogged" // a relogin command done
 	lineSummary  = "summary"  // the last line
 )
 
@@ -93,11 +93,11 @@ const chaosTick = 200 * time.Millisecond
 type chaosCmd struct {
 	// Cmd is "stall" (stall the next critical section of the worker's
 	// FileStore that finds a live lease, by Dur, within Within) or
-	// "relogin" (SetToken(Token): the user logged in again).
-	Cmd    string             `json:"cmd"`
-	Dur    time.Duration      `json:"dur,omitempty"`
-	Within time.Duration      `json:"within,omitempty"`
-	Token  *tokensource.Token `json:"token,omitempty"`
+	// "relogin" (the user logged in again: the campaign saved the new
+	// login to the store; the member starts over from it).
+	Cmd    string        `json:"cmd"`
+	Dur    time.Duration `json:"dur,omitempty"`
+	Within time.Duration `json:"within,omitempty"`
 }
 
 // tokenFingerprint identifies an access token in the campaign's records
@@ -143,23 +143,33 @@ func runChaosWorker(member string) int {
 		return 2
 	}
 	defer authConn.Close()
-	src := tokensource.New(testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword),
-		tokensource.WithStore(st),
-		tokensource.WithOnReauthRequired(func(error) { out.write(chaosLine{Kind: lineReauth, At: time.Now().UnixNano()}) }),
-	)
-	defer src.Close()
-	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		interceptor.DialOptions(src, interceptor.AllowInsecure())...)...)
+	refresher := testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword)
+	first, err := newChaosClient(target, refresher, st, out)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos worker:", err)
 		return 2
 	}
-	defer conn.Close()
-	client := echov1.NewEchoServiceClient(conn)
+	var cur atomic.Pointer[chaosClient]
+	cur.Store(first)
+	// relogin replaces the member's Source and connection by new ones,
+	// which load the login the campaign saved to the store, as a
+	// restarted process would: one save of the login for the fleet, where
+	// a SetToken per member would save it again after a peer had already
+	// refreshed from it.
+	relogin := func() error {
+		nc, err := newChaosClient(target, refresher, st, out)
+		if err != nil {
+			return err
+		}
+		old := cur.Swap(nc)
+		time.AfterFunc(deadline, old.close) // its calls in flight end first
+		return nil
+	}
+	defer func() { cur.Load().close() }()
 
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
-	go chaosCommands(ctx, src, stall, out)
+	go chaosCommands(relogin, stall, out)
 
 	var calls, failed atomic.Int64
 	out.write(chaosLine{Kind: lineReady, At: time.Now().UnixNano()})
@@ -181,7 +191,7 @@ func runChaosWorker(member string) int {
 			for time.Now().Before(end) {
 				start := time.Now()
 				cctx, ccancel := context.WithTimeout(tagged(context.Background()), deadline)
-				_, err := client.Echo(cctx, &echov1.EchoRequest{Message: "chaos"})
+				_, err := cur.Load().echo.Echo(cctx, &echov1.EchoRequest{Message: "chaos"})
 				ccancel()
 				calls.Add(1)
 				if err != nil {
@@ -194,7 +204,7 @@ func runChaosWorker(member string) int {
 		})
 	}
 	wg.Wait()
-	stats := src.Stats()
+	stats := cur.Load().src.Stats()
 	out.write(chaosLine{Kind: lineSummary, Calls: calls.Load(), Failed: failed.Load(), Stats: &stats})
 	return 0
 }
@@ -211,9 +221,8 @@ func (o *chaosOut) write(l chaosLine) {
 	_ = o.enc.Encode(l)
 }
 
-// chaosCommands reads the campaign's commands from stdin until it closes or
-// ctx ends.
-func chaosCommands(ctx context.Context, src *tokensource.Source, stall *chaosStall, out *chaosOut) {
+// chaosCommands reads the campaign's commands from stdin until it closes.
+func chaosCommands(relogin func() error, stall *chaosStall, out *chaosOut) {
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -225,18 +234,40 @@ func chaosCommands(ctx context.Context, src *tokensource.Source, stall *chaosSta
 		case "stall":
 			stall.arm(c.Dur, c.Within)
 		case "relogin":
-			go func() {
-				sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				err := src.SetToken(sctx, c.Token)
-				l := chaosLine{Kind: lineRelogged, At: time.Now().UnixNano()}
-				if err != nil {
-					l.Msg = err.Error()
-				}
-				out.write(l)
-			}()
+			l := chaosLine{Kind: lineRelogged, At: time.Now().UnixNano()}
+			if err := relogin(); err != nil {
+				l.Msg = err.Error()
+			}
+			out.write(l)
 		}
 	}
+}
+
+// chaosClient is a member's Source and the connection whose interceptors
+// use it.
+type chaosClient struct {
+	src  *tokensource.Source
+	conn *grpc.ClientConn
+	echo echov1.EchoServiceClient
+}
+
+func newChaosClient(target string, r tokensource.Refresher, st tokensource.Store, out *chaosOut) (*chaosClient, error) {
+	src := tokensource.New(r,
+		tokensource.WithStore(st),
+		tokensource.WithOnReauthRequired(func(error) { out.write(chaosLine{Kind: lineReauth, At: time.Now().UnixNano()}) }),
+	)
+	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		interceptor.DialOptions(src, interceptor.AllowInsecure())...)...)
+	if err != nil {
+		_ = src.Close()
+		return nil, err
+	}
+	return &chaosClient{src: src, conn: conn, echo: echov1.NewEchoServiceClient(conn)}, nil
+}
+
+func (c *chaosClient) close() {
+	_ = c.conn.Close()
+	_ = c.src.Close()
 }
 
 // chaosStall stalls one critical section of the worker's FileStore: the

@@ -29,6 +29,10 @@ import (
 //   - Reuse: refresh tokens presented a second time, as the server detected
 //     them (bound: 0). Sessions lost: episodes that began with a reuse or a
 //     member requiring re-authentication, each ended by a relogin (bound: 0).
+//     A reuse no coordination can prevent is reported apart and not counted:
+//     the member that first presented the refresh token, the only one to
+//     receive its rotation, was killed before it wrote anything to the store
+//     (campaign.unfenceable); so is the lost session it began.
 //   - Stale sends: requests the server rejected for a member that had been
 //     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
 //     earlier, that this very token was rejected, while another token was
@@ -74,6 +78,9 @@ type chaosReport struct {
 	repeats   int      // rejections of a token already rejected for the member at least the allowance before
 	rejected  int      // access-token rejections
 	inflight  []string // the refreshes in flight at an in-flight fault
+	// unfenceable are the reuses that no coordination can prevent (see
+	// campaign.unfenceable); they do not count against the bound.
+	unfenceable []string
 	staleLog  []string
 	grants    int64
 	refFailed int64
@@ -215,7 +222,13 @@ func (c *campaign) analyze() *chaosReport {
 	}
 
 	// Reuse and lost sessions.
+	unfenceableAt := map[int64]bool{}
 	for _, u := range c.reuses {
+		if why := c.unfenceable(u); why != "" {
+			unfenceableAt[u.at.UnixNano()] = true
+			rep.unfenceable = append(rep.unfenceable, fmt.Sprintf("+%.3fs by member %s: %s", u.at.Sub(c.start).Seconds(), u.member, why))
+			continue
+		}
 		w := attribute(memberIndex(u.member), u.at, u.at)
 		row(label(w)).reuse++
 		first := "never seen before"
@@ -226,6 +239,9 @@ func (c *campaign) analyze() *chaosReport {
 			u.at.Sub(c.start).Seconds(), u.member, first, during(memberIndex(u.member), u.at)))
 	}
 	for _, ep := range c.episodes {
+		if unfenceableAt[ep.start.UnixNano()] {
+			continue // began with an unfenceable reuse
+		}
 		// The episode's own window is the latest to begin: look just
 		// before it.
 		w := attribute(-1, ep.start.Add(-time.Nanosecond), ep.start.Add(-time.Nanosecond))
@@ -244,6 +260,32 @@ func (c *campaign) analyze() *chaosReport {
 	rep.grants = counters.RefreshesOK + counters.Logins
 	rep.refFailed = counters.RefreshesFailed
 	return rep
+}
+
+// unfenceable says why reuse u is one no coordination can prevent, or "":
+// the member that first presented the refresh token (and so was the only
+// one to receive its rotation) was killed before it wrote anything to the
+// store, and the reuse came after. The rotation died with every member that
+// held it, a loss the documentation names as possible. (A member stopped
+// instead is alive: its pause counts against the bound.)
+func (c *campaign) unfenceable(u reuseRec) string {
+	p := u.first
+	if p.at.IsZero() {
+		return ""
+	}
+	for _, f := range c.faults {
+		if f.kind != faultKill || f.target != p.member || f.start.Before(p.at) || f.start.After(u.at) {
+			continue
+		}
+		for _, w := range c.writes {
+			if strings.HasPrefix(w.by, p.member+" ") && w.at.After(p.at) && w.at.Before(f.start) {
+				return ""
+			}
+		}
+		return fmt.Sprintf("member %s presented the refresh token at +%.3fs and was killed at +%.3fs before it wrote anything to the store",
+			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
+	}
+	return ""
 }
 
 // lostWindow returns the lost session's window that overlaps [s, e], if
@@ -408,6 +450,9 @@ func (r *chaosReport) log(t *testing.T) {
 		for _, x := range rs[:min(len(rs), 3)] {
 			t.Logf("chaos | %s %s: %d× %s", r.store, l, x.n, x.what)
 		}
+	}
+	for _, u := range r.unfenceable {
+		t.Logf("chaos | unfenceable reuse (not counted against the bound): %s", u)
 	}
 	if len(r.inflight) > 0 {
 		t.Logf("chaos | refreshes in flight at in-flight faults: %s", strings.Join(r.inflight, "; "))

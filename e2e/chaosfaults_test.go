@@ -51,7 +51,8 @@ func (s scheduled) String() string {
 type faultRec struct {
 	sched      scheduled
 	kind       *faultKind
-	member     int // -1: fleet-wide
+	member     int    // -1: fleet-wide
+	target     string // the incarnation a member fault hit ("<index>.<incarnation>")
 	start, end time.Time
 	missed     string // why the fault did not strike; "" if it did
 }
@@ -99,6 +100,7 @@ var (
 		}
 		defer c.release(slot)
 		p := slot.proc
+		f.target = p.member
 		start := time.Now()
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.exited
@@ -112,6 +114,7 @@ var (
 		}
 		defer c.release(slot)
 		p := slot.proc
+		f.target = p.member
 		start := time.Now()
 		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP)
 		time.Sleep(f.sched.dur)

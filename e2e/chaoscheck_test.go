@@ -81,14 +81,14 @@ type chaosReport struct {
 	// unfenceable are the reuses that no coordination can prevent (see
 	// campaign.unfenceable); they do not count against the bound.
 	unfenceable []string
-	staleLog  []string
-	grants    int64
-	refFailed int64
-	expiries  []int // failed calls per force-expiry
-	workerErr []string
-	sumStats  map[string]uint64
-	start     time.Time
-	faults    []*faultRec
+	staleLog    []string
+	grants      int64
+	refFailed   int64
+	expiries    []int // failed calls per force-expiry
+	workerErr   []string
+	sumStats    map[string]uint64
+	start       time.Time
+	faults      []*faultRec
 }
 
 const outsideLabel = "(outside windows)"

@@ -18,8 +18,10 @@ import (
 //     stop: SIGSTOP to SIGCONT; a force-expiry: the instant of the call; a
 //     FileStore stall: the sleep with the flock held, as the member reported
 //     it; a Redis kill: from the SIGKILL to the restarted server answering
-//     PING). A member fault (kill, stop) scopes its window to the member it
-//     hit; every other fault's window covers the fleet. A lost session
+//     PING; a Cluster master kill or a Sentinel failover: from the SIGKILL
+//     to the killed node back as a replica). A member fault (kill, stop)
+//     scopes its window to the member it hit; every other fault's window
+//     covers the fleet. A lost session
 //     (below) opens a fleet window until the campaign's relogin.
 //   - A failed call belongs to a window when the call's span [start, end]
 //     overlaps it, and is attributed to the overlapping window that began
@@ -236,7 +238,7 @@ func (c *campaign) analyze() *chaosReport {
 			first = fmt.Sprintf("first presented by member %s at +%.3fs", u.first.member, u.first.at.Sub(c.start).Seconds())
 		}
 		rep.reuse = append(rep.reuse, fmt.Sprintf("+%.3fs by member %s (the refresh token was %s), in the windows of: %s",
-			u.at.Sub(c.start).Seconds(), u.member, first, during(memberIndex(u.member), u.at)))
+			u.at.Sub(c.start).Seconds(), u.member, first, during(-1, u.at)))
 	}
 	for _, ep := range c.episodes {
 		if unfenceableAt[ep.start.UnixNano()] {

@@ -113,13 +113,15 @@ func clusterTopology() *chaosTopology {
 				return
 			}
 			cl.WaitFailover(c.t, fleetKey, m)
-			end := time.Now()
 			c.mu.Lock()
-			c.storeDown = append(c.storeDown, span{start, end})
+			c.storeDown = append(c.storeDown, span{start, time.Now()})
 			c.mu.Unlock()
-			f.done(start, end, -1)
-			m.Restart() // back as a replica of the new master
+			// The fault ends once the killed node is back, as a replica
+			// of the new master, and the cluster healthy: its rejoining
+			// disturbs the slot's new master too.
+			m.Restart()
 			cl.WaitHealthy(c.t)
+			f.done(start, time.Now(), -1)
 			// A failover a moment after the last measures a cluster that
 			// never settled: the next outage waits.
 			time.Sleep(clusterCoolDown)
@@ -152,15 +154,16 @@ func sentinelTopology() *chaosTopology {
 			// Master waits until the Sentinels agree on a running master
 			// that reports itself one: the promoted replica.
 			promoted := sn.Master(c.t)
-			end := time.Now()
 			c.mu.Lock()
-			c.storeDown = append(c.storeDown, span{start, end})
+			c.storeDown = append(c.storeDown, span{start, time.Now()})
 			c.mu.Unlock()
-			f.done(start, end, -1)
 			if promoted == old {
 				c.t.Errorf("chaos: the Sentinels name the killed master as master again")
 			}
-			old.Restart() // empty; the Sentinels make it a replica of the new master
+			// The fault ends once the killed server is back (empty; the
+			// Sentinels make it a replica of the new master).
+			old.Restart()
+			f.done(start, time.Now(), -1)
 			// Sentinel does not fail the same master name over again
 			// within twice its failover-timeout (10 s in
 			// redistest.StartSentinel): the next outage waits.

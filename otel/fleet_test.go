@@ -218,7 +218,10 @@ func TestFleetRestore(t *testing.T) {
 	}
 	a.rg.waitFor(t, tokensource.RefreshSucceeded)
 	// a's flight or b's periodic check, whichever comes first: a restore
-	// writes only over an older record, so there is one.
+	// writes only over an older record, so there is one. Close waits for
+	// the checks' events.
+	a.src.Close()
+	b.src.Close()
 	if got := a.rg.sum(t, tokenrefreshotel.MetricTokensRestored) + b.rg.sum(t, tokenrefreshotel.MetricTokensRestored); got != 1 {
 		t.Errorf("%s = %d across the fleet, want 1", tokenrefreshotel.MetricTokensRestored, got)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
@@ -215,6 +216,16 @@ const coordinatorProbe = time.Second
 // still costs each Source at most one bounded probe per second.
 const coordinatorRetry = time.Second
 
+// coordBackoff is the backoff after the n-th consecutive failure of the
+// Coordinator: the Source's backoff, capped by coordinatorRetry and then
+// jittered like it, so that a fleet does not probe in lockstep.
+func (s *Source) coordBackoff(n int) time.Duration {
+	if d := s.backoff(n); d < coordinatorRetry/2 {
+		return d
+	}
+	return coordinatorRetry/2 + rand.N(coordinatorRetry-coordinatorRetry/2+1)
+}
+
 // loadRecord reads the shared record, bounded by coordinatorProbe. While the
 // Coordinator is known to be down (its last answer was
 // ErrCoordinatorUnavailable) it is asked at most once per backoff period; in
@@ -223,6 +234,12 @@ func (s *Source) loadRecord(wctx context.Context) (Record, error) {
 	if err := s.coordinatorDown(); err != nil {
 		return Record{}, err
 	}
+	return s.probeRecord(wctx)
+}
+
+// probeRecord reads the shared record, bounded by coordinatorProbe, and
+// records whether the Coordinator answered (see loadRecord).
+func (s *Source) probeRecord(wctx context.Context) (Record, error) {
 	bound := min(coordinatorProbe, s.opts.refreshTimeout/2)
 	ctx, cancel := context.WithTimeout(wctx, bound)
 	defer cancel()
@@ -238,7 +255,7 @@ func (s *Source) loadRecord(wctx context.Context) (Record, error) {
 		s.coordErr, s.coordFailures = nil, 0
 	case errors.Is(err, ErrCoordinatorUnavailable):
 		s.coordFailures++
-		s.coordErr, s.coordDownUntil = err, s.now().Add(min(s.backoff(s.coordFailures), coordinatorRetry))
+		s.coordErr, s.coordDownUntil = err, s.now().Add(s.coordBackoff(s.coordFailures))
 	}
 	return rec, err
 }

@@ -61,7 +61,7 @@
 // is early (WithEarlyRefresh): callers keep the valid token while one
 // background refresh runs, and a failed background refresh fails none of
 // them. Refresh(ctx, stale) reports a rejected token: a newer one comes back
-// at once, and forced refreshes are rate-limited (WithMinRefreshInterval).
+// at once, and forced refreshes pass a storm guard (WithMinRefreshInterval).
 // A token is checked before it is stored or handed out (ErrInvalidToken).
 // After a failure the Source backs off and callers get the last error at
 // once. Close releases every waiter with ErrClosed and lets a Refresher call
@@ -72,7 +72,8 @@
 //	WithExpiryLeeway        10 s      a token counts as expired this long before its Expiry (as golang.org/x/oauth2)
 //	WithEarlyRefresh        225 s     background renewal starts this long before that (as Google's auth libraries)
 //	WithRefreshTimeout      30 s      bound on one refresh
-//	WithMinRefreshInterval  1 s       at most one forced refresh per interval
+//	WithMinRefreshInterval  1 s       storm guard: two forced refreshes, then one per interval
+//	WithRepairInterval      1 s       how often a fleet member checks the shared record is not behind it
 //	WithBackoff             1 s up to 30 s, doubling, jittered into [d/2, d]
 //	WithRefreshAttempts     3         Refresher calls per refresh when they fail transiently
 //	WithStore               none      tokens live in memory only
@@ -130,6 +131,21 @@
 // go on and refreshing without the lease fails with ErrCoordinatorUnavailable
 // unless WithUncoordinatedRefresh allows it (safe for client credentials
 // only).
+//
+// # Data loss
+//
+// A coordinator can lose what it holds: a commit fails after the
+// authorization server rotated the refresh token, Redis restarts without
+// persistence, a failover promotes a replica that lagged. A member's token is
+// then newer than the shared record, and a peer refreshing from the record
+// would present a refresh token the server has already spent. With a
+// Coordinator that implements Restorer (all of this module's, and
+// redisstore), each member knows the version of its token in the record and
+// puts it back when the record is behind it: at once in its own refreshes,
+// and from a periodic check (WithRepairInterval). A member that is about to
+// present a refresh token from a record that may have lost a newer one (the
+// lease was taken over, the record is empty or went back) waits for those
+// restores first. What no member holds any more cannot be restored.
 //
 // # Observability
 //

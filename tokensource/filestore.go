@@ -52,25 +52,44 @@ const (
 // FileStore is a Coordinator for every Source that uses a FileStore on the
 // same path, in one process or in several processes on one host: they make
 // one Refresher call per expiry between them and adopt each other's results
-// (see Coordinator). It coordinates through a second file beside the token
-// file, path+".lock", which it creates with mode 0600 and never removes:
+// (see Coordinator). It is a Restorer too. It coordinates through two more
+// files beside the token file, path+".lock" and path+".heartbeat", which it
+// creates with mode 0600 and never removes:
 //
-//   - An exclusive lock on that file (flock on Unix, LockFileEx on Windows;
-//     two FileStores of one process exclude each other as two processes do)
-//     guards short critical sections only: taking, renewing and giving up
-//     the refresh lease, and the read-compare-write of Save and Lease.Commit,
-//     never a Refresher call. A process that dies inside a critical section
-//     blocks nobody; one stopped (SIGSTOP) inside one delays the others'
-//     critical sections, within their ctx, until it continues.
-//   - The file holds the lease: a random owner and an expiry, renewed while
-//     the holder refreshes (see WithFileLeaseTTL). A holder that dies, hangs
-//     or is paused is taken over after the TTL. Expiry is judged by the wall
-//     clock, which all processes of a host share; a clock step can shorten
-//     or lengthen a lease, never unfence a commit.
+//   - An exclusive lock on the lock file (flock on Unix, LockFileEx on
+//     Windows; two FileStores of one process exclude each other as two
+//     processes do) guards short critical sections only: taking, renewing
+//     and giving up the refresh lease, and the read-compare-write of Save,
+//     Restore and Lease.Commit, never a Refresher call. A process that dies
+//     inside a critical section blocks nobody; one stopped (SIGSTOP, or
+//     starved of CPU) inside one delays the others' critical sections,
+//     within their ctx, until it continues.
+//   - The lock file holds the lease: a random owner and an expiry. The
+//     holder renews it every third of the TTL while it refreshes (see
+//     WithFileLeaseTTL), under the lock in the lock file and, without the
+//     lock, in the heartbeat file; it goes on renewing while its Commit or
+//     Release waits for the lock. A holder that dies, hangs or is paused is
+//     taken over once it has renewed in neither file for the TTL. Expiry is
+//     judged by the wall clock, which all processes of a host share, read
+//     before the lease: a member stalled inside a critical section for
+//     longer than the TTL (stopped, starved, in a long garbage collection)
+//     sees, when it continues, the renewals the holder made meanwhile, and
+//     cannot take a live holder's lease over.
 //   - The token file carries a revision (Record.Version), raised by every
 //     Save and Commit. A Commit writes only over the revision its lease
 //     read, and only if no other live member holds the lease, so a holder
-//     that lost its lease cannot overwrite a newer token.
+//     that lost its lease cannot overwrite a newer token. The lock file
+//     keeps the highest revision written, above which a Save writes.
+//
+// Some pauses no lock can fence. A holder itself paused past the TTL after
+// the authorization server rotated its refresh token and before its Commit
+// stops renewing and is taken over, and its Commit is refused: its token can
+// reach the record only through Restore, and the member that took over
+// presents the refresh token the server has consumed unless that happens
+// within the repair grace it waits first (see WithRepairInterval). A wall
+// clock stepped forward by more than the TTL, or a host suspended for
+// longer, ends every lease at once, a live holder's too; a clock step never
+// unfences a commit.
 //
 // Waiters (Wait) poll the files every poll interval (WithFilePollInterval),
 // and only while a peer refreshes. On platforms with neither flock nor
@@ -81,10 +100,11 @@ const (
 //
 // All methods are safe for concurrent use.
 type FileStore struct {
-	path     string
-	lockPath string
-	ttl      time.Duration
-	poll     time.Duration
+	path          string
+	lockPath      string
+	heartbeatPath string
+	ttl           time.Duration
+	poll          time.Duration
 
 	// rename replaces newpath by oldpath (os.Rename, retried on Windows);
 	// tests replace it to simulate a crash before the rename.
@@ -92,6 +112,9 @@ type FileStore struct {
 	// now is the wall clock that judges lease expiry; tests shift it to
 	// see a lease expire without waiting.
 	now func() time.Time
+	// inLock, if set, runs at the start of every critical section, with
+	// the lock held: tests stall a member there.
+	inLock func()
 }
 
 // FileStoreOption configures a FileStore.
@@ -123,19 +146,20 @@ func WithFilePollInterval(d time.Duration) FileStoreOption {
 }
 
 // NewFileStore returns a FileStore for the file at path, with the lock file
-// path+".lock" beside it. The directory must exist and be writable. Nothing
+// path+".lock" and the heartbeat file path+".heartbeat" beside it. The directory must exist and be writable. Nothing
 // is read or created until first use: a path that cannot work is reported by
 // the first TryLease or Save (for a Source, its first Token or SetToken) with
 // an error that matches ErrStoreUnusable and names the directory and the
 // cause. Load reads a missing directory as an empty store.
 func NewFileStore(path string, opts ...FileStoreOption) *FileStore {
 	f := &FileStore{
-		path:     path,
-		lockPath: path + ".lock",
-		ttl:      defaultFileLeaseTTL,
-		poll:     defaultFilePollInterval,
-		rename:   replaceFile,
-		now:      time.Now,
+		path:          path,
+		lockPath:      path + ".lock",
+		heartbeatPath: path + ".heartbeat",
+		ttl:           defaultFileLeaseTTL,
+		poll:          defaultFilePollInterval,
+		rename:        replaceFile,
+		now:           time.Now,
 	}
 	for _, opt := range opts {
 		opt(f)

@@ -24,6 +24,9 @@ type leaseRecord struct {
 	Expires int64 `json:"expires,omitempty"`
 	// Revision is the highest revision written to the token file.
 	Revision uint64 `json:"revision,omitempty"`
+	// Slot is the heartbeat file's slot of the current lease (0 or 1):
+	// every lease granted takes the other one than the lease before it.
+	Slot int `json:"slot,omitempty"`
 }
 
 // leaseRecordSize is the fixed size of the lock file's contents: JSON padded
@@ -32,10 +35,6 @@ type leaseRecord struct {
 // whole record far more often than not (and otherwise a record it cannot
 // parse, which Wait treats as a reason to look again).
 const leaseRecordSize = 128
-
-func (lr leaseRecord) live(now time.Time) bool {
-	return lr.Owner != "" && now.UnixNano() < lr.Expires
-}
 
 // parseLeaseRecord parses the lock file's contents. Empty or unparseable
 // contents (there is no writer that leaves them so, short of a crash of
@@ -114,29 +113,41 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 		}
 	}
 	defer unlockFile(lf)
+	if f.inLock != nil {
+		f.inLock()
+	}
 	faultpoint.FileStoreLocked(f.lockPath)
 	return fn(lf)
 }
 
 // TryLease is Coordinator.TryLease among the FileStores of the host: it
 // returns the lease with the record read under the lock, or (nil, nil) at
-// once if a live member, in this process or another, holds it. Commit or
-// Release must be called on the lease. Errors of the lock file match
-// ErrCoordinatorUnavailable, except that a path that cannot work as
-// configured (see NewFileStore) fails with ErrStoreUnusable; a corrupt
-// token file fails with ErrCorruptStore and leaves the lease alone.
+// once if a live member, in this process or another, holds it. A lease is
+// live until its holder has renewed it neither in the lock file nor in the
+// heartbeat file for the TTL (see FileStore).
+//
+// Commit or Release must be called on the lease. Its Commit writes at
+// revision Record().Version+1, exactly, so that the holder knows the
+// revision of the token it committed. (A Save writes above every revision
+// written before instead, which skips some after the token file went back.)
+//
+// Errors of the lock file match ErrCoordinatorUnavailable, except that a
+// path that cannot work as configured (see NewFileStore) fails with
+// ErrStoreUnusable; a corrupt token file fails with ErrCorruptStore and
+// leaves the lease alone.
 func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	var l *fileLease
 	err := f.locked(ctx, func(lf *os.File) error {
+		// The clock first: see live.
+		now := f.now()
 		lr, err := readLeaseRecord(lf)
 		if err != nil {
 			return err
 		}
-		now := f.now()
-		if lr.live(now) {
+		if f.live(lr, now) {
 			return nil
 		}
 		rec, err := f.readRecord()
@@ -144,11 +155,13 @@ func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 			return err
 		}
 		takenOver := lr.Owner != ""
-		lr.Owner, lr.Expires = rand.Text(), now.Add(f.ttl).UnixNano()
+		// The expiry counts from now, not from the judgement: this
+		// member may have stalled in between.
+		lr.Owner, lr.Expires, lr.Slot = rand.Text(), f.now().Add(f.ttl).UnixNano(), 1-lr.Slot
 		if err := writeLeaseRecord(lf, lr); err != nil {
 			return err
 		}
-		l = &fileLease{f: f, owner: lr.Owner, rec: rec, takenOver: takenOver}
+		l = &fileLease{f: f, owner: lr.Owner, slot: lr.Slot, rec: rec, takenOver: takenOver}
 		return nil
 	})
 	if err != nil || l == nil {
@@ -188,6 +201,7 @@ func (f *FileStore) Wait(ctx context.Context, version uint64) error {
 // granularity, the same mtime. The file is small, and only the Sources
 // waiting for a peer's refresh poll it.
 func (f *FileStore) changed(version uint64) bool {
+	now := f.now() // before the lease: see live
 	if rec, err := f.readRecord(); err != nil || rec.Version != version {
 		return true
 	}
@@ -196,13 +210,14 @@ func (f *FileStore) changed(version uint64) bool {
 		return true // no lock file: nobody has taken the lease
 	}
 	lr, ok := parseLeaseRecord(data)
-	return !ok || !lr.live(f.now())
+	return !ok || !f.live(lr, now)
 }
 
 // fileLease is a lease of a FileStore.
 type fileLease struct {
 	f         *FileStore
 	owner     string
+	slot      int // in the heartbeat file
 	rec       Record
 	takenOver bool
 
@@ -220,9 +235,12 @@ func (l *fileLease) Record() Record {
 
 func (l *fileLease) TakenOver() bool { return l.takenOver }
 
-// startRenewing starts the goroutine that renews the lease every TTL/3. It
-// ends when stopRenewing is called or when it finds the lease taken over by
-// another member (this one was paused past the TTL, say).
+// startRenewing starts the goroutine that renews the lease every TTL/3,
+// first in the heartbeat file, which needs no lock, then in the lock file.
+// It ends when stopRenewing is called or when it finds the lease taken over
+// by another member (this one was paused past the TTL, say). Commit and
+// Release stop it only once they hold the lock, so that a member stalled
+// inside a critical section meanwhile still sees the lease renewed.
 func (l *fileLease) startRenewing() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -238,9 +256,11 @@ func (l *fileLease) startRenewing() {
 				return
 			case <-ticker.C:
 			}
+			if !l.heartbeat() {
+				return
+			}
 			// A renewal that cannot get the lock in time is retried at
-			// the next tick; two missed in a row still leave a third of
-			// the TTL.
+			// the next tick; the heartbeats go on meanwhile.
 			rctx, rcancel := context.WithTimeout(ctx, every)
 			held, err := l.renew(rctx)
 			rcancel()
@@ -251,8 +271,24 @@ func (l *fileLease) startRenewing() {
 	}()
 }
 
-// renew extends the lease by the TTL if this lease still holds it, even
-// after it expired while nobody took it over.
+// heartbeat extends the lease by the TTL in the heartbeat file, without the
+// lock, unless the lock file names another holder: then it reports false.
+// The lock file is read without the lock too, and one read in the middle of
+// a write is no reason to stop.
+func (l *fileLease) heartbeat() (held bool) {
+	f := l.f
+	if data, err := os.ReadFile(f.lockPath); err == nil {
+		if lr, ok := parseLeaseRecord(data); ok && lr.Owner != l.owner {
+			return false
+		}
+	}
+	// A failed write leaves the renewal in the lock file.
+	_ = f.writeHeartbeat(l.slot, l.owner, f.now().Add(f.ttl))
+	return true
+}
+
+// renew extends the lease by the TTL in the lock file if this lease still
+// holds it, even after it expired while nobody took it over.
 func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
 	f := l.f
 	err = f.locked(ctx, func(lf *os.File) error {
@@ -267,13 +303,20 @@ func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
 	return held, err
 }
 
-// Commit is Lease.Commit; the revision it writes is Record().Version+1 or
-// higher. It gives the lease up on failure too: it frees it in the lock file
-// when it gets the lock, and otherwise stops renewing it, so that it expires
-// after the TTL. A corrupt token file matches ErrCorruptStore and is not
+// Commit is Lease.Commit. It writes t at revision Record().Version+1,
+// exactly: the token file held Record().Version, and a Source relies on
+// knowing the revision of the token it committed. (A Save writes above the
+// lock file's highest revision instead; a Commit need not, since the token
+// file is still at the revision its lease read.)
+//
+// The lease stays renewed while Commit waits for the lock, so that a member
+// stalled inside a critical section meanwhile cannot take it over. Commit
+// gives the lease up on failure too: it frees it in the lock file when it
+// gets the lock, and otherwise stops renewing it, so that it expires after
+// the TTL. A corrupt token file matches ErrCorruptStore and is not
 // replaced.
 func (l *fileLease) Commit(ctx context.Context, t *Token) error {
-	l.stopRenewing()
+	defer l.stopRenewing()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -285,6 +328,8 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 	}
 	f := l.f
 	err := f.locked(ctx, func(lf *os.File) error {
+		l.stopRenewing() // holding the lock, nobody can take the lease over
+		now := f.now()   // before the lease: see live
 		lr, err := readLeaseRecord(lf)
 		if err != nil {
 			return err
@@ -311,12 +356,12 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 			return fmt.Errorf("%w: the token file is at revision %d, the lease read %d",
 				ErrLeaseLost, rec.Version, l.rec.Version)
 		}
-		if lr.live(f.now()) { // another member's lease (this one's was cleared above)
+		if f.live(lr, now) { // another member's lease (this one's was cleared above)
 			return fmt.Errorf("%w: another member holds the lease", ErrLeaseLost)
 		}
 		// writeLocked writes the token file before it frees the lease, so
 		// that waiters see the new revision no later than the free lease.
-		if err := f.writeLocked(lf, lr, max(rec.Version, lr.Revision)+1, t); err != nil {
+		if err := f.writeLocked(lf, lr, l.rec.Version+1, t); err != nil {
 			giveUp()
 			return err
 		}
@@ -328,10 +373,11 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 
 // Release gives up the lease without writing, unless another member has
 // taken it over since (then it leaves that member's lease alone). It is
-// idempotent. If it cannot get the lock within ctx, the lease is no longer
-// renewed and expires after the TTL.
+// idempotent. Like Commit, it renews the lease while it waits for the lock;
+// if it cannot get the lock within ctx, the lease is no longer renewed and
+// expires after the TTL.
 func (l *fileLease) Release(ctx context.Context) error {
-	l.stopRenewing()
+	defer l.stopRenewing()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.releaseLocked(ctx)
@@ -345,6 +391,7 @@ func (l *fileLease) releaseLocked(ctx context.Context) error {
 		return err
 	}
 	err := l.f.locked(ctx, func(lf *os.File) error {
+		l.stopRenewing()
 		lr, err := readLeaseRecord(lf)
 		if err != nil || lr.Owner != l.owner {
 			return err

@@ -46,7 +46,11 @@ func runFileStoreHelper(role string) int {
 	case "hold":
 		err = helperHold(ctx, f)
 	default:
-		err = fmt.Errorf("unknown role %q", role)
+		if run := platformHelperRoles[role]; run != nil {
+			err = run(ctx, f)
+		} else {
+			err = fmt.Errorf("unknown role %q", role)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
@@ -54,6 +58,10 @@ func runFileStoreHelper(role string) int {
 	}
 	return 0
 }
+
+// platformHelperRoles are the helper roles that only some platforms have,
+// registered by the files of those platforms' tests.
+var platformHelperRoles = map[string]func(context.Context, *FileStore) error{}
 
 // countResult is what a "count" helper reports on stdout, as JSON.
 type countResult struct {

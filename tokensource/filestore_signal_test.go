@@ -4,14 +4,54 @@ package tokensource
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
+
+func init() { platformHelperRoles["stall"] = helperStall }
+
+// helperStall stops its own process (SIGSTOP) inside the lock file's
+// critical section of its first TryLease, for the test to continue it, then
+// does what a Source does: holding the lease, it would present the record's
+// refresh token, and prints "took <refresh token>"; otherwise it waits for
+// the holder's commit and prints the record it adopts, "adopted <revision>
+// <refresh token>".
+func helperStall(ctx context.Context, f *FileStore) error {
+	var once sync.Once
+	f.inLock = func() { once.Do(func() { _ = syscall.Kill(os.Getpid(), syscall.SIGSTOP) }) }
+	rec, err := f.LoadRecord(ctx)
+	if err != nil {
+		return err
+	}
+	l, err := f.TryLease(ctx)
+	if err != nil {
+		return err
+	}
+	if l != nil {
+		fmt.Println("took", l.Record().Token.RefreshToken)
+		return l.Release(ctx)
+	}
+	for {
+		if err := f.Wait(ctx, rec.Version); err != nil {
+			return err
+		}
+		now, err := f.LoadRecord(ctx)
+		if err != nil {
+			return err
+		}
+		if now.Version != rec.Version && now.Token != nil {
+			fmt.Println("adopted", now.Version, now.Token.RefreshToken)
+			return nil
+		}
+	}
+}
 
 // A holder stopped (SIGSTOP) past its TTL loses the lease to another
 // process, which commits a newer token; continued (SIGCONT), the old holder
@@ -49,6 +89,59 @@ func TestFileStoreProcessStoppedHolder(t *testing.T) {
 	p.finish(t)
 	if rec := mustRecord(t, f); !sameToken(rec.Token, newer) || rec.Version != 2 {
 		t.Errorf("record = %+v, want the newer token at revision 2", rec)
+	}
+}
+
+// A process stopped (SIGSTOP) inside the lock file's critical section past
+// the lease's TTL, while the holder is in the middle of a refresh, does not
+// take the holder's lease over when it continues: it adopts the holder's
+// result, the holder's refresh token is presented once, and the holder's
+// commit, which waited for the lock meanwhile, lands.
+func TestFileStoreProcessStoppedInsideLock(t *testing.T) {
+	t.Parallel()
+	path := tokenFile(t)
+	const ttl = time.Second
+	r, login := newRotating(time.Hour)
+	holder := NewFileStore(path, WithFileLeaseTTL(ttl), WithFilePollInterval(5*time.Millisecond))
+	if err := holder.Save(ctxBG, login); err != nil {
+		t.Fatal(err)
+	}
+	lh := mustLease(t, holder)
+	// The holder presents its refresh token: the server rotates it.
+	next, err := r.Refresh(ctxBG, lh.Record().Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startHelper(t, "stall", path, ttl, 0)
+	waitStopped(t, p.cmd.Process.Pid) // inside TryLease's critical section
+	committed := make(chan error, 1)
+	go func() { committed <- lh.Commit(ctxBG, next) }()
+	// The stop outlasts the lease's expiry as the lock file records it.
+	_, expires := leaseExpiry(t, path)
+	time.Sleep(time.Until(time.Unix(0, expires)) + ttl/2)
+	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	switch verb, arg, _ := strings.Cut(p.line(t), " "); verb {
+	case "took":
+		_, _ = r.Refresh(ctxBG, &Token{RefreshToken: arg}) // as the member would
+		t.Errorf("the continued process took over the live holder's lease")
+	case "adopted":
+		if arg != "2 rt-1" {
+			t.Errorf("the continued process adopted %q, want revision 2 with rt-1", arg)
+		}
+	default:
+		t.Fatalf("helper said %q", verb+" "+arg)
+	}
+	p.finish(t)
+	if err := <-committed; err != nil {
+		t.Errorf("the holder's commit = %v, want it to land", err)
+	}
+	if n := r.reused.Load(); n != 0 {
+		t.Errorf("%d refresh tokens presented twice", n)
+	}
+	if rec := mustRecord(t, holder); !sameToken(rec.Token, next) || rec.Version != 2 {
+		t.Errorf("record = %+v, want the holder's token at revision 2", rec)
 	}
 }
 

@@ -44,7 +44,9 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
 		s.fleet = fleetToken{tok: res.tok, ver: res.ver}
 		if res.ver > 0 {
-			s.noteLocked(res.ver)
+			if res.saveErr == nil {
+				s.noteLocked(res.ver) // else the commit is pending: see repair.go
+			}
 			s.startRepairLocked()
 		}
 		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
@@ -120,7 +122,7 @@ func (s *Source) backOffLocked(now time.Time, err error) {
 	if errors.Is(err, ErrCoordinatorUnavailable) {
 		// The fleet is healthy again as soon as its coordinator answers:
 		// its members must not sit out a backoff grown during the outage.
-		d = min(d, coordinatorRetry)
+		d = s.coordBackoff(s.failures)
 	}
 	s.retryAt = now.Add(d)
 	s.lastErr = err

@@ -25,10 +25,10 @@ type fleetToken struct {
 	ver uint64
 }
 
-// noteLocked records v as a version of the fleet's record this Source has
-// seen. s.mu must be held.
+// noteLocked records v as the version of the fleet's record this Source
+// has just read (or committed). s.mu must be held.
 func (s *Source) noteLocked(v uint64) {
-	s.seen = max(s.seen, v)
+	s.seen, s.recVer = max(s.seen, v), v
 }
 
 // startRepairLocked starts the periodic check of the fleet's record, once.
@@ -64,24 +64,30 @@ func (s *Source) repairLoop(ctx context.Context) {
 // checkRecord reads the fleet's record and restores this Source's token if
 // the record is behind it. It reports whether the record holds that token or
 // a newer one now; false when the Coordinator did not answer or refused.
+// Like a caller, it does not ask a Coordinator known to be down before its
+// backoff ends, except for a commit of this Source that did not land: that
+// one must land before a peer refreshes from the stale record.
 func (s *Source) checkRecord(ctx context.Context) bool {
 	s.mu.Lock()
-	ft := s.fleet
+	ft, pending := s.fleet, s.fleet.ver > s.recVer
 	s.mu.Unlock()
 	if ft.ver == 0 {
 		return true
 	}
-	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
-	defer cancel()
-	rec, err := s.coord.LoadRecord(rctx)
+	read := s.loadRecord
+	if pending {
+		read = s.probeRecord
+	}
+	rec, err := read(ctx)
 	if err != nil {
 		return false
 	}
-	s.mu.Lock()
-	s.noteLocked(rec.Version)
-	s.coordErr, s.coordFailures = nil, 0 // it answers again: callers need not wait out the probe's backoff
-	s.mu.Unlock()
-	return rec.Version >= ft.ver || s.restore(rctx, ft, rec)
+	if rec.Version >= ft.ver {
+		return true
+	}
+	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
+	defer cancel()
+	return s.restore(rctx, ft, rec)
 }
 
 // restoreBehind restores this Source's token if rec, just read, is behind
@@ -116,6 +122,9 @@ func (s *Source) restore(ctx context.Context, ft fleetToken, rec Record) bool {
 			"record_version", rec.Version, "version", ft.ver)
 		s.emit(Event{Kind: TokenRestored, Time: s.now(), Generation: s.cur.Load().gen})
 	}
+	s.mu.Lock()
+	s.noteLocked(ft.ver) // the record holds ft, or a newer token
+	s.mu.Unlock()
 	return true
 }
 

@@ -88,50 +88,91 @@ func outageFleet(t *testing.T, n int, opts ...Option) (*rotating, *outageStore, 
 	return r, st, fleet(t, n, r, st, append([]Option{WithEarlyRefresh(0)}, opts...)...)
 }
 
+// outageHolder returns a Source on st whose one refresh succeeds at the
+// authorization server r and then finds the coordinator gone: its commit
+// fails. It returns once that refresh has been handed out.
+func outageHolder(t *testing.T, r *rotating, st *outageStore, opts ...Option) (*Source, *Token) {
+	t.Helper()
+	hold := make(chan struct{})
+	a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+		tok, err := r.Refresh(ctx, cur)
+		st.down.Store(true)
+		close(hold)
+		return tok, err
+	}), append([]Option{WithStore(st), WithEarlyRefresh(0)}, opts...)...)
+	t.Cleanup(func() { mustClose(t, a) })
+	a1, err := a.Refresh(ctxBG, mustToken(t, a))
+	<-hold
+	if err != nil || a1.AccessToken != "at-1" {
+		t.Fatalf("a: Refresh = (%v, %v), want at-1 (used although its commit failed)", a1, err)
+	}
+	return a, a1
+}
+
+// checkLanded checks that the fleet made one refresh, presented no refresh
+// token twice, and that the record holds at-1 at version 2, the commit that
+// had failed.
+func checkLanded(t *testing.T, r *rotating, st *outageStore) {
+	t.Helper()
+	if got := r.reused.Load(); got != 0 {
+		t.Errorf("%d refresh tokens presented twice", got)
+	}
+	if got := r.calls.Load(); got != 1 {
+		t.Errorf("%d Refresher calls, want 1", got)
+	}
+	if rec, _ := st.LoadRecord(ctxBG); rec.Token == nil || rec.Token.AccessToken != "at-1" || rec.Version != 2 {
+		t.Errorf("record = %v at version %d, want at-1 at 2", rec.Token, rec.Version)
+	}
+}
+
 // A holder whose commit fails (the coordinator stopped answering after the
 // authorization server rotated the refresh token) keeps its token pending and
-// puts it into the record as soon as the coordinator answers again; a peer
-// that takes the lease over waits for it instead of presenting the refresh
-// token the holder already spent.
-func TestPendingCommitLandsBeforeAPeerRefreshes(t *testing.T) {
+// puts it into the record as soon as the coordinator answers again: a peer
+// that lived through the outage adopts it once the coordinator answers.
+func TestPendingCommitLandsWhenTheCoordinatorAnswers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var restored events
 		r, st, srcs := outageFleet(t, 1)
 		b := srcs[0]
-		// a refreshes; the coordinator goes away before a commits.
-		hold := make(chan struct{})
-		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-			tok, err := r.Refresh(ctx, cur)
-			st.down.Store(true)
-			close(hold)
-			return tok, err
-		}), WithStore(st), WithEarlyRefresh(0), WithObserver(restored.observe))
-		defer mustClose(t, a)
-		a0, b0 := mustToken(t, a), mustToken(t, b)
-		a1, err := a.Refresh(ctxBG, a0)
-		<-hold
-		if err != nil || a1.AccessToken != "at-1" {
-			t.Fatalf("a: Refresh = (%v, %v), want at-1 (used although its commit failed)", a1, err)
-		}
+		b0 := mustToken(t, b)
+		outageHolder(t, r, st, WithObserver(restored.observe))
 		time.Sleep(5 * time.Second) // the outage
 		st.down.Store(false)
-		// b's token is rejected at once: b takes over the orphaned lease.
+		// Members recover within about a second of the coordinator
+		// answering (b probed it during the outage).
+		time.Sleep(coordinatorRetry)
 		b1, err := b.Refresh(ctxBG, b0)
 		if err != nil || b1.AccessToken != "at-1" {
 			t.Fatalf("b: Refresh = (%v, %v), want at-1, the token a could not commit", b1, err)
 		}
-		if got := r.reused.Load(); got != 0 {
-			t.Errorf("%d refresh tokens presented twice", got)
-		}
-		if got := r.calls.Load(); got != 1 {
-			t.Errorf("%d Refresher calls, want 1", got)
-		}
-		if rec, _ := st.LoadRecord(ctxBG); rec.Token == nil || rec.Token.AccessToken != "at-1" || rec.Version != 2 {
-			t.Errorf("record = %v at version %d, want at-1 at 2", rec.Token, rec.Version)
-		}
+		checkLanded(t, r, st)
 		if got := len(restored.of(TokenRestored)); got != 1 {
 			t.Errorf("%d TokenRestored events, want 1", got)
 		}
+	})
+}
+
+// A member that takes over the lease the failed holder left behind waits
+// the repair grace before presenting the refresh token in the record, which
+// the holder has already spent: the holder's pending commit lands meanwhile.
+func TestTakeoverWaitsForAPendingCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, _ := outageFleet(t, 0)
+		outageHolder(t, r, st)
+		time.Sleep(5 * time.Second) // the outage
+		st.down.Store(false)
+		// A member started just now (a process restarted during the
+		// outage) whose stored token is rejected at once.
+		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+		b0 := mustToken(t, b)
+		if b0.AccessToken != "at-0" {
+			t.Fatalf("b: Token = %s, want at-0 from the record", b0.AccessToken)
+		}
+		b1, err := b.Refresh(ctxBG, b0)
+		if err != nil || b1.AccessToken != "at-1" {
+			t.Fatalf("b: Refresh = (%v, %v), want at-1, the token a could not commit", b1, err)
+		}
+		checkLanded(t, r, st)
 	})
 }
 

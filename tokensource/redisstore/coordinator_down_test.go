@@ -24,12 +24,14 @@ const probeBound = time.Second
 
 // downPeriod is the Sources' backoff (initial and maximum alike), so that
 // each period after a failed look at Redis lasts between half of it and all
-// of it on the Sources' clock, whatever the number of failures.
-const downPeriod = time.Hour
+// of it on the Sources' clock, whatever the number of failures. It is the
+// Source's cap on the backoff after coordinator failures (a second), so that
+// the fleet recovers within about a second of Redis answering again.
+const downPeriod = time.Second
 
 // tokenLife is the lifetime of the tokens the Refresher hands out on the
 // Sources' clock: many expire within one backoff period.
-const tokenLife = time.Minute
+const tokenLife = 50 * time.Millisecond
 
 // redisTraffic counts what a go-redis client asks of Redis: dial attempts
 // (each one of go-redis's own dial retries counts) and commands (a pipeline
@@ -146,6 +148,10 @@ func downSource(t *testing.T, client *redis.Client, clock *testutil.Clock, ref t
 		tokensource.WithClock(clock.Now),
 		tokensource.WithBackoff(downPeriod, downPeriod),
 		tokensource.WithEarlyRefresh(0),
+		// Only the callers' probes are counted here: the periodic check of
+		// the record (which goes through the same known-down gate) is
+		// tested with the repair.
+		tokensource.WithRepairInterval(0),
 	}, opts...)...)
 	t.Cleanup(func() { _ = src.Close() })
 	return src

@@ -38,6 +38,13 @@ func StartReplica(tb testing.TB, master *Server, args ...string) *Server {
 	tb.Helper()
 	host, port, _ := strings.Cut(master.Addr, ":")
 	rep := StartTCP(tb, append([]string{"--replicaof", host, port}, args...)...)
+	waitSynced(tb, rep)
+	return rep
+}
+
+// waitSynced waits until the replica rep reports its link to the master up.
+func waitSynced(tb testing.TB, rep *Server) {
+	tb.Helper()
 	WaitFor(tb, "the replica's first sync", func() (bool, error) {
 		info, err := rep.Info("replication")
 		if err != nil {
@@ -45,7 +52,6 @@ func StartReplica(tb testing.TB, master *Server, args ...string) *Server {
 		}
 		return info["master_link_status"] == "up", nil
 	})
-	return rep
 }
 
 // WaitReplicas waits until s reports exactly n replicas online, each

@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"testing"
+	"time"
 )
 
 func TestReplicated(t *testing.T) {
@@ -29,6 +30,18 @@ func TestCluster(t *testing.T) {
 		t.Fatal("no failover")
 	}
 	t.Logf("cluster failover took %v", took)
+
+	// The killed master comes back (nodes.conf kept) as a replica of the
+	// master that replaced it.
+	start := time.Now()
+	old.Restart()
+	WaitFor(t, "the old master to rejoin as a replica", func() (bool, error) {
+		role, err := old.Role()
+		return role == "slave", err
+	})
+	c.WaitHealthy(t)
+	nm.WaitReplicas(t, 1)
+	t.Logf("the restarted master rejoined as a replica in %v", time.Since(start))
 }
 
 func TestSentinelFailover(t *testing.T) {
@@ -42,4 +55,13 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatal("no failover")
 	}
 	t.Logf("sentinel failover took %v", took)
+
+	// The killed master comes back as a replica of the promoted one.
+	start := time.Now()
+	old.RestartReplicaOf(promoted)
+	promoted.WaitReplicas(t, 1)
+	if m := s.Master(t); m != promoted {
+		t.Fatalf("master after the old one came back: %s; want %s", m.Addr, promoted.Addr)
+	}
+	t.Logf("the restarted master rejoined as a replica in %v", time.Since(start))
 }

@@ -26,12 +26,14 @@ type replicaAck struct {
 // token: without it, a commit acknowledged by the master alone can vanish
 // with the master, and with it the only copy of a rotated refresh token.
 //
-// When fewer replicas acknowledge within timeout, the write stays on the
-// master and the call fails with an error matching ErrNotReplicated and
-// tokensource.ErrCoordinatorUnavailable, without notifying waiters: a Source
-// keeps such a commit pending and offers it again with Restore, which waits
-// for the acknowledgement again, also when it finds the record already at
-// that version (it then reports that it did not write, with a nil error once
+// When fewer replicas acknowledge within timeout, the call fails with an
+// error matching ErrNotReplicated and tokensource.ErrCoordinatorUnavailable.
+// The write stays on the master (a Commit has ended the lease, as a
+// successful one does), and no notification goes out, although a waiter
+// that re-reads at its poll interval may find it there. A Source keeps such
+// a commit pending and offers it again with Restore, which waits for the
+// acknowledgement again, also when it finds the record already at that
+// version (it then reports that it did not write, with a nil error once
 // acknowledged).
 //
 // It never blocks the fleet when replicas are gone: a write waits for
@@ -47,7 +49,9 @@ type replicaAck struct {
 // which matches tokensource.ErrCoordinatorUnavailable).
 //
 // The WAIT has to run on the connection that made the write, so the Store
-// writes through a dedicated connection: client must be a *redis.Client (a
+// holds one pooled connection for the write and its WAIT (the WAIT blocks
+// it for up to timeout, or until the caller's ctx ends with
+// ContextTimeoutEnabled): client must be a *redis.Client (a
 // single server, or redis.NewFailoverClient for Sentinel) or a
 // *redis.ClusterClient (the connection goes to the master of the record's
 // slot); New panics for other clients, and for a timeout <= 0 (WAIT 0

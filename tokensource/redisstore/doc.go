@@ -11,8 +11,10 @@
 //	src := tokensource.New(refresher, tokensource.WithStore(store))
 //
 // It is built on github.com/redis/go-redis/v9 and works with any
-// redis.UniversalClient: a single server, Sentinel, or Cluster (see Keys).
-// It is tested against redis-server 7.0; ACL users need Redis 6.0 or newer.
+// redis.UniversalClient: a single server, Sentinel, or Cluster (see Redis
+// Cluster). It is tested against redis-server 7.0, also as a master with
+// replicas, a 3-master Cluster with replicas and a Sentinel deployment with
+// failovers; ACL users need Redis 6.0 or newer.
 //
 // Set redis.Options.ContextTimeoutEnabled on the client: go-redis ignores
 // context deadlines without it, and a call on an unresponsive server then
@@ -72,9 +74,67 @@
 // of a command whose reply was lost neither refuses a commit by its own write
 // nor blocks the fleet with a lease its taker never learnt of.
 //
-// With Redis Cluster the record and the lease must live in one hash slot:
-// put a hash tag in the key ("{svc-a}:token"); the scripts fail with
-// CROSSSLOT otherwise.
+// Save writes the record's version plus one; Lease.Commit writes exactly
+// Lease.Record().Version+1 (a Source relies on it to know the version of the
+// token it committed); Restore writes the version it is given.
+//
+// # Redis Cluster
+//
+// The scripts touch the record and the lease together, so both, and the
+// channel, must hash to one slot. With a *redis.ClusterClient (or a
+// *redis.Ring) the Store sees to it: when prefix+key has no hash tag of its
+// own, the key part is wrapped in one, after the prefix so that ACL key
+// patterns on the prefix still match:
+//
+//	New(cluster, "token", WithKeyPrefix("svc-a:"))
+//	    record svc-a:{token}, lease svc-a:{token}:lease, channel svc-a:{token}:events
+//	New(cluster, "token", WithKeyPrefix("{svc-a}:"))
+//	    record {svc-a}:token (tagged already: unchanged)
+//
+// Store.Key returns the name in use. A single-server or Sentinel client
+// (*redis.Client) keeps the names unchanged, so fleets that ran an earlier
+// version keep their record. A fleet that moves from a single server to a
+// Cluster starts from the tokens its members hold: a Source saves its
+// initial token into an empty record, and restores the newest token it
+// holds when the record is behind it. A Cluster fleet that ran an earlier
+// version without a hash tag never got past its first lease (CROSSSLOT),
+// so it has no record worth keeping (delete the untagged key). A prefix
+// whose own braces defeat every tag ("a{}b:") makes New panic with the fix
+// in its message, rather than fail with CROSSSLOT at the first refresh.
+//
+// Waiters subscribe with classic SUBSCRIBE: go-redis's Cluster client opens
+// the subscription on the master of the channel's slot, and a classic
+// PUBLISH reaches subscribers on every node over the cluster bus. go-redis's
+// Cluster client keeps dialling a dead master until it reloads the slots,
+// which it does by itself only every 10 s: every failure to reach Redis
+// (and every broken subscription) makes the Store ask it to reload at once,
+// so that a fleet works again within about a second of the failover. In the
+// tests, with cluster-node-timeout 1000, the cluster is healthy again about
+// 2.5 s after a master is killed, and the first write through a client that
+// knew only the dead master succeeds 0.4 to 0.9 s after that. The failed
+// operations in between match tokensource.ErrCoordinatorUnavailable, never
+// a configuration error.
+//
+// # Replicas and failover
+//
+// Redis replicates asynchronously: a commit that the master acknowledged can
+// be lost with the master when a replica that had not received it is
+// promoted (by Sentinel or by the Cluster), and with it the only copy of a
+// rotated refresh token. WithReplicaAck(n, timeout) closes that window: a
+// write of a token returns, and is announced to waiters, only after WAIT
+// confirmed that n replicas have it. A write that is not acknowledged in
+// time fails with ErrNotReplicated (which also matches
+// tokensource.ErrCoordinatorUnavailable): a Source keeps it pending and
+// offers it again with Restore, which waits again. Writes never block the
+// fleet when replicas are gone: they wait for the live replicas only (see
+// WithReplicaAck). On loopback the acknowledgement adds about 0.4 ms to a
+// commit. Use it with Sentinel (redis.NewFailoverClient) and with a Cluster
+// whose masters have replicas.
+//
+// Restore puts back a token that the record lost (with a Redis restarted
+// without persistence, a failover to a lagging replica, or a commit that
+// failed): a fenced maximum over versions that wakes waiters and leaves the
+// lease alone (see tokensource.Restorer).
 //
 // # Sealing
 //
@@ -110,7 +170,10 @@
 //	})
 //
 // Commands called from scripts are checked against the ACL too, hence the
-// second line; AUTH and HELLO need no rule. On Redis 7.2 and newer go-redis
+// second line; AUTH and HELLO need no rule. WithReplicaAck needs +info and
+// +wait as well, and a Cluster client +cluster|slots (go-redis reads the
+// slot map with CLUSTER SLOTS). With a Cluster client on a key without a
+// hash tag, the patterns are unchanged: "svc-a:{token}" matches ~svc-a:*. On Redis 7.2 and newer go-redis
 // also sends CLIENT SETINFO when it connects and ignores a denial; add
 // +client|setinfo to let it name itself. The package's tests run with
 // exactly these rules. No error or log line of this package contains a
@@ -136,6 +199,7 @@
 // member took over. After a restart without persistence the record and the
 // lease are gone: a holder's Commit is then refused (its version no longer
 // matches), waiters are woken by their resubscription and re-read, and the
-// fleet starts over from the tokens its members hold. The Store itself needs
-// no reconnecting: go-redis does it.
+// fleet starts over from the tokens its members hold (Restore puts the
+// newest back at its version). The Store itself needs no reconnecting:
+// go-redis does it.
 package redisstore

@@ -71,3 +71,34 @@ func ExampleStore_TryLease() {
 		}
 	}
 }
+
+// On Sentinel, a commit is handed out only once a replica has it, so that a
+// failover to that replica cannot roll the fleet's newest refresh token back.
+// With no replica left, commits do not wait.
+func ExampleWithReplicaAck() {
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            "mymaster",
+		SentinelAddrs:         []string{"sentinel-1:26379", "sentinel-2:26379", "sentinel-3:26379"},
+		ContextTimeoutEnabled: true,
+	})
+	defer rdb.Close()
+	store := redisstore.New(rdb, "token", redisstore.WithKeyPrefix("svc-a:"),
+		redisstore.WithReplicaAck(1, 100*time.Millisecond))
+	src := tokensource.New(tokensource.RefresherFunc(func(ctx context.Context, cur *tokensource.Token) (*tokensource.Token, error) {
+		return nil, fmt.Errorf("exchange cur.RefreshToken here")
+	}), tokensource.WithStore(store))
+	defer src.Close()
+}
+
+// On a Redis Cluster the key needs no hash tag: the Store adds one, so that
+// the record, its lease and its channel share a slot.
+func ExampleNew_cluster() {
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:                 []string{"redis-1:6379", "redis-2:6379", "redis-3:6379"},
+		ContextTimeoutEnabled: true,
+	})
+	defer rdb.Close()
+	store := redisstore.New(rdb, "token", redisstore.WithKeyPrefix("svc-a:"))
+	fmt.Println(store.Key())
+	// Output: svc-a:{token}
+}

@@ -23,9 +23,10 @@ var _ tokensource.Restorer = (*Store)(nil)
 //
 // With WithReplicaAck it waits for the replicas after writing, and also when
 // it did not write, so that a commit that was not acknowledged and is
-// offered again is acknowledged now: an error matching ErrNotReplicated
-// (and tokensource.ErrCoordinatorUnavailable) means the record, whichever
-// version it holds, is not known to be on the replicas yet. Other errors
+// offered again is acknowledged now; it wakes waiters once acknowledged,
+// whether it wrote or not. An error matching ErrNotReplicated (and
+// tokensource.ErrCoordinatorUnavailable) means the record, whichever
+// version it holds, is not known to be on the replicas yet: call it again. Other errors
 // are those of Save; a version field that is not a number yields one
 // matching ErrCorruptRecord and writes nothing. rec.Version must be at most
 // math.MaxInt64 (Redis counts versions in signed 64-bit integers); a

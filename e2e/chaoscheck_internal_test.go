@@ -15,7 +15,7 @@ import (
 // keeps sending a token it was told is rejected while a valid one is
 // committed is a stale send, and only then; a failed call outside every
 // window is outside, a member fault's window covers that member alone, and
-// failures are counted per force-expiry.
+// failures are counted per force-expiry, apart for one in a store outage.
 func TestChaosCheckers(t *testing.T) {
 	allow, recovery := *chaosStaleAllowance, *chaosRecovery
 	t0 := time.Now()
@@ -27,7 +27,11 @@ func TestChaosCheckers(t *testing.T) {
 
 	expiry := &faultRec{kind: faultExpire, member: -1, start: at(time.Second), end: at(time.Second)}
 	stop := &faultRec{kind: faultStop, member: 0, start: at(4 * time.Second), end: at(4*time.Second + 500*time.Millisecond)}
-	c.faults = []*faultRec{expiry, stop}
+	// A second force-expiry during a store outage: not judged by the
+	// per-force-expiry bound.
+	outage := &faultRec{kind: &faultKind{name: "store-outage"}, member: -1, start: at(6 * time.Second), end: at(7 * time.Second)}
+	expiry2 := &faultRec{kind: faultExpire, member: -1, start: at(6500 * time.Millisecond), end: at(6500 * time.Millisecond)}
+	c.faults = []*faultRec{expiry, stop, outage, expiry2}
 	c.invalidations = []span{{expiry.start, expiry.end}}
 
 	fpOld, fpNew := tokenFingerprint("at_old"), tokenFingerprint("at_new")
@@ -50,7 +54,10 @@ func TestChaosCheckers(t *testing.T) {
 	for range 21 {
 		c.failures = append(c.failures, failureRec{member: "1.1", idx: 1, start: at(900 * time.Millisecond), end: at(1200 * time.Millisecond)})
 	}
-	late := stop.end.Add(recovery).Add(time.Second)
+	for range 30 {
+		c.failures = append(c.failures, failureRec{member: "2.1", idx: 2, start: at(6600 * time.Millisecond), end: at(6700 * time.Millisecond)})
+	}
+	late := expiry2.end.Add(recovery).Add(time.Second)
 	c.failures = append(c.failures,
 		failureRec{member: "1.1", idx: 1, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
 		failureRec{member: "0.1", idx: 0, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
@@ -67,6 +74,9 @@ func TestChaosCheckers(t *testing.T) {
 	}
 	if len(rep.expiries) != 1 || rep.expiries[0] != 21 {
 		t.Errorf("failed calls per force-expiry %v, want [21]", rep.expiries)
+	}
+	if len(rep.compoundExpiries) != 1 || rep.compoundExpiries[0] != 30 {
+		t.Errorf("failed calls per force-expiry in an outage %v, want [30]", rep.compoundExpiries)
 	}
 	if r := rep.rows[faultStop.name]; r == nil || r.failed != 1 {
 		t.Errorf("worker-stop row %+v, want 1 failed call", r)

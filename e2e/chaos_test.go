@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
 	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
@@ -258,8 +259,10 @@ func (c *campaign) refreshHook(ctx context.Context, refreshToken string) error {
 	select {
 	case <-tm.C:
 	case <-ctx.Done():
+		// As testserver's own latency does: a caller that went away (a
+		// member killed with its refresh in flight) gets no rotation.
 		tm.Stop()
-		return nil // the rotation fails on the caller's context anyway
+		return status.FromContextError(ctx.Err()).Err()
 	}
 	select {
 	case f := <-c.inflight:

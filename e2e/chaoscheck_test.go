@@ -34,8 +34,9 @@ import (
 //     member requiring re-authentication, each ended by a relogin (bound: 0).
 //     A reuse no coordination can prevent is reported apart and not counted:
 //     the member that first presented the refresh token, the only one to
-//     receive its rotation, was killed before it wrote anything to the store
-//     (campaign.unfenceable); so is the lost session it began.
+//     receive its rotation, was killed before it wrote anything to the
+//     store, within 1 s of presenting it or while the store was down or
+//     stalled (campaign.unfenceable); so is the lost session it began.
 //   - Stale sends: requests the server rejected for a member that had been
 //     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
 //     earlier, that this very token was rejected, while another token was
@@ -275,7 +276,8 @@ func (c *campaign) analyze() *chaosReport {
 // unfenceable says why reuse u is one no coordination can prevent, or "":
 // the member that first presented the refresh token (and so was the only
 // one to receive its rotation) was killed before it wrote anything to the
-// store, and the reuse came after. The rotation died with every member that
+// store, within unfenceableWithin of presenting it or while the store could
+// take no write, and the reuse came after. The rotation died with every member that
 // held it, a loss the documentation names as possible. (A member stopped
 // instead is alive: its pause counts against the bound.)
 func (c *campaign) unfenceable(u reuseRec) string {
@@ -291,6 +293,12 @@ func (c *campaign) unfenceable(u reuseRec) string {
 			if strings.HasPrefix(w.by, p.member+" ") && w.at.After(p.at) && w.at.Before(f.start) {
 				return ""
 			}
+		}
+		// It had no time to write: killed within a commit's time (the
+		// refresh latency, a commit, a pending commit's first retry), or
+		// while the store could take no write from it.
+		if f.start.Sub(p.at) > unfenceableWithin && !c.storeUnavailable(p.at, f.start) {
+			return ""
 		}
 		return fmt.Sprintf("member %s presented the refresh token at +%.3fs and was killed at +%.3fs before it wrote anything to the store",
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
@@ -316,6 +324,22 @@ func compoundExpiry(wins []window, f *faultRec) bool {
 	for i := range wins {
 		w := &wins[i]
 		if w.member < 0 && (w.fault == nil || w.fault.kind != faultExpire) && !w.from.After(own.to) && !w.to.Before(own.from) {
+			return true
+		}
+	}
+	return false
+}
+
+// unfenceableWithin is how soon after presenting a refresh token a member
+// may be killed without having written its rotation, the store answering.
+const unfenceableWithin = time.Second
+
+// storeUnavailable reports whether a fleet-wide fault that keeps writes out
+// of the store (an outage, a FileStore stall) overlaps [from, to].
+func (c *campaign) storeUnavailable(from, to time.Time) bool {
+	for _, f := range c.faults {
+		if f.member < 0 && f.kind != faultExpire && f.missed == "" && !f.start.IsZero() &&
+			!f.start.After(to) && !f.end.Before(from) {
 			return true
 		}
 	}

@@ -277,7 +277,8 @@ func (c *campaign) analyze() *chaosReport {
 // the member that first presented the refresh token (and so was the only
 // one to receive its rotation) was killed before it wrote anything to the
 // store, within unfenceableWithin of presenting it or while the store could
-// take no write, and the reuse came after. The rotation died with every member that
+// take no write (or killed with the request in flight, just before the
+// server received it), and the reuse came after. The rotation died with every member that
 // held it, a loss the documentation names as possible. (A member stopped
 // instead is alive: its pause counts against the bound.)
 func (c *campaign) unfenceable(u reuseRec) string {
@@ -286,7 +287,9 @@ func (c *campaign) unfenceable(u reuseRec) string {
 		return ""
 	}
 	for _, f := range c.faults {
-		if f.kind != faultKill || f.target != p.member || f.start.Before(p.at) || f.start.After(u.at) {
+		// A kill just before the server saw the request counts too: the
+		// request was in flight, and its rotation went to a dead process.
+		if f.kind != faultKill || f.target != p.member || f.start.Before(p.at.Add(-unfenceableWithin)) || f.start.After(u.at) {
 			continue
 		}
 		for _, w := range c.writes {
@@ -300,7 +303,7 @@ func (c *campaign) unfenceable(u reuseRec) string {
 		if f.start.Sub(p.at) > unfenceableWithin && !c.storeUnavailable(p.at, f.start) {
 			return ""
 		}
-		return fmt.Sprintf("member %s presented the refresh token at +%.3fs and was killed at +%.3fs before it wrote anything to the store",
+		return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and was killed at +%.3fs before it wrote anything to the store",
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
 	}
 	return ""

@@ -3,6 +3,7 @@ module github.com/tokenrefresh/grpc-tokenrefresh
 go 1.25.0
 
 require (
+	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.4
 	go.uber.org/goleak v1.3.0
 	golang.org/x/oauth2 v0.36.0

@@ -303,6 +303,9 @@ type rig struct {
 	// reauthed receives a value each time the OnReauthRequired hook runs
 	// (after the waiting callers got their error).
 	reauthed chan struct{}
+	// ended receives a value (if none is pending) each time a refresh
+	// goroutine ends: see waitIdle.
+	ended chan struct{}
 	// mutate, if set, replaces every token the Refresher obtains.
 	mutate atomic.Pointer[func(*tokensource.Token) *tokensource.Token]
 
@@ -335,6 +338,7 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 		secrets:  newSecretSet(),
 		events:   newEventLog(),
 		reauthed: make(chan struct{}, 16),
+		ended:    make(chan struct{}, 1),
 		ignore:   goleak.IgnoreCurrent(),
 	}
 	t.Cleanup(r.finish)
@@ -363,6 +367,12 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 		tokensource.WithBackoff(100*time.Millisecond, time.Second),
 		tokensource.WithLogger(logger.With("component", "tokensource")),
 		tokensource.WithObserver(r.events.observe),
+		tokensource.WithRefreshHooks(tokensource.RefreshHooks{End: func(uint64) {
+			select {
+			case r.ended <- struct{}{}:
+			default:
+			}
+		}}),
 		tokensource.WithOnReauthRequired(func(error) {
 			r.reauths.Add(1)
 			select {
@@ -494,6 +504,19 @@ func (r *rig) record(err error) {
 
 // passBackoff moves both clocks past the Source's backoff (at most 1 s here)
 // and its minimum interval between forced refreshes (1 s by default).
+// waitIdle waits until no refresh goroutine runs: a Refresher the refresh
+// timeout gave up on has returned, so the next call may start a refresh.
+func (r *rig) waitIdle() {
+	r.t.Helper()
+	for r.src.Stats().InFlight {
+		select {
+		case <-r.ended:
+		case <-r.ctx.Done():
+			r.t.Fatal("a refresh is still running: ", r.ctx.Err())
+		}
+	}
+}
+
 func (r *rig) passBackoff() {
 	r.srvClock.Advance(2 * time.Second)
 	r.cliClock.Advance(2 * time.Second)

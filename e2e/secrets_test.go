@@ -130,7 +130,9 @@ func TestNoSecretsAnywhere(t *testing.T) {
 		r.expect("refresh timed out", r.ping(ctx), codes.Unavailable)
 
 		// The caller's own deadline while it waits for a refresh (which
-		// then times out for the Source too).
+		// then times out for the Source too). The Refresher cut off above
+		// must have returned first: until it does, callers fail at once.
+		r.waitIdle()
 		r.passBackoff()
 		failed := r.events.count(tokensource.RefreshFailed)
 		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)

@@ -55,7 +55,8 @@ func (e *statusError) Unwrap() []error { return e.causes }
 //   - errors.Is(err, tokensource.ErrStoreUnusable): FailedPrecondition, since
 //     the Store cannot work as configured (a FileStore's directory is
 //     missing, say) and retrying cannot help until that is fixed;
-//   - anything else (a transient refresh failure, ErrClosed,
+//   - anything else (a transient refresh failure, such as a token file
+//     that cannot be used now, tokensource.ErrTokenFile; ErrClosed,
 //     ErrInvalidToken, a refresh that hit its own timeout): Unavailable.
 func sourceError(ctx context.Context, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil &&

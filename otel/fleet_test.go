@@ -181,7 +181,9 @@ func TestFleetLeaseWaitAndTakeover(t *testing.T) {
 // lostStore is the Coordinator of a fleet whose shared record can be lost, as
 // with a Redis restart without persistence: reset swaps in an empty
 // MemoryStore.
-type lostStore struct{ cur atomic.Pointer[tokensource.MemoryStore] }
+type lostStore struct {
+	cur atomic.Pointer[tokensource.MemoryStore]
+}
 
 func newLostStore() *lostStore {
 	l := &lostStore{}
@@ -191,8 +193,12 @@ func newLostStore() *lostStore {
 
 func (l *lostStore) reset() { l.cur.Store(tokensource.NewMemoryStore()) }
 
-func (l *lostStore) Load(ctx context.Context) (*tokensource.Token, error) { return l.cur.Load().Load(ctx) }
-func (l *lostStore) Save(ctx context.Context, t *tokensource.Token) error  { return l.cur.Load().Save(ctx, t) }
+func (l *lostStore) Load(ctx context.Context) (*tokensource.Token, error) {
+	return l.cur.Load().Load(ctx)
+}
+func (l *lostStore) Save(ctx context.Context, t *tokensource.Token) error {
+	return l.cur.Load().Save(ctx, t)
+}
 func (l *lostStore) LoadRecord(ctx context.Context) (tokensource.Record, error) {
 	return l.cur.Load().LoadRecord(ctx)
 }

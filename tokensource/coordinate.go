@@ -144,7 +144,12 @@ func (s *Source) underLease(lease Lease) persistence {
 
 // adoptAfterLostLease handles the refresh result res whose commit was
 // refused: another member refreshed after this one's lease lapsed (this
-// process paused, say), and its commit is the fleet's token now.
+// process paused, say), and its commit is the fleet's token now. If there is
+// none yet (the member that took the lease over has not presented, or is
+// waiting the repair grace), res stays pending at the version its commit
+// would have written: a restore writes it only while nobody has committed
+// since, and the member that took over then adopts it instead of presenting
+// the refresh token res has already spent.
 func (s *Source) adoptAfterLostLease(ctx context.Context, prev *Token, res result) result {
 	rctx, cancel := s.saveContext(ctx)
 	rec, err := s.coord.LoadRecord(rctx)
@@ -155,6 +160,7 @@ func (s *Source) adoptAfterLostLease(ctx context.Context, prev *Token, res resul
 			return s.adopt(cand, prev, rec.Version)
 		}
 	}
+	s.log.Warn("tokensource: lost the fleet's refresh lease during the refresh; keeping the result to put it back into the fleet's record")
 	return res
 }
 

@@ -61,8 +61,11 @@ type Lease interface {
 	// Record returns the shared record as read after the lease was taken:
 	// the newest token, whose refresh token the holder must present.
 	Record() Record
-	// Commit writes t as the shared token and gives up the lease. It is
-	// fenced: it writes only if the record still holds Record().Version and
+	// Commit writes t as the shared token at version Record().Version+1
+	// exactly (a Source relies on that to know the version of a token it
+	// committed, or failed to commit: see Restorer) and gives up the
+	// lease. It is fenced: it writes only if the record still holds
+	// Record().Version and
 	// no other member holds the lease, so a member that lost its lease (it
 	// paused past the TTL, say) can never overwrite a newer token. A Commit
 	// after Release, or after the lease expired while nobody took it over,

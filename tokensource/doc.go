@@ -31,7 +31,18 @@
 // needs no configuration: its calls are recognised (InRefresh) and pass
 // through without a token.
 //
-// # Choosing the OAuth 2 adapter
+// # Choosing the adapter for your credential
+//
+//	Your service holds                     Refresher
+//	a client ID and secret                 ClientCredentials(cfg)
+//	a registered private key               ClientCredentials(cfg, WithPrivateKeyJWT(key, keyID))
+//	a token file another process rotates   FromFile(path[, WithTokenLifetime(d)])
+//	a federated assertion file             ClientCredentials(cfg, WithClientAssertionFile(path))
+//	a subject token, several audiences     TokenExchange(cfg, subject), one Source per audience
+//	a user's refresh token                 OAuth2Refresher(cfg) with WithInitialToken
+//	any oauth2.TokenSource                 FromOAuth2(ts)
+//
+// In detail:
 //
 //   - Client credentials: ClientCredentials(cfg) with a
 //     *clientcredentials.Config. Every refresh is one new grant sent with the
@@ -39,6 +50,20 @@
 //     token the server revoked before its expiry is replaced by one forced
 //     refresh. invalid_client, unauthorized_client, invalid_grant,
 //     invalid_scope and unsupported_grant_type are Permanent.
+//   - A private key instead of a secret: WithPrivateKeyJWT (RFC 7523
+//     private_key_jwt) signs a new assertion for every token request, with
+//     github.com/go-jose/go-jose/v4; no secret is sent. It works with
+//     ClientCredentials, OAuth2Refresher and TokenExchange.
+//   - Workload identity: FromFile serves the token in a file that kubelet, a
+//     Vault agent or a SPIFFE helper keeps fresh, read only when the Source
+//     refreshes; WithClientAssertionFile presents such a file's JWT as the
+//     client's assertion at the identity provider (federation), read per
+//     token request. A file that cannot be used is transient
+//     (ErrTokenFile).
+//   - Token exchange: TokenExchange (RFC 8693) exchanges the token of a
+//     SubjectSource (a Source over FromFile, say) for a token for one
+//     audience; the next refresh after the subject changes presents the new
+//     one.
 //   - Refresh token: OAuth2Refresher(cfg) with an *oauth2.Config and the
 //     login's token in WithInitialToken. It runs the refresh-token grant with
 //     the refresh context and keeps the rotated refresh token. invalid_grant
@@ -46,7 +71,11 @@
 //   - Any other oauth2.TokenSource: FromOAuth2(ts). It can neither pass the
 //     refresh context to ts nor make a caching source fetch (see FromOAuth2),
 //     so do not wrap the oauth2.ReuseTokenSource that Config.TokenSource and
-//     clientcredentials.Config.TokenSource return: use the two adapters above.
+//     clientcredentials.Config.TokenSource return: use the adapters above.
+//
+// WithHTTPClient gives any OAuth 2 adapter the *http.Client for the token
+// endpoint: one trusting a private CA, presenting a client certificate, or
+// using a proxy.
 //
 // Source.OAuth2 goes the other way: it presents a Source as an
 // oauth2.TokenSource. Error messages never contain the token endpoint's

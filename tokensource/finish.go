@@ -42,7 +42,7 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		fallthrough
 	case refreshed, loaded, adopted:
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
-		s.fleet = fleetToken{tok: res.tok, ver: res.ver}
+		s.fleet = fleetToken{tok: res.tok, ver: res.ver, pending: res.saveErr != nil}
 		if res.ver > 0 {
 			if res.saveErr == nil {
 				s.noteLocked(res.ver) // else the commit is pending: see repair.go

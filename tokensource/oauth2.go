@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"time"
@@ -61,33 +62,47 @@ func FromOAuth2(ts oauth2.TokenSource) Refresher {
 // every refresh is one new token request, with nothing cached in between, so
 // a forced refresh after a server rejected a still-valid token obtains a
 // different token. (FromOAuth2(cfg.TokenSource(ctx)) would not: that is an
-// oauth2.ReuseTokenSource.) The HTTP request uses the refresh context: it is
-// cancelled by the refresh timeout, and an *http.Client stored in the context
-// under oauth2.HTTPClient (for example in the ctx of the Token call that
-// started the refresh) is used for it. cfg must not be modified while the
-// Refresher is in use.
+// oauth2.ReuseTokenSource.) The HTTP request uses the refresh context, so
+// the refresh timeout cancels it, and the *http.Client of WithHTTPClient
+// (or else one stored in the refresh context under oauth2.HTTPClient). cfg
+// must not be modified while the Refresher is in use.
 //
-// The OAuth 2 error codes "invalid_client" (the client ID or secret is not
-// accepted), "unauthorized_client" (the client may not use this grant),
-// "invalid_grant", "invalid_scope" and "unsupported_grant_type" are Permanent
-// errors: the same request with the same cfg will be refused again, and
-// repeating a rejected client secret every backoff period can trip an
-// authorization server's lockout. The Source then reports ErrReauthRequired
-// (codes.Unauthenticated through the interceptors) until its owner fixes the
-// client's registration or secret and calls SetToken or builds a new Source.
+// The client authenticates with cfg.ClientSecret, or, with
+// WithPrivateKeyJWT or WithClientAssertionFile, with a signed assertion
+// and no secret at all.
+//
+// The OAuth 2 error codes "invalid_client" (the client ID, secret or
+// assertion is not accepted), "unauthorized_client" (the client may not use
+// this grant), "invalid_grant", "invalid_scope" and "unsupported_grant_type"
+// are Permanent errors: the same request with the same cfg will be refused
+// again, and repeating a rejected client secret every backoff period can
+// trip an authorization server's lockout. The Source then reports
+// ErrReauthRequired (codes.Unauthenticated through the interceptors) until
+// its owner fixes the client's registration, secret or key and calls
+// SetToken or builds a new Source (with WithClientAssertionFile,
+// "invalid_client" and "unauthorized_client" are transient: see there).
 // Other failures (HTTP errors without an OAuth 2 code, "server_error",
-// "temporarily_unavailable", a network error) are transient and retried with
-// backoff, or after a 429 or 5xx response's Retry-After. Error messages never
-// contain the response body; errors.As reaches the *oauth2.RetrieveError.
+// "temporarily_unavailable", a network error, an assertion file that
+// cannot be used) are transient and retried with backoff, or after a 429
+// or 5xx response's Retry-After. Error messages never contain the response
+// body; errors.As reaches the *oauth2.RetrieveError.
 //
 // The token endpoint's response normally carries no refresh token; one that
 // does is kept in the Token (and the Store) but never used.
-func ClientCredentials(cfg *clientcredentials.Config) Refresher {
+func ClientCredentials(cfg *clientcredentials.Config, opts ...OAuth2Option) Refresher {
+	o := newOAuth2Options(opts)
 	return RefresherFunc(func(ctx context.Context, _ *Token) (*Token, error) {
-		// Config.Token builds a new token source on each call, so nothing is
-		// reused, and sends the request with ctx.
-		ot, err := cfg.Token(ctx)
-		return fromOAuth2(ot, err, clientCredentialsPermanent, "")
+		var ot *oauth2.Token
+		var err error
+		if o.assertion == nil {
+			// Config.Token builds a new token source on each call, so
+			// nothing is reused, and sends the request with ctx.
+			ot, err = cfg.Token(o.httpContext(ctx))
+		} else {
+			ot, err = o.do(ctx, grantRequest{tokenURL: cfg.TokenURL, clientID: cfg.ClientID,
+				scopes: cfg.Scopes, params: cfg.EndpointParams})
+		}
+		return fromOAuth2(ot, err, o.permanent(clientCredentialsPermanent), "")
 	})
 }
 
@@ -96,19 +111,29 @@ func ClientCredentials(cfg *clientcredentials.Config) Refresher {
 // token's RefreshToken. When the server rotates the refresh token, the new
 // one is in the returned token (and so reaches the Source's Store); when it
 // does not, the current refresh token is kept. The HTTP request uses the
-// refresh context as for ClientCredentials.
+// refresh context and HTTP client as for ClientCredentials, and the client
+// authenticates with cfg.ClientSecret or, with WithPrivateKeyJWT or
+// WithClientAssertionFile, with an assertion and no secret.
 //
 // A missing refresh token and an "invalid_grant" response are Permanent
-// errors: the user must log in again. Other failures are transient; their
-// errors are as described for FromOAuth2.
-func OAuth2Refresher(cfg *oauth2.Config) Refresher {
+// errors: the user must log in again. With an assertion, "invalid_client"
+// and "unauthorized_client" are Permanent too (the server does not accept
+// the key or the assertion's issuer, which no retry changes). Other
+// failures are transient; their errors are as described for FromOAuth2.
+func OAuth2Refresher(cfg *oauth2.Config, opts ...OAuth2Option) Refresher {
+	o := newOAuth2Options(opts)
 	return RefresherFunc(func(ctx context.Context, current *Token) (*Token, error) {
 		if current == nil || current.RefreshToken == "" {
 			return nil, Permanent(errNoRefreshToken)
 		}
+		if o.assertion != nil {
+			ot, err := o.do(ctx, grantRequest{tokenURL: cfg.Endpoint.TokenURL, clientID: cfg.ClientID,
+				params: url.Values{"grant_type": {"refresh_token"}, "refresh_token": {current.RefreshToken}}})
+			return fromOAuth2(ot, err, o.permanent(assertionRefreshPermanent), current.RefreshToken)
+		}
 		// No access token and a past expiry make the oauth2 package
 		// refresh at once instead of returning the token it was given.
-		ts := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: current.RefreshToken, Expiry: time.Unix(1, 0)})
+		ts := cfg.TokenSource(o.httpContext(ctx), &oauth2.Token{RefreshToken: current.RefreshToken, Expiry: time.Unix(1, 0)})
 		ot, err := ts.Token()
 		return fromOAuth2(ot, err, refreshPermanent, current.RefreshToken)
 	})
@@ -118,6 +143,7 @@ func OAuth2Refresher(cfg *oauth2.Config) Refresher {
 // Permanent: OAuth2Refresher and ClientCredentials say why.
 var (
 	refreshPermanent           = []string{"invalid_grant"}
+	assertionRefreshPermanent  = []string{"invalid_grant", "invalid_client", "unauthorized_client"}
 	clientCredentialsPermanent = []string{"invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope", "unsupported_grant_type"}
 )
 

@@ -147,10 +147,10 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 	case res.err == nil:
 		// Persisted before any caller sees it: the Store must not fall
 		// behind the refresh token servers have seen.
+		res.ver = p.ver // committed, or pending if the write failed: see repair.go
 		if res.saveErr = p.write(ctx, res.tok); errors.Is(res.saveErr, ErrLeaseLost) {
 			return s.adoptAfterLostLease(ctx, prev, res)
 		}
-		res.ver = p.ver
 	case rotatedBy(refused, current):
 		// The Refresher may have consumed current's refresh token: the
 		// next refresh, here or in the fleet, must present the new one.

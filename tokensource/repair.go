@@ -20,15 +20,18 @@ import (
 
 // fleetToken is a coordinated Source's token with the version at which the
 // fleet's shared record holds it, or is to hold it (ver 0: neither).
+// pending: its commit failed (the coordinator did not answer, or did not
+// confirm the write's replication), and no Restore has succeeded since.
 type fleetToken struct {
-	tok *Token
-	ver uint64
+	tok     *Token
+	ver     uint64
+	pending bool
 }
 
-// noteLocked records v as the version of the fleet's record this Source
-// has just read (or committed). s.mu must be held.
+// noteLocked records v as a version of the fleet's record this Source has
+// read (or committed). s.mu must be held.
 func (s *Source) noteLocked(v uint64) {
-	s.seen, s.recVer = max(s.seen, v), v
+	s.seen = max(s.seen, v)
 }
 
 // startRepairLocked starts the periodic check of the fleet's record, once.
@@ -62,27 +65,31 @@ func (s *Source) repairLoop(ctx context.Context) {
 }
 
 // checkRecord reads the fleet's record and restores this Source's token if
-// the record is behind it. It reports whether the record holds that token or
-// a newer one now; false when the Coordinator did not answer or refused.
-// Like a caller, it does not ask a Coordinator known to be down before its
-// backoff ends, except for a commit of this Source that did not land: that
-// one must land before a peer refreshes from the stale record.
+// the record is behind it, or if its commit is pending. It reports whether
+// the record holds that token or a newer one now; false when the
+// Coordinator did not answer or refused. Like a caller, it does not ask a
+// Coordinator known to be down before its backoff ends, except for a
+// pending commit of this Source: that one must land before a peer refreshes
+// from the stale record. A pending commit is restored even when the record
+// shows its version, because the write may not have been confirmed (a
+// replica acknowledgement that did not come: the Coordinator waits for it
+// again).
 func (s *Source) checkRecord(ctx context.Context) bool {
 	s.mu.Lock()
-	ft, pending := s.fleet, s.fleet.ver > s.recVer
+	ft := s.fleet
 	s.mu.Unlock()
 	if ft.ver == 0 {
 		return true
 	}
 	read := s.loadRecord
-	if pending {
+	if ft.pending {
 		read = s.probeRecord
 	}
 	rec, err := read(ctx)
 	if err != nil {
 		return false
 	}
-	if rec.Version >= ft.ver {
+	if rec.Version >= ft.ver && !ft.pending {
 		return true
 	}
 	rctx, cancel := context.WithTimeout(ctx, coordinatorProbe)
@@ -124,6 +131,9 @@ func (s *Source) restore(ctx context.Context, ft fleetToken, rec Record) bool {
 	}
 	s.mu.Lock()
 	s.noteLocked(ft.ver) // the record holds ft, or a newer token
+	if s.fleet.tok == ft.tok {
+		s.fleet.pending = false
+	}
 	s.mu.Unlock()
 	return true
 }

@@ -2,6 +2,7 @@ package tokensource
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -17,6 +18,21 @@ type outageStore struct {
 	*MemoryStore
 	down   atomic.Bool
 	orphan atomic.Bool // a lease ended without Commit or Release: the next TryLease is a takeover
+	last   atomic.Pointer[outageLease]
+	// unacked: writes land but are not confirmed (a replica acknowledgement
+	// that does not come): Commit and Restore write and fail; restores
+	// counts the Restore calls.
+	unacked  atomic.Bool
+	restores atomic.Int64
+}
+
+var errUnacked = fmt.Errorf("not acknowledged by replicas: %w", ErrCoordinatorUnavailable)
+
+// expire ends the lease granted last as its TTL would while its holder is
+// paused: the next member takes it over, and the holder's Commit is refused.
+func (o *outageStore) expire() {
+	_ = o.last.Load().Lease.Release(ctxBG)
+	o.orphan.Store(true)
 }
 
 func (o *outageStore) LoadRecord(ctx context.Context) (Record, error) {
@@ -34,14 +50,21 @@ func (o *outageStore) TryLease(ctx context.Context) (Lease, error) {
 	if l == nil || err != nil {
 		return l, err
 	}
-	return &outageLease{Lease: l, o: o, takenOver: o.orphan.Swap(false)}, nil
+	ol := &outageLease{Lease: l, o: o, takenOver: o.orphan.Swap(false)}
+	o.last.Store(ol)
+	return ol, nil
 }
 
 func (o *outageStore) Restore(ctx context.Context, rec Record) (bool, error) {
+	o.restores.Add(1)
 	if o.down.Load() {
 		return false, errDown
 	}
-	return o.MemoryStore.Restore(ctx, rec)
+	wrote, err := o.MemoryStore.Restore(ctx, rec)
+	if err == nil && o.unacked.Load() {
+		return false, errUnacked
+	}
+	return wrote, err
 }
 
 // reset empties the record, as a Redis restart without persistence does.
@@ -66,7 +89,10 @@ func (l *outageLease) Commit(ctx context.Context, t *Token) error {
 		l.o.orphan.Store(true)
 		return errDown
 	}
-	return l.Lease.Commit(ctx, t)
+	if err := l.Lease.Commit(ctx, t); err != nil || !l.o.unacked.Load() {
+		return err
+	}
+	return errUnacked
 }
 
 func (l *outageLease) Release(ctx context.Context) error {
@@ -171,6 +197,73 @@ func TestTakeoverWaitsForAPendingCommit(t *testing.T) {
 		b1, err := b.Refresh(ctxBG, b0)
 		if err != nil || b1.AccessToken != "at-1" {
 			t.Fatalf("b: Refresh = (%v, %v), want at-1, the token a could not commit", b1, err)
+		}
+		checkLanded(t, r, st)
+	})
+}
+
+// A holder paused past its lease's lifetime between presenting the refresh
+// token and committing, that resumes while the member that took over waits
+// the repair grace: its commit is refused (another member holds the lease),
+// so its result stays pending and is put back into the record; the member
+// that took over adopts it instead of presenting the spent refresh token.
+func TestPausedHolderResumingWithinTheGrace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, login := newRotating(time.Minute)
+		login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
+		st := &outageStore{MemoryStore: NewMemoryStore()}
+		if err := st.Save(ctxBG, login); err != nil {
+			t.Fatal(err)
+		}
+		presented, resume := make(chan struct{}), make(chan struct{})
+		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			tok, err := r.Refresh(ctx, cur)
+			close(presented)
+			<-resume // paused after the authorization server rotated
+			return tok, err
+		}), WithStore(st), WithEarlyRefresh(0))
+		defer mustClose(t, a)
+		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+
+		aDone := make(chan *Token, 1)
+		go func() { aDone <- mustToken(t, a) }()
+		<-presented
+		st.expire() // a's lease runs out while it is paused
+		bDone := make(chan *Token, 1)
+		go func() { bDone <- mustToken(t, b) }()
+		synctest.Wait() // b has taken the lease over and waits the grace
+		close(resume)
+		if got := (<-aDone).AccessToken; got != "at-1" {
+			t.Errorf("a: Token = %s, want at-1", got)
+		}
+		if got := (<-bDone).AccessToken; got != "at-1" {
+			t.Errorf("b: Token = %s, want at-1, the token a could not commit", got)
+		}
+		checkLanded(t, r, st)
+	})
+}
+
+// A commit that landed but was not confirmed (a replica acknowledgement that
+// did not come) stays pending although the record shows its version: the
+// Source asks the Coordinator to confirm it (Restore) until it does.
+func TestUnconfirmedCommitIsConfirmedLater(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 1)
+		a := srcs[0]
+		st.unacked.Store(true)
+		if _, err := a.Refresh(ctxBG, mustToken(t, a)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		if n := st.restores.Load(); n < 2 {
+			t.Fatalf("%d Restore calls while the commit is unconfirmed, want it asked again and again", n)
+		}
+		st.unacked.Store(false)
+		time.Sleep(time.Second)
+		n := st.restores.Load()
+		time.Sleep(5 * time.Second)
+		if extra := st.restores.Load() - n; extra != 0 {
+			t.Errorf("%d Restore calls after the commit was confirmed, want none", extra)
 		}
 		checkLanded(t, r, st)
 	})

@@ -111,12 +111,10 @@ type Source struct {
 	coordDownUntil time.Time
 	coordFailures  int
 	// fleet is the current token with its version in the fleet's record,
-	// seen the highest version of that record this Source has read, recVer
-	// the last one, and stopRepair ends the periodic check of the record
-	// (see repair.go).
+	// seen the highest version of that record this Source has read, and
+	// stopRepair ends the periodic check of the record (see repair.go).
 	fleet      fleetToken
 	seen       uint64
-	recVer     uint64
 	stopRepair context.CancelFunc
 
 	closing chan struct{}  // closed by Close: releases every waiter

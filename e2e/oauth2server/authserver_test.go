@@ -55,8 +55,9 @@ type authServer struct {
 	stop     chan struct{} // closed at cleanup: releases held responses
 	faults   *tokenFaults  // in front of the token endpoint: outages on demand
 
-	mu   sync.Mutex
-	hold *heldRefresh // armed: the next refresh-token grant's response is held
+	mu    sync.Mutex
+	hold  *heldRefresh // armed: the next refresh-token grant's response is held
+	token http.Handler // if set, serves the token endpoint (startCredsServer)
 }
 
 // heldRefresh is one refresh-token grant whose response the server holds
@@ -78,9 +79,10 @@ func startAuthServer(t *testing.T) *authServer {
 		t.Fatal(err)
 	}
 	provider, err := op.NewProvider(&op.Config{
-		CryptoKey:             key,
-		CodeMethodS256:        true,
-		GrantTypeRefreshToken: true,
+		CryptoKey:               key,
+		CodeMethodS256:          true,
+		GrantTypeRefreshToken:   true,
+		AuthMethodPrivateKeyJWT: true,
 	}, a.store, op.StaticIssuer(a.issuer), op.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +132,12 @@ func (a *authServer) serveOP(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = r.ParseForm() // the provider parses it again from r.Form
 	a.mu.Lock()
-	h := a.hold
+	h, token := a.hold, a.token
+	if token != nil {
+		a.mu.Unlock()
+		token.ServeHTTP(w, r)
+		return
+	}
 	if r.PostForm.Get("grant_type") != string(oidc.GrantTypeRefreshToken) {
 		h = nil
 	}

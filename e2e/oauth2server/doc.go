@@ -12,8 +12,8 @@
 // The provider's storage (storage_test.go) is written for these tests: it
 // rotates refresh tokens on every refresh-token grant and detects reuse (a
 // consumed refresh token presented again revokes its whole family), serves
-// the client-credentials grant, and issues JWT access tokens with a 5 s
-// lifetime (expires_in 4), looked up at introspection so that revocation
+// the client-credentials grant and token exchange, and issues JWT access
+// tokens with a 5 s lifetime (expires_in 4), looked up at introspection so that revocation
 // takes effect at once. Everything else — the endpoints, client
 // authentication, PKCE, signing and verifying the JWTs, the error responses
 // — is zitadel's.
@@ -55,6 +55,25 @@
 //     callers during the backoff fail fast without a token request, and
 //     callers made with grpc.WaitForReady(true) wait and succeed once the
 //     endpoint is back.
+//   - TestPrivateKeyJWTClientCredentialsUnderLoad,
+//     TestFederatedAssertionUnderLoad, TestTokenExchangeTwoAudiencesUnderLoad:
+//     client authentication by private_key_jwt and by a projected
+//     service-account token that kubelet rotates (workload identity
+//     federation), and RFC 8693 token exchange for two audiences from a
+//     rotating subject file; 200 callers across three expiries, no call
+//     fails, one token request per expiry (and audience), no client secret
+//     on the wire, every jti distinct. The token endpoint for these tests
+//     (credsserver_test.go) is zitadel's LegacyServer with assertions
+//     accepted for every grant and verified by zitadel's
+//     op.VerifyJWTAssertion; the storage serves token exchange.
+//   - TestFileTokenRotationUnderLoad, TestFileTokenRevokedAfterSidecarWrote:
+//     FromFile under 200 callers while a sidecar rewrites the file as
+//     kubelet (..data swap) and as a Vault agent (rename) do; a revocation
+//     after the sidecar wrote the next token costs each rejected call one
+//     retry.
+//   - TestAssertionBadInput: an unknown key (invalid_client:
+//     ErrReauthRequired after one request), an expired assertion file
+//     (Unavailable, no request, recovery once renewed).
 //
 // Run them with
 //

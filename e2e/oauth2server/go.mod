@@ -3,7 +3,7 @@ module github.com/tokenrefresh/grpc-tokenrefresh/e2e/oauth2server
 go 1.25.0
 
 require (
-	github.com/go-jose/go-jose/v4 v4.1.4
+	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/tokenrefresh/grpc-tokenrefresh v0.1.0
 	github.com/zitadel/oidc/v3 v3.45.6
 	golang.org/x/oauth2 v0.36.0

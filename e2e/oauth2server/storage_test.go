@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,10 @@ type storage struct {
 	refused       int // refresh-token grants refused (unknown, consumed or revoked token)
 	introspected  int
 	onIssue       func(issuance) // called with mu held; nil: nothing
+
+	// exchangeVerifier checks token-exchange subjects the server did not
+	// issue itself (set by startCredsServer; nil: none accepted).
+	exchangeVerifier op.TokenExchangeTokensVerifierStorage
 }
 
 // family is the refresh tokens and access tokens that descend from one
@@ -86,6 +91,7 @@ type issuance struct {
 	grant    oidc.GrantType
 	clientID string
 	family   string // "" for client credentials
+	audience string // the audience asked for in a token exchange
 	at       time.Time
 }
 
@@ -332,6 +338,15 @@ func (s *storage) CreateAccessToken(_ context.Context, req op.TokenRequest) (str
 		}
 		id, exp := s.mintAccessLocked(c, r.subject, r.scopes, nil, oidc.GrantTypeCode)
 		return id, exp, nil
+	case op.TokenExchangeRequest:
+		c := s.clients[r.GetClientID()]
+		if c == nil {
+			return "", time.Time{}, oidc.ErrInvalidClient()
+		}
+		id, exp := s.mintAccessLocked(c, r.GetSubject(), r.GetScopes(), nil, oidc.GrantTypeTokenExchange)
+		is := &s.issued[len(s.issued)-1]
+		is.audience = strings.Join(r.GetAudience(), " ")
+		return id, exp, nil
 	}
 	return "", time.Time{}, oidc.ErrUnsupportedGrantType()
 }
@@ -517,8 +532,17 @@ func (s *storage) GetPrivateClaimsFromScopes(context.Context, string, string, []
 	return nil, nil
 }
 
-func (s *storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
-	return nil, errors.New("storage: JWT client authentication is not supported")
+// GetKeyByIDAndClientID returns a public key registered for a
+// private_key_jwt client, for the op package's verification of its
+// assertions.
+func (s *storage) GetKeyByIDAndClientID(_ context.Context, keyID, clientID string) (*jose.JSONWebKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clients[clientID]
+	if c == nil || c.keys[keyID] == nil {
+		return nil, errors.New("storage: no such key for the client")
+	}
+	return c.keys[keyID], nil
 }
 
 func (s *storage) ValidateJWTProfileScopes(context.Context, string, []string) ([]string, error) {
@@ -538,6 +562,68 @@ func (s *storage) ClientCredentials(ctx context.Context, id, secret string) (op.
 
 func (s *storage) ClientCredentialsTokenRequest(_ context.Context, clientID string, scopes []string) (op.TokenRequest, error) {
 	return &clientCredentialsRequest{clientID: clientID, scopes: scopes}, nil
+}
+
+// --- op.TokenExchangeStorage ---------------------------------------------
+
+// ValidateTokenExchangeRequest lets a client exchange for the audiences it
+// is registered for, and issues access tokens.
+func (s *storage) ValidateTokenExchangeRequest(_ context.Context, req op.TokenExchangeRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clients[req.GetClientID()]
+	if c == nil {
+		return oidc.ErrInvalidClient()
+	}
+	if len(req.GetAudience()) != 1 || !slices.Contains(c.audiences, req.GetAudience()[0]) {
+		return oidc.ErrInvalidTarget().WithDescription("audience not allowed for this client")
+	}
+	if req.GetRequestedTokenType() == "" {
+		req.SetRequestedTokenType(oidc.AccessTokenType)
+	}
+	return nil
+}
+
+func (s *storage) CreateTokenExchangeRequest(context.Context, op.TokenExchangeRequest) error {
+	return nil
+}
+
+func (s *storage) GetPrivateClaimsFromTokenExchangeRequest(context.Context, op.TokenExchangeRequest) (map[string]any, error) {
+	return nil, nil
+}
+
+func (s *storage) SetUserinfoFromTokenExchangeRequest(context.Context, *oidc.UserInfo, op.TokenExchangeRequest) error {
+	return nil
+}
+
+// VerifyExchangeSubjectToken and VerifyExchangeActorToken delegate to the
+// exchangeVerifier (op.TokenExchangeTokensVerifierStorage).
+func (s *storage) VerifyExchangeSubjectToken(ctx context.Context, token string, tokenType oidc.TokenType) (string, string, map[string]any, error) {
+	v := s.verifier()
+	if v == nil {
+		return "", "", nil, errors.New("storage: no foreign subject tokens accepted")
+	}
+	return v.VerifyExchangeSubjectToken(ctx, token, tokenType)
+}
+
+func (s *storage) VerifyExchangeActorToken(ctx context.Context, token string, tokenType oidc.TokenType) (string, string, map[string]any, error) {
+	v := s.verifier()
+	if v == nil {
+		return "", "", nil, errors.New("storage: no foreign actor tokens accepted")
+	}
+	return v.VerifyExchangeActorToken(ctx, token, tokenType)
+}
+
+func (s *storage) verifier() op.TokenExchangeTokensVerifierStorage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.exchangeVerifier
+}
+
+func (s *storage) setExchangeVerifier(v op.TokenExchangeTokensVerifierStorage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.exchangeVerifier = v
 }
 
 // --- request types -------------------------------------------------------
@@ -621,10 +707,13 @@ func (k publicKey) Key() any                           { return k.key }
 
 // --- clients -------------------------------------------------------------
 
-// client is a registered confidential client (client_secret_basic) with
-// JWT access tokens of lifetime accessTTL.
+// client is a registered confidential client (client_secret_basic, or
+// private_key_jwt with keys) with JWT access tokens of lifetime accessTTL.
 type client struct {
 	id, secret  string
+	authMethod  oidc.AuthMethod             // "": client_secret_basic
+	keys        map[string]*jose.JSONWebKey // private_key_jwt: the public keys by kid
+	audiences   []string                    // token exchange: the audiences it may ask for
 	grants      []oidc.GrantType
 	redirectURI string // for the code grant
 	loginURL    string // the login UI; the auth request ID is appended
@@ -635,7 +724,12 @@ func (c *client) GetID() string                       { return c.id }
 func (c *client) RedirectURIs() []string              { return []string{c.redirectURI} }
 func (c *client) PostLogoutRedirectURIs() []string    { return nil }
 func (c *client) ApplicationType() op.ApplicationType { return op.ApplicationTypeWeb }
-func (c *client) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodBasic }
+func (c *client) AuthMethod() oidc.AuthMethod {
+	if c.authMethod == "" {
+		return oidc.AuthMethodBasic
+	}
+	return c.authMethod
+}
 func (c *client) ResponseTypes() []oidc.ResponseType {
 	return []oidc.ResponseType{oidc.ResponseTypeCode}
 }
@@ -657,6 +751,7 @@ func (c *client) RestrictAdditionalAccessTokenScopes() func([]string) []string {
 var (
 	_ op.Storage                  = (*storage)(nil)
 	_ op.ClientCredentialsStorage = (*storage)(nil)
+	_ op.TokenExchangeStorage     = (*storage)(nil)
 	_ op.AuthRequest              = (*authRequest)(nil)
 	_ op.RefreshTokenRequest      = (*refreshRequest)(nil)
 	_ op.Client                   = (*client)(nil)

@@ -9,6 +9,17 @@
 // by the tests of tokensource/redisstore, the fleet tests and the fault
 // campaign; it is not part of the API.
 //
+// Faults for tests and the fault campaign: Server.Kill (SIGKILL) and
+// Restart (empty unless persistence is asked for, as with "--appendonly",
+// "yes"), Pause and Resume (SIGSTOP, SIGCONT), RestartReplicaOf; a Link
+// between a replica and its master delays, holds or cuts the replication
+// stream (a lagging replica that really misses writes); Cluster.KillMasterFor
+// and Sentinel.Failover kill a master and wait for its replacement, and
+// report how long that took. Clients reach the servers by Server.Socket or
+// Server.Addr (Cluster.Addrs, Sentinel.Addrs for seed lists), also from
+// other processes. Everything listens on loopback or unix sockets only.
+// Server state offers nothing to wait on, so the helpers poll it (WaitFor).
+//
 // A machine without redis-server skips the tests that need one, except in CI
 // (the environment variable CI is "true"), where a missing redis-server fails
 // them: CI must never pass by skipping. Debian's redis-server package

@@ -19,6 +19,9 @@ type Sentinel struct {
 	Servers []*Server
 	// Sentinels are the sentinel processes (redis-server FILE --sentinel).
 	Sentinels []*Server
+	// Links are the replicas' replication links (StartSentinelVia), nil
+	// otherwise.
+	Links []*Link
 }
 
 // StartSentinel starts a master with replicas replicas and sentinels
@@ -30,8 +33,33 @@ type Sentinel struct {
 func StartSentinel(tb testing.TB, replicas, sentinels int, args ...string) *Sentinel {
 	tb.Helper()
 	r := StartReplicated(tb, replicas, args...)
-	s := &Sentinel{Name: "mymaster", Servers: append([]*Server{r.Master}, r.Replicas...)}
-	host, port, _ := net.SplitHostPort(r.Master.Addr)
+	return startSentinels(tb, &Sentinel{Name: "mymaster", Servers: append([]*Server{r.Master}, r.Replicas...)}, sentinels)
+}
+
+// StartSentinelVia is StartSentinel with every replica replicating through
+// a Link (Links[i] for Servers[i+1]), so that a test can make a replica lag
+// or miss the master's last writes before a failover. The links carry the
+// first master's stream only: after a failover the Sentinels point the
+// replicas at the promoted master directly.
+func StartSentinelVia(tb testing.TB, replicas, sentinels int, args ...string) *Sentinel {
+	tb.Helper()
+	m := StartTCP(tb, args...)
+	s := &Sentinel{Name: "mymaster", Servers: []*Server{m}}
+	for range replicas {
+		rep, link := StartReplicaVia(tb, m, args...)
+		s.Servers = append(s.Servers, rep)
+		s.Links = append(s.Links, link)
+	}
+	m.WaitReplicas(tb, replicas)
+	return startSentinels(tb, s, sentinels)
+}
+
+// startSentinels starts sentinels Sentinels watching s.Servers[0] and waits
+// until they know each other and the replicas.
+func startSentinels(tb testing.TB, s *Sentinel, sentinels int) *Sentinel {
+	tb.Helper()
+	replicas := len(s.Servers) - 1
+	host, port, _ := net.SplitHostPort(s.Servers[0].Addr)
 	quorum := sentinels/2 + 1
 	for range sentinels {
 		s.Sentinels = append(s.Sentinels, startSentinel(tb, fmt.Sprintf(

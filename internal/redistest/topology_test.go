@@ -65,3 +65,47 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	t.Logf("the restarted master rejoined as a replica in %v", time.Since(start))
 }
+
+// TestLink: a replica behind a held Link misses the master's writes (its
+// acknowledgement stays behind); released, it catches up; cut while held,
+// it loses what was held and resynchronises from the master.
+func TestLink(t *testing.T) {
+	m := StartTCP(t)
+	rep, link := StartReplicaVia(t, m)
+	m.WaitReplicas(t, 1)
+	link.Hold()
+	if _, err := m.Do("SET", "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rep.Do("GET", "k"); v != nil {
+		t.Fatalf("a replica behind a held link has k = %v", v)
+	}
+	link.Release()
+	m.WaitReplicas(t, 1)
+	if v, _ := rep.Do("GET", "k"); v != "v1" {
+		t.Fatalf("after Release the replica has k = %v; want v1", v)
+	}
+
+	link.SetDelay(50 * time.Millisecond)
+	if _, err := m.Do("SET", "k", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	WaitFor(t, "the delayed write", func() (bool, error) {
+		v, err := rep.Do("GET", "k")
+		return v == "v2", err
+	})
+	t.Logf("a write reached a replica behind a 50 ms link after %v", time.Since(start))
+	link.SetDelay(0)
+
+	link.Hold()
+	if _, err := m.Do("SET", "k", "v3"); err != nil {
+		t.Fatal(err)
+	}
+	link.Cut()
+	link.Release()
+	m.WaitReplicas(t, 1)
+	if v, _ := rep.Do("GET", "k"); v != "v3" {
+		t.Fatalf("after a cut the replica resynchronised to k = %v; want v3", v)
+	}
+}

@@ -56,7 +56,8 @@ type replicaAck struct {
 // *redis.ClusterClient (the connection goes to the master of the record's
 // slot); New panics for other clients, and for a timeout <= 0 (WAIT 0
 // would block forever). n <= 0 turns acknowledgement off (the default).
-// timeout is rounded up to whole milliseconds. An ACL user needs +info and
+// timeout is rounded up to whole milliseconds; Redis checks it on its event
+// loop, so a WAIT may last up to 1/hz (100 ms at the default hz 10) longer. An ACL user needs +info and
 // +wait as well (see the package documentation).
 func WithReplicaAck(n int, timeout time.Duration) Option {
 	return func(o *options) {

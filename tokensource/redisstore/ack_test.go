@@ -240,3 +240,34 @@ func TestReplicaAckStalledReplicaLeftOut(t *testing.T) {
 		t.Fatalf("Commit with the only replica stalled for long: %v", err)
 	}
 }
+
+// TestReplicaAckLaggingReplica: a replica whose stream arrives half a
+// second late (a Link with a delay) makes a commit wait that long, or fail
+// with ErrNotReplicated when the timeout is shorter. (Redis checks WAIT's
+// timeout on its event loop, up to 1/hz = 100 ms late by default, so the
+// lag is well above that.)
+func TestReplicaAckLaggingReplica(t *testing.T) {
+	m := redistest.StartTCP(t)
+	rep, link := redistest.StartReplicaVia(t, m)
+	m.WaitReplicas(t, 1)
+	ctx := testContext(t)
+	const lag = 500 * time.Millisecond
+	link.SetDelay(lag)
+
+	short := member(t, m, "token", WithReplicaAck(1, lag/10))
+	l := mustLease(t, ctx, short)
+	if err := l.Commit(ctx, secretToken()); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("Commit with a %v timeout and a replica %v behind = %v; want ErrNotReplicated", lag/10, lag, err)
+	}
+
+	long := member(t, m, "token", WithReplicaAck(1, ackTimeout))
+	l = mustLease(t, ctx, long)
+	start := time.Now()
+	if err := l.Commit(ctx, secretToken()); err != nil {
+		t.Fatalf("Commit with a replica %v behind: %v", lag, err)
+	}
+	t.Logf("Commit with a replica %v behind took %v", lag, time.Since(start))
+	if v := replicaVersion(t, rep, long); v != "2" {
+		t.Fatalf("the replica has version %q when Commit returns; want 2", v)
+	}
+}

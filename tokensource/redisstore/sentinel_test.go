@@ -86,3 +86,49 @@ func TestSentinelFailover(t *testing.T) {
 		wantRecord(t, waiter, want, nl.Record().Version+1)
 	}
 }
+
+// TestSentinelFailoverToLaggingReplica: the replica's replication link
+// holds the master's stream back, so a commit cannot be acknowledged and
+// fails with ErrNotReplicated (a plain commit would have succeeded). The
+// master dies with it and Sentinel promotes the replica, which never got the
+// commit: the record went back. The member that holds the committed token
+// restores it at its version, and the fleet goes on from it.
+func TestSentinelFailoverToLaggingReplica(t *testing.T) {
+	sn := redistest.StartSentinelVia(t, 1, 3)
+	ctx := testContext(t)
+	holder := New(failoverClient(t, sn), "token", WithReplicaAck(1, 200*time.Millisecond))
+	peer := New(failoverClient(t, sn), "token")
+	seed := secretToken()
+	if err := holder.Save(ctx, seed); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	l := mustLease(t, ctx, holder)
+	v := l.Record().Version
+	sn.Master(t).WaitReplicas(t, 1) // the replica has the seed and the lease
+
+	sn.Links[0].Hold()
+	tok := secretToken()
+	if err := l.Commit(ctx, tok); !errors.Is(err, ErrNotReplicated) || !errors.Is(err, tokensource.ErrCoordinatorUnavailable) {
+		t.Fatalf("Commit while the replica lags = %v; want ErrNotReplicated and ErrCoordinatorUnavailable", err)
+	}
+	old := sn.Master(t)
+	old.Kill()
+	sn.Links[0].Cut() // what the link held is lost with the master
+	if sn.Master(t) == old {
+		t.Fatal("no failover")
+	}
+
+	var rec tokensource.Record
+	retryUnavailable(t, ctx, func(ctx context.Context) (err error) {
+		rec, err = peer.LoadRecord(ctx)
+		return err
+	})
+	if rec.Version != v || !sameToken(rec.Token, seed) {
+		t.Fatalf("after the failover the record is %v at version %d; want the seed at %d (the commit never reached the replica)", rec.Token, rec.Version, v)
+	}
+	wrote, err := holder.Restore(ctx, tokensource.Record{Token: tok, Version: v + 1})
+	if err != nil || !wrote {
+		t.Fatalf("Restore of the lost commit = %v, %v; want true, nil (and no wait: no replica is left)", wrote, err)
+	}
+	wantRecord(t, peer, tok, v+1)
+}

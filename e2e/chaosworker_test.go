@@ -162,6 +162,7 @@ func runChaosWorker(member string) int {
 			return err
 		}
 		old := cur.Swap(nc)
+		old.retired.Store(true)
 		time.AfterFunc(deadline, old.close) // its calls in flight end first
 		return nil
 	}
@@ -249,20 +250,29 @@ type chaosClient struct {
 	src  *tokensource.Source
 	conn *grpc.ClientConn
 	echo echov1.EchoServiceClient
+	// retired is set when a relogin replaced the client: the lost session
+	// it reports on its way out is the one the relogin ended.
+	retired atomic.Bool
 }
 
 func newChaosClient(target string, r tokensource.Refresher, st tokensource.Store, out *chaosOut) (*chaosClient, error) {
-	src := tokensource.New(r,
+	c := &chaosClient{}
+	c.src = tokensource.New(r,
 		tokensource.WithStore(st),
-		tokensource.WithOnReauthRequired(func(error) { out.write(chaosLine{Kind: lineReauth, At: time.Now().UnixNano()}) }),
+		tokensource.WithOnReauthRequired(func(error) {
+			if !c.retired.Load() {
+				out.write(chaosLine{Kind: lineReauth, At: time.Now().UnixNano()})
+			}
+		}),
 	)
 	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		interceptor.DialOptions(src, interceptor.AllowInsecure())...)...)
+		interceptor.DialOptions(c.src, interceptor.AllowInsecure())...)...)
 	if err != nil {
-		_ = src.Close()
+		_ = c.src.Close()
 		return nil, err
 	}
-	return &chaosClient{src: src, conn: conn, echo: echov1.NewEchoServiceClient(conn)}, nil
+	c.conn, c.echo = conn, echov1.NewEchoServiceClient(conn)
+	return c, nil
 }
 
 func (c *chaosClient) close() {

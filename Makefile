@@ -47,11 +47,12 @@ test: lint test-go fuzz bench-smoke check-generated release-check
 # exceeded" when a starved worker misses the deadline (golang/go#75804, fixed
 # in Go 1.27; seen here in 1 of 5 loaded runs). Each count is about 5 s of
 # fuzzing on a loaded 2-core machine. FUZZTIME, when set (5000x, 1m), replaces
-# all three.
+# them all.
 FUZZTIME          ?=
 FUZZ_REFRESHER    ?= 20000x
 FUZZ_FILESTORE    ?= 2500x
 FUZZ_STREAMREPLAY ?= 6000x
+FUZZ_CHALLENGE    ?= 20000x
 SOAK     ?= 20s
 
 test-go:
@@ -62,6 +63,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRefresherToken$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_REFRESHER)) ./tokensource/
 	$(GO) test -run '^$$' -fuzz '^FuzzFileStoreLoad$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_FILESTORE)) ./tokensource/
 	$(GO) test -run '^$$' -fuzz '^FuzzStreamReplay$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_STREAMREPLAY)) ./interceptor/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_CHALLENGE)) ./internal/challenge/
 
 ## soak: the soak test alone for SOAK (default 20s; it also runs, for 20s, in test-go)
 soak:

@@ -135,6 +135,33 @@
 // stream runs on a goroutine of its own, so that a receiver can drain
 // responses meanwhile; it ends with the stream.
 //
+// # Challenges
+//
+// A resource server may say why it refused a token with a WWW-Authenticate
+// challenge (RFC 6750) in the response's header or trailer metadata, under
+// the key "www-authenticate", as Envoy's jwt_authn filter does. The
+// interceptors read it when a call fails with Unauthenticated or
+// PermissionDenied, by the RFC 9110 grammar (several challenges in one value
+// or across values; challenges of other schemes, such as DPoP, ignored), the
+// same way package httpauth reads an HTTP response's:
+//   - error="invalid_token", or no error code: the token is stale; refresh
+//     and retry as for any rejection (WithTokenRejected decides, so by
+//     default only Unauthenticated);
+//   - error="insufficient_scope": a new token of the same grant cannot help.
+//     The call is not retried and the source is not refreshed; the error has
+//     the server's code, message and details, its message names the scope,
+//     and it matches tokensource.ErrInsufficientScope (errors.As finds the
+//     *tokensource.ScopeError) as well as the server's error;
+//   - error="insufficient_user_authentication" (RFC 9470): likewise, matching
+//     tokensource.ErrStepUpRequired, with the *tokensource.StepUpError's
+//     ACRValues and MaxAge for a new, stronger login.
+//
+// A unary call reads the metadata through grpc.Header and grpc.Trailer call
+// options that the interceptor adds from a pool, so a call that succeeds
+// allocates nothing more. A stream reads it when the server ends it; a
+// stream's creation never carries the server's answer (grpc-go reports it on
+// the stream), so an error there is handled as before.
+//
 // # Skipping
 //
 // A call goes out untouched (no token, no refresh) when it has the SkipAuth

@@ -89,6 +89,44 @@ type testServer struct {
 
 	rejections atomic.Int64 // Unauthenticated answers from the auth function
 	addr       string
+
+	// reply, when set, is how the auth function rejects a token it does
+	// not accept (guarded by mu).
+	reply *challengeReply
+}
+
+// challengeReply is a rejection with a code of the test's choosing and a
+// www-authenticate value in the header or the trailer metadata, as a
+// resource server behind Envoy's jwt_authn sends it, with a status detail
+// that the client must get back.
+type challengeReply struct {
+	code      codes.Code
+	value     string // "": no challenge
+	inTrailer bool
+}
+
+func (s *testServer) setReply(r *challengeReply) {
+	s.mu.Lock()
+	s.reply = r
+	s.mu.Unlock()
+}
+
+func (r *challengeReply) reject(ctx context.Context) error {
+	if r.value != "" {
+		md := metadata.Pairs("www-authenticate", r.value)
+		set := grpc.SetHeader
+		if r.inTrailer {
+			set = grpc.SetTrailer
+		}
+		if err := set(ctx, md); err != nil {
+			return status.Errorf(codes.Internal, "setting the challenge: %v", err)
+		}
+	}
+	st, err := status.New(r.code, "token not accepted").WithDetails(&testpb.PingResponse{Value: "server detail"})
+	if err != nil {
+		return status.Errorf(codes.Internal, "adding the detail: %v", err)
+	}
+	return st.Err()
 }
 
 func (s *testServer) accept(token string) {
@@ -111,9 +149,13 @@ func (s *testServer) authenticate(ctx context.Context) (context.Context, error) 
 	}
 	s.mu.Lock()
 	ok := !s.rejectAll && s.accepted != "" && tok == s.accepted
+	reply := s.reply
 	s.mu.Unlock()
 	if !ok {
 		s.rejections.Add(1)
+		if reply != nil {
+			return nil, reply.reject(ctx)
+		}
 		return nil, status.Error(codes.Unauthenticated, "token not accepted")
 	}
 	return ctx, nil

@@ -38,10 +38,10 @@ type TokenSource interface {
 // token once and retries the call once.
 //
 // Used on its own (not through DialOptions), it adds the transport security
-// check as a per-call credential, which costs one small allocation per call;
-// DialOptions installs it once per connection instead. It panics if src is
-// nil, a nil pointer included, or an option is invalid (see WithHeader and
-// WithScheme).
+// check as a per-call credential (among the pooled call options it passes
+// anyway, so at no cost); DialOptions installs it once per connection
+// instead. It panics if src is nil, a nil pointer included, or an option is
+// invalid (see WithHeader and WithScheme).
 func UnaryClientInterceptor(src TokenSource, opts ...Option) grpc.UnaryClientInterceptor {
 	return newInterceptor(src, newOptions(opts)).unary
 }
@@ -50,7 +50,9 @@ func UnaryClientInterceptor(src TokenSource, opts ...Option) grpc.UnaryClientInt
 // src when a stream opens and, when the server rejects it before the first
 // response message, refreshes the token, reopens the stream and replays what
 // was sent so far. See the package documentation for the details, and
-// UnaryClientInterceptor for the transport security check and panics.
+// UnaryClientInterceptor for the transport security check (which costs a
+// stream one small allocation when the interceptor is used on its own) and
+// panics.
 func StreamClientInterceptor(src TokenSource, opts ...Option) grpc.StreamClientInterceptor {
 	return newInterceptor(src, newOptions(opts)).stream
 }
@@ -131,9 +133,26 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 	if err != nil {
 		return err
 	}
-	opts = i.withGuard(opts)
-	err = invoker(i.attach(ctx, md, hv), method, req, reply, cc, opts...)
-	if err == nil || !i.rejected(ctx, method, err) {
+	c := i.callOptions(opts)
+	err = invoker(i.attach(ctx, md, hv), method, req, reply, cc, c.opts...)
+	if err == nil {
+		c.release()
+		return nil
+	}
+	// A failed call's callMD is left to the collector, not pooled: an inner
+	// interceptor that gave up waiting for its invoker (on a deadline, say)
+	// may still have it in use.
+	return i.retryUnary(ctx, method, req, reply, cc, invoker, c, tok, err, waitForReady)
+}
+
+// retryUnary deals with err, the failure of a unary call sent with tok and
+// the options of c: the server's challenge, a rejection to refresh and
+// retry once, or anything else, returned as is.
+func (i *interceptor) retryUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, c *callMD, tok *tokensource.Token, err error, waitForReady bool) error {
+	if cerr := challenged(err, c.header, c.trailer); cerr != nil {
+		return cerr
+	}
+	if !i.rejected(ctx, method, err) {
 		return err
 	}
 	_, hv, rerr := i.renew(ctx, method, tok, err, waitForReady)
@@ -141,7 +160,13 @@ func (i *interceptor) unary(ctx context.Context, method string, req, reply any, 
 		return rerr
 	}
 	i.opts.logger.DebugContext(ctx, "interceptor: token rejected, retrying with a new token", "method", method)
-	return invoker(i.attachAgain(ctx, hv), method, req, reply, cc, opts...)
+	c.reset()
+	if err = invoker(i.attachAgain(ctx, hv), method, req, reply, cc, c.opts...); err != nil {
+		if cerr := challenged(err, c.header, c.trailer); cerr != nil {
+			return cerr
+		}
+	}
+	return err
 }
 
 func (i *interceptor) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {

@@ -55,14 +55,22 @@ func (i *interceptor) withGuard(opts []grpc.CallOption) []grpc.CallOption {
 	if i.guardOpt == nil {
 		return opts
 	}
-	out := make([]grpc.CallOption, len(opts), len(opts)+1)
-	copy(out, opts)
+	return i.appendGuard(make([]grpc.CallOption, 0, len(opts)+1), opts)
+}
+
+// appendGuard appends opts to dst, plus the guard as a per-call credential
+// when this interceptor adds it per call.
+func (i *interceptor) appendGuard(dst, opts []grpc.CallOption) []grpc.CallOption {
+	dst = append(dst, opts...)
+	if i.guardOpt == nil {
+		return dst
+	}
 	for j := len(opts) - 1; j >= 0; j-- {
 		if p, ok := opts[j].(grpc.PerRPCCredsCallOption); ok && p.Creds != nil {
-			return append(out, grpc.PerRPCCredsCallOption{Creds: guardedCreds{guard: i.guard, creds: p.Creds}})
+			return append(dst, grpc.PerRPCCredsCallOption{Creds: guardedCreds{guard: i.guard, creds: p.Creds}})
 		}
 	}
-	return append(out, i.guardOpt)
+	return append(dst, i.guardOpt)
 }
 
 // hasHeader reports whether the outgoing metadata in ctx has key name.

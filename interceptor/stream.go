@@ -322,10 +322,22 @@ func (w *clientStream) settled(a *attempt, err error, captured *emptypb.Empty) {
 // recvLock held, so nobody else replaces a meanwhile. If the token was
 // rejected and the stream can be reopened, resolve refreshes
 // the token, opens the new stream and returns it (its replay still to do).
-// Otherwise it records err (or the refresh failure) as the call's final
-// error, refreshing the source for later calls when the token was rejected
-// but the stream could not be reopened, and returns nil.
+// A rejection whose challenge says a new token cannot help (see
+// challenged) becomes the call's final error at once. Otherwise it records
+// err (or the refresh failure) as the call's final error, refreshing the
+// source for later calls when the token was rejected but the stream could
+// not be reopened, and returns nil.
 func (w *clientStream) resolve(a *attempt, err error) *attempt {
+	if cerr := challengedStream(a.cs, err); cerr != nil {
+		// The server asked for a scope or an authentication that a new
+		// token cannot bring: no refresh, no reopen.
+		w.mu.Lock()
+		if w.cur == a {
+			w.endLocked(a, cerr)
+		}
+		w.mu.Unlock()
+		return nil
+	}
 	rejected := w.i.rejected(w.ctx, w.method, err)
 	w.mu.Lock()
 	if w.cur != a || w.final != nil {
@@ -375,6 +387,18 @@ func (w *clientStream) resolve(a *attempt, err error) *attempt {
 	a.closed = true
 	close(a.done)
 	return next
+}
+
+// challengedStream is challenged for err, which ended the stream cs: the
+// stream has ended, so its header and trailer are there to read.
+func challengedStream(cs grpc.ClientStream, err error) error {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+	default:
+		return nil
+	}
+	header, _ := cs.Header()
+	return challenged(err, header, cs.Trailer())
 }
 
 // replay sends the kept messages, and CloseSend if the caller had closed,

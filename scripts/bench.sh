@@ -53,7 +53,7 @@ done
 section() { printf '\n==== %s\n\n' "$1"; }
 
 section "Per-call cost with a valid token (vs base: the constant-header floor)"
-benchstat -filter '.name:(UnaryRPC OR Attach)' -col /impl "$raw"
+benchstat -filter '.name:(UnaryRPC OR Attach OR HTTPAttach)' -col /impl "$raw"
 
 section "Refresh storm (10,000 calls, 50 ms refresh) and memory per waiting call"
 benchstat -filter '.name:(RefreshStorm OR WaiterMemory)' "$raw"
@@ -99,6 +99,12 @@ function perCall(bench,    r, o) {
 	if (r < 0) return
 	printf "  %s: tokenrefresh %.3fx the floor (target <= 1.2x): %s; oauth %.3fx\n", bench, r, verdict(r <= 1.2), o
 }
+function httpAttach(    h, o) {
+	h = ratio("BenchmarkHTTPAttach", "httpauth")
+	o = ratio("BenchmarkHTTPAttach", "oauth2")
+	if (h < 0) return
+	printf "  BenchmarkHTTPAttach: httpauth %.3fx the floor; oauth2.Transport %.3fx\n", h, o
+}
 function storm(variant,    b, c, x) {
 	b = "BenchmarkRefreshStorm/rpc=" variant
 	c = median(b, "refresher-calls/op")
@@ -110,6 +116,7 @@ function storm(variant,    b, c, x) {
 END {
 	perCall("BenchmarkUnaryRPC")
 	perCall("BenchmarkAttach")
+	httpAttach()
 	storm("none")
 	storm("bufconn-tls")
 }' "$raw"

@@ -222,12 +222,23 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 			scriptPlayed = outage.play(sctx, c.srv, recovered)
 		}()
 	}
+	// The revocation phase also sends HTTP requests with the same Source:
+	// one refresh between the two transports.
+	var web *httpLoad
+	stopWeb := make(chan struct{})
+	if phase == phaseRevocation && c.srv != nil {
+		web = startHTTPLoad(ctx, c.srv, cl.src, httpCallers(cfg.workers), cfg.callTimeout, stopWeb)
+	}
 	var total counters
 	p := newProgress(out, cfg.tty, func() progressFigures { return cl.figures(&total) })
 	loadStart := time.Now()
 	res, elapsed, interrupted := runLoad(ctx, cfg.workers, cfg.duration, cfg.callTimeout, cfg.interval, scriptDone,
 		echov1.NewEchoServiceClient(cl.cc), &total, p.tick)
 	p.done()
+	close(stopWeb)
+	if web != nil {
+		rep.HTTP = web.wait()
+	}
 	if scriptDone != nil {
 		stopScript()
 		<-scriptDone
@@ -263,6 +274,9 @@ func runSourcePhase(ctx context.Context, cfg config, phase string, m *metrics, o
 	}
 	return rep, nil
 }
+
+// httpCallers is how many HTTP callers go beside workers gRPC callers.
+func httpCallers(workers int) int { return max(1, workers/4) }
 
 // outageTimeLimit bounds the idp-outage phase's script: the first outage
 // starts with the first token's early refresh (at about two thirds of its
@@ -341,6 +355,13 @@ func phaseHeader(cfg config, phase string, c *conn) string {
 			"  tokens are renewed in the background before they expire, so no call is rejected and none waits",
 			cfg.workers, cfg.duration, where)
 	case phaseRevocation:
+		if c.srv != nil {
+			return fmt.Sprintf("  %d callers for %v on one connection and one Source against %s,\n"+
+				"  and %d HTTP callers with the same Source (httpauth) against the server's HTTP handler:\n"+
+				"  after %v the server revokes every access token it issued; one refresh shared by gRPC and HTTP,\n"+
+				"  every rejected call and request retried",
+				cfg.workers, cfg.duration, where, httpCallers(cfg.workers), cfg.duration/2)
+		}
 		return fmt.Sprintf("  %d callers for %v on one connection and one Source against %s:\n"+
 			"  after %v the server revokes every access token it issued; one shared refresh, every rejected call retried",
 			cfg.workers, cfg.duration, where, cfg.duration/2)

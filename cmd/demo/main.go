@@ -20,7 +20,9 @@
 //  2. revocation: tokens live an hour, and halfway through the server
 //     revokes every access token it has issued. The calls in flight are
 //     rejected, wait for one shared forced refresh and are retried; the
-//     application sees none of it.
+//     application sees none of it. HTTP callers (a quarter as many) send
+//     requests with the same Source through httpauth to the server's HTTP
+//     handler meanwhile: the one forced refresh serves both transports.
 //  3. idp-outage: one connection and one Source, whose refreshes make up to
 //     -refresh-attempts token requests (the library's default) with the
 //     library's default backoff (from 1 s) between them. The token endpoint answers

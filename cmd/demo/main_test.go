@@ -126,11 +126,15 @@ func TestEarlyRefreshPhase(t *testing.T) {
 	}
 }
 
-// TestRevocationPhase: a revocation mid-run costs one shared forced refresh,
-// and every rejected call is retried unseen.
+// TestRevocationPhase: a revocation mid-run costs one forced refresh, shared
+// by the gRPC calls and the HTTP requests on the same Source, and every
+// rejected call and request is retried unseen.
 func TestRevocationPhase(t *testing.T) {
 	p := runPhases(t, testConfig(phaseRevocation)).Phases[0]
 	checkCalls(t, p)
+	if h := p.HTTP; h == nil || h.Requests == 0 || h.Failed != 0 {
+		t.Errorf("HTTP figures %+v: want requests, none failed", h)
+	}
 	if p.Forced != 1 || p.Refreshes != 1 {
 		t.Errorf("%d refreshes, %d forced; want exactly 1, forced", p.Refreshes, p.Forced)
 	}

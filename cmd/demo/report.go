@@ -84,6 +84,9 @@ type phaseReport struct {
 	OutagesIncomplete bool           `json:"outages_incomplete,omitempty"`
 
 	Server *serverFigures `json:"server,omitempty"` // nil with -addr
+	// HTTP is the revocation phase's HTTP load on the same Source (embedded
+	// server only).
+	HTTP *httpFigures `json:"http,omitempty"`
 
 	LatencyP50 time.Duration `json:"latency_p50_ns"`
 	LatencyP99 time.Duration `json:"latency_p99_ns"`
@@ -230,6 +233,13 @@ func (r *phaseReport) judge() {
 		}
 		what = fmt.Sprintf("%s for the revocation; %s rejected calls retried unseen by the application",
 			plural(r.Forced, "forced refresh", "forced refreshes"), group(r.Retried))
+		if h := r.HTTP; h != nil {
+			if h.Failed > 0 {
+				problem("%s of %s failed (first: %s)", plural(int(h.Failed), "HTTP request", "HTTP requests"), group(h.Requests), h.FirstErr)
+			}
+			what += fmt.Sprintf("; with the same Source, %s HTTP requests, %s rejected and retried, %s failed",
+				group(h.Requests), group(h.Rejected), group(h.Failed))
+		}
 	case r.Name == phaseOutage:
 		if r.Server != nil && !r.Interrupted {
 			for _, cause := range []string{causeExpiry, causeRevocation} {

@@ -36,11 +36,13 @@ const (
 
 // accessTTL is the lifetime of the short-lived access tokens. The op
 // package reports expires_in rounded down to whole seconds of what is left
-// when it answers, so clients see 4 s: long enough on a loaded 2-core
-// machine for the 1 s early-refresh window (a quarter of it) to finish a
-// refresh before any caller waits, short enough that a test crosses several
-// expiries in about 10 s.
-const accessTTL = 5 * time.Second
+// when it answers, so clients see 7 s: its leeway (a tenth, 0.7 s) covers a
+// call's way to the resource server's introspection on a loaded 2-core
+// machine (with 4 s tokens and a 0.4 s leeway an occasional call arrived
+// with an expired token and its retry met the same delay), and the 1.75 s
+// early-refresh window finishes a refresh before any caller waits; short
+// enough that a test crosses several expiries in about 20 s.
+const accessTTL = 8 * time.Second
 
 // authServer is a zitadel/oidc OpenID Provider (package op, OpenID
 // certified) served over TLS on loopback, with the in-memory storage, a

@@ -46,7 +46,9 @@ func (s *Source) startRepairLocked() {
 }
 
 // repairLoop checks the fleet's record every repair interval until ctx ends
-// (Close), and four times as often while a check fails.
+// (Close), four times as often while a check fails, and at once when a
+// commit of this Source has failed (repairNow): a peer that takes the lease
+// over waits only the repair grace for it.
 func (s *Source) repairLoop(ctx context.Context) {
 	t := time.NewTimer(s.opts.repairInterval)
 	defer t.Stop()
@@ -55,6 +57,7 @@ func (s *Source) repairLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.repairNow:
 		}
 		next := s.opts.repairInterval
 		if !s.checkRecord(ctx) {
@@ -149,17 +152,18 @@ func (s *Source) repairGrace() time.Duration {
 // Source is about to present presenting's refresh token, may have lost a
 // newer token a live member holds: the lease was taken over from a holder
 // that stopped renewing it (its commit may be pending), the record is empty
-// or older than a version this Source has seen, or this Source has just put
-// its own token back into it (restored: the record had gone back, and a
-// peer may hold a newer token than this Source's).
+// or older than a version this Source has seen, or it was put back after a
+// loss, by this Source (restored) or a peer (Record.Restored), and a member
+// may hold a newer token still: a holder whose commit failed with the loss,
+// and whose lease was lost with it.
 func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool {
 	if s.restorer == nil || s.opts.repairInterval <= 0 || presenting == nil || presenting.RefreshToken == "" {
 		return false // without a refresh token to present there is nothing to spend twice
 	}
-	v := lease.Record().Version
+	rec := lease.Record()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return restored || lease.TakenOver() || v == 0 || v < s.seen
+	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen
 }
 
 // waitForCandidates waits the repair grace under lease, then reports

@@ -70,7 +70,7 @@ soak:
 	$(GO) test -race -count=1 -run '^TestSoak$$' ./e2e/ -soak.duration=$(SOAK)
 
 ## chaos: the seeded fault campaign (e2e TestChaos): 6 worker processes per store under kills, stops,
-## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=30 for 20s).
+## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=602 for 20s).
 ## SEED=<n> DURATION=<d> STORE=file,redis,cluster,sentinel or all; CHAOS_GOFLAGS=-race to build with the race detector
 SEED          ?= 30
 DURATION      ?= 60s

@@ -31,7 +31,12 @@ import (
 // short fixed-seed campaign per store; `make chaos` runs long ones.
 
 var (
-	chaosSeed     = flag.Uint64("chaos.seed", 30, "seed of the chaos campaign's fault schedule (the default, run by make test, schedules every fault kind of both stores in 20 s)")
+	// The default, run by make test, schedules every fault kind and variant
+	// of both stores in 20 s, with no force-expiry within 2 s of another or
+	// of a fleet-wide fault, so that every one is judged by the
+	// per-force-expiry bound. (Seed 30, the previous default, puts two
+	// force-expiries 0.76 s apart: see the note on issue 19.)
+	chaosSeed     = flag.Uint64("chaos.seed", 602, "seed of the chaos campaign's fault schedule")
 	chaosDuration = flag.Duration("chaos.duration", 20*time.Second, "how long each store's chaos campaign sends traffic")
 	chaosStores   = flag.String("chaos.store", "file,redis",
 		"the chaos campaign's stores, comma-separated: file, redis, cluster (a 3-master Redis Cluster), sentinel (a master, a replica, 3 Sentinels) or all")

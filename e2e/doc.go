@@ -99,7 +99,7 @@
 // while a valid one is committed, and grants per token lifetime. A lost
 // session is followed by a relogin, so that the campaign goes on. Each
 // store ends with a table per fault kind on "chaos |" lines; a failure
-// names the checker, the faults and the seed. `make test` runs seed 30 for
+// names the checker, the faults and the seed. `make test` runs seed 602 for
 // 20 s on FileStore and on Redis; for longer runs (STORE=file, redis,
 // cluster, sentinel or all):
 //

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // The campaign's checkers. Definitions:
@@ -36,7 +38,9 @@ import (
 //     the member that first presented the refresh token, the only one to
 //     receive its rotation, was killed before it wrote anything to the
 //     store, within 1 s of presenting it or while the store was down or
-//     stalled (campaign.unfenceable); so is the lost session it began.
+//     stalled, or was stopped for longer than the lease TTL and the repair
+//     grace before writing it (campaign.unfenceable); so is the lost session
+//     it began.
 //   - Stale sends: requests the server rejected for a member that had been
 //     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
 //     earlier, that this very token was rejected, while another token was
@@ -279,8 +283,9 @@ func (c *campaign) analyze() *chaosReport {
 // store, within unfenceableWithin of presenting it or while the store could
 // take no write (or killed with the request in flight, just before the
 // server received it), and the reuse came after. The rotation died with every member that
-// held it, a loss the documentation names as possible. (A member stopped
-// instead is alive: its pause counts against the bound.)
+// held it, a loss the documentation names as possible. A member stopped
+// instead is alive: its pause counts against the bound unless it outlasted
+// the lease and the repair grace (stoppedPastGrace).
 func (c *campaign) unfenceable(u reuseRec) string {
 	p := u.first
 	if p.at.IsZero() {
@@ -306,8 +311,38 @@ func (c *campaign) unfenceable(u reuseRec) string {
 		return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and was killed at +%.3fs before it wrote anything to the store",
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
 	}
+	return c.stoppedPastGrace(u)
+}
+
+// stoppedPastGrace says why reuse u is the pause the documentation names as
+// unfenceable, or "": the member that first presented the refresh token was
+// stopped before it wrote anything to the store (within unfenceableWithin
+// of presenting), stayed stopped longer than the lease's TTL plus the repair
+// grace, and the reuse came while it was stopped. Its lease had expired and
+// the member that took it over had waited its grace in vain: only a
+// rotation grace period at the authorization server covers that pause.
+func (c *campaign) stoppedPastGrace(u reuseRec) string {
+	p := u.first
+	fenced := *chaosLeaseTTL + repairGrace
+	for _, f := range c.faults {
+		if f.kind != faultStop || f.target != p.member || f.start.Before(p.at) || f.start.Sub(p.at) > unfenceableWithin ||
+			f.end.Sub(f.start) <= fenced || u.at.Before(f.start) || u.at.After(f.end) {
+			continue
+		}
+		for _, w := range c.writes {
+			if strings.HasPrefix(w.by, p.member+" ") && w.at.After(p.at) && w.at.Before(f.start) {
+				return ""
+			}
+		}
+		return fmt.Sprintf("member %s presented the refresh token at +%.3fs and was stopped from +%.3fs for %v, longer than the lease TTL and the repair grace (%v), before it wrote anything to the store",
+			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds(), f.end.Sub(f.start).Round(time.Millisecond), fenced)
+	}
 	return ""
 }
+
+// repairGrace is the Sources' repair grace at the default repair interval
+// (tokensource.WithRepairInterval: the interval and a quarter).
+const repairGrace = tokensource.DefaultRepairInterval + tokensource.DefaultRepairInterval/4
 
 // compoundExpiry reports whether force-expiry f's window overlaps the
 // window of a fleet-wide fault of another kind, or a lost session: then its

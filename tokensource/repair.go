@@ -70,10 +70,11 @@ func (s *Source) repairLoop(ctx context.Context) {
 // checkRecord reads the fleet's record and restores this Source's token if
 // the record is behind it, or if its commit is pending. It reports whether
 // the record holds that token or a newer one now; false when the
-// Coordinator did not answer or refused. Like a caller, it does not ask a
-// Coordinator known to be down before its backoff ends, except for a
-// pending commit of this Source: that one must land before a peer refreshes
-// from the stale record. A pending commit is restored even when the record
+// Coordinator did not answer or refused. It asks even a Coordinator known
+// to be down (a bounded probe), because the restores must land within the
+// repair grace of the Coordinator answering again, before a peer presents a
+// refresh token from the stale record; an answer also ends the known-down
+// state for the callers. A pending commit is restored even when the record
 // shows its version, because the write may not have been confirmed (a
 // replica acknowledgement that did not come: the Coordinator waits for it
 // again).
@@ -84,11 +85,7 @@ func (s *Source) checkRecord(ctx context.Context) bool {
 	if ft.ver == 0 {
 		return true
 	}
-	read := s.loadRecord
-	if ft.pending {
-		read = s.probeRecord
-	}
-	rec, err := read(ctx)
+	rec, err := s.probeRecord(ctx)
 	if err != nil {
 		return false
 	}

@@ -20,7 +20,7 @@ STATICCHECK := bin/tools/staticcheck
 MODULES := otel tokensource/redisstore cmd/demo e2e e2e/oauth2server
 PKGS    := ./... $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
-.PHONY: all generate lint test test-go check-generated bench bench-fleet bench-smoke fuzz soak demo testserver release-check tidy $(STATICCHECK)
+.PHONY: all generate lint test test-go check-generated bench bench-fleet bench-smoke fuzz soak chaos demo testserver release-check tidy $(STATICCHECK)
 
 all: test
 
@@ -68,6 +68,17 @@ fuzz:
 ## soak: the soak test alone for SOAK (default 20s; it also runs, for 20s, in test-go)
 soak:
 	$(GO) test -race -count=1 -run '^TestSoak$$' ./e2e/ -soak.duration=$(SOAK)
+
+## chaos: the seeded fault campaign (e2e TestChaos): 6 worker processes per store under kills, stops,
+## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=602 for 20s).
+## SEED=<n> DURATION=<d> STORE=file,redis,cluster,sentinel or all; CHAOS_GOFLAGS=-race to build with the race detector
+SEED          ?= 30
+DURATION      ?= 60s
+STORE         ?= all
+CHAOS_GOFLAGS ?=
+chaos:
+	$(GO) test $(CHAOS_GOFLAGS) -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e/ \
+		-chaos.seed=$(SEED) -chaos.duration=$(DURATION) -chaos.store=$(STORE)
 
 ## check-generated: fail if `make generate` changes anything under proto/
 check-generated: generate

@@ -71,6 +71,40 @@
 //
 //	go test -race -run TestSoak ./e2e/ -soak.duration=10m
 //
+// # Chaos campaign
+//
+// TestChaos (chaos_test.go, the worker in chaosworker_test.go, the faults
+// in chaosfaults_test.go, the checkers in chaoscheck_test.go) runs a
+// seeded fault campaign per store (FileStore, Redis): 6 worker processes,
+// each with its own connection and Source and 8 callers with 3 s deadlines
+// through the interceptors, share one rotating credential against
+// testserver (1.8 s tokens, 50–200 ms refresh latency, family revocation
+// on reuse), while a fault strikes every 0.5–2 s: a worker killed (SIGKILL,
+// restarted), a worker stopped for 0.2–3 s (SIGSTOP, SIGCONT), every access
+// token force-expired, and per store: a member stalled 0.2–3 s inside the
+// FileStore's critical section with a live lease (through
+// internal/faultpoint); redis-server killed and restarted empty or from its
+// append-only file, at a random moment or while a refresh is in flight
+// (before the server rotates). With -chaos.store=cluster or sentinel (or
+// all) it runs on topologies started for the purpose (chaostopology_test.go):
+// a 3-master Redis Cluster whose master for the record's slot is killed,
+// and a master with a replica and three Sentinels, failed over by killing
+// the master, each at a random moment or with a refresh in flight. The
+// schedule is drawn from -chaos.seed and logged first; the refresh latency
+// is not part of it. The checkers, with
+// the definitions of fault windows and the recovery allowance, are
+// documented in chaoscheck_test.go: refresh-token reuse at the server,
+// lost sessions, failed calls outside fault windows, failed calls per
+// force-expiry (at most 20), members sending a token the server rejected
+// while a valid one is committed, and grants per token lifetime. A lost
+// session is followed by a relogin, so that the campaign goes on. Each
+// store ends with a table per fault kind on "chaos |" lines; a failure
+// names the checker, the faults and the seed. `make test` runs seed 602 for
+// 20 s on FileStore and on Redis; for longer runs (STORE=file, redis,
+// cluster, sentinel or all):
+//
+//	make chaos SEED=7 DURATION=10m STORE=redis
+//
 // # Fleet benchmark
 //
 // BenchmarkFleet runs the fleet tests' worker processes (the test binary

@@ -145,6 +145,9 @@ func faultRows() []faultRow {
 			recovery:   "latency removed, backoff passed",
 			recover: func(_ *testing.T, r *rig) {
 				r.srv.SetRefreshLatency(0)
+				// The Refresher the timeout cut off must have returned:
+				// until then callers fail at once.
+				r.waitIdle()
 				r.passBackoff()
 			},
 			wantAfter: counts{RefreshOK: 1, RefreshFailed: 1, Unauthenticated: 2, Echo: 3},

@@ -18,9 +18,10 @@ func TestMain(m *testing.M) {
 	// go-redis's own log lines: the dial failures of a redis-server being
 	// started or restarted.
 	redis.SetLogger(quietLogger{})
-	// A worker process of a fleet test (fleet_test.go) runs its role
-	// instead of the tests.
-	testutil.Main(m, testutil.Role(envWorker, func(string) int { return runFleetWorker() }))
+	// A worker process of a fleet test (fleet_test.go) or of the chaos
+	// campaign (chaosworker_test.go) runs its role instead of the tests.
+	testutil.Main(m, testutil.Role(envWorker, func(string) int { return runFleetWorker() }),
+		testutil.Role(envChaosWorker, runChaosWorker))
 }
 
 type quietLogger struct{}

@@ -85,6 +85,7 @@ func (s *Server) refreshToken(ctx context.Context, refreshToken string) (pair, e
 	}
 	p, famID, why := s.rotate(refreshToken)
 	if why != "" {
+		s.observeRejection(ctx, Rejection{Kind: "refresh token", Reason: string(why), Reuse: why == rejectReused, Family: famID})
 		return pair{}, s.reject(ctx, "refresh token", why, "family", famID)
 	}
 	method, _ := grpc.Method(ctx)

@@ -73,6 +73,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 		user, why = s.checkAccess(token)
 	}
 	if why != "" {
+		s.observeRejection(ctx, Rejection{Kind: "access token", Reason: string(why)})
 		return nil, s.reject(ctx, "access token", why)
 	}
 	return context.WithValue(ctx, userKey{}, user), nil

@@ -37,6 +37,7 @@ type options struct {
 	failFunc       func(ctx context.Context, refreshToken string) error
 	users          map[string]string
 	logger         *slog.Logger
+	onReject       func(context.Context, Rejection)
 }
 
 func defaultOptions() options {

@@ -25,6 +25,7 @@ type Server struct {
 	logger   *slog.Logger
 	users    map[string]string // read-only after New
 	failFunc func(ctx context.Context, refreshToken string) error
+	onReject func(ctx context.Context, r Rejection)
 
 	mu             sync.Mutex
 	accessTTL      time.Duration
@@ -97,6 +98,7 @@ func New(opts ...Option) *Server {
 		logger:         o.logger,
 		users:          maps.Clone(users),
 		failFunc:       o.failFunc,
+		onReject:       o.onReject,
 		accessTTL:      o.accessTTL,
 		refreshTTL:     o.refreshTTL,
 		latency:        o.refreshLatency,

@@ -167,13 +167,6 @@ func (s *Source) adoptAfterLostLease(ctx context.Context, prev *Token, res resul
 		}
 	}
 	s.log.Warn("tokensource: lost the fleet's refresh lease during the refresh; keeping the result to put it back into the fleet's record")
-	if s.restorer != nil {
-		// At once, not at the next periodic check: the member that took
-		// over presents the spent refresh token when its grace ends.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), coordinatorProbe)
-		defer cancel()
-		s.restore(rctx, fleetToken{tok: res.tok, ver: res.ver, pending: true}, rec)
-	}
 	return res
 }
 

@@ -26,6 +26,13 @@ type Record struct {
 	// every Save and every successful Commit. It fences commits: a Lease
 	// commits only over the version it read.
 	Version uint64
+	// Restored reports that Token was put back by a Restorer after the
+	// record went back, and nothing has been saved or committed since. A
+	// newer token may still be on its way back (a holder whose commit
+	// failed), so a member about to present Token's refresh token waits
+	// for it first. Coordinators that do not implement Restorer leave it
+	// false.
+	Restored bool
 }
 
 // Coordinator is an optional interface of a Store shared by several Sources,
@@ -93,8 +100,9 @@ type Lease interface {
 type Restorer interface {
 	// Restore writes rec.Token as the shared token at version rec.Version
 	// if the shared record's version is lower (a missing or empty record
-	// has version 0), whoever holds the lease, and wakes waiters. It
-	// reports whether it wrote. Since it raises the version, a lease
+	// has version 0), whoever holds the lease, marks the record Restored
+	// until the next Save or Commit, and wakes waiters. It reports whether
+	// it wrote. Since it raises the version, a lease
 	// holder that read the older record can no longer commit over it.
 	// Restore is a maximum: of two restores, the higher version wins in
 	// either order.

@@ -23,7 +23,9 @@ import (
 var ErrCorruptStore = errors.New("tokensource: token store is corrupt")
 
 // fileFormatVersion is written to every file. Version 2 added the revision;
-// Load reads versions 1 and 2 and refuses others rather than guess.
+// Load reads versions 1 and 2 and refuses others rather than guess. The
+// restored flag is optional within version 2: a file without it was not
+// written by Restore.
 const fileFormatVersion = 2
 
 type fileToken struct {
@@ -34,6 +36,9 @@ type fileToken struct {
 	AccessToken  string    `json:"access_token"`
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
+	// Restored is Record.Restored: written only by Restore, and absent
+	// (false) from every file Save and Commit write.
+	Restored bool `json:"restored,omitempty"`
 }
 
 // Defaults of the FileStore options.
@@ -215,8 +220,8 @@ func parseTokenFile(path string, data []byte) (Record, error) {
 	rev := ft.Revision
 	switch ft.Version {
 	case 1:
-		if rev != 0 {
-			return Record{}, fmt.Errorf("%w: %s: a format version 1 file has no revision", ErrCorruptStore, path)
+		if rev != 0 || ft.Restored {
+			return Record{}, fmt.Errorf("%w: %s: a format version 1 file has no revision or restored flag", ErrCorruptStore, path)
 		}
 		rev = 1
 	case 2:
@@ -231,8 +236,9 @@ func parseTokenFile(path string, data []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: %s: neither an access token nor a refresh token", ErrCorruptStore, path)
 	}
 	return Record{
-		Token:   &Token{AccessToken: ft.AccessToken, RefreshToken: ft.RefreshToken, Expiry: ft.Expiry},
-		Version: rev,
+		Token:    &Token{AccessToken: ft.AccessToken, RefreshToken: ft.RefreshToken, Expiry: ft.Expiry},
+		Version:  rev,
+		Restored: ft.Restored,
 	}, nil
 }
 
@@ -273,15 +279,16 @@ func (f *FileStore) Save(ctx context.Context, t *Token) error {
 			return err
 		}
 		rec, _ := f.readRecord() // the empty record if it is corrupt or unreadable
-		return f.writeLocked(lf, lr, max(rec.Version, lr.Revision)+1, t)
+		return f.writeLocked(lf, lr, Record{Token: t, Version: max(rec.Version, lr.Revision) + 1})
 	})
 	return storeError("saving token", err)
 }
 
-// writeLocked writes t as revision rev, then records rev in the lock file,
-// whose lease record lr was read under the same lock.
-func (f *FileStore) writeLocked(lf *os.File, lr leaseRecord, rev uint64, t *Token) error {
-	if err := f.writeTokenFile(rev, t); err != nil {
+// writeLocked writes rec to the token file, then records rec.Version in the
+// lock file, whose lease record lr was read under the same lock.
+func (f *FileStore) writeLocked(lf *os.File, lr leaseRecord, rec Record) error {
+	rev := rec.Version
+	if err := f.writeTokenFile(rec); err != nil {
 		return err
 	}
 	// The lock file keeps the highest revision written, so that a Save
@@ -293,16 +300,17 @@ func (f *FileStore) writeLocked(lf *os.File, lr leaseRecord, rev uint64, t *Toke
 	return nil
 }
 
-// writeTokenFile replaces the token file with t at revision rev: a
-// temporary file in the same directory, fsync, rename, fsync of the
-// directory.
-func (f *FileStore) writeTokenFile(rev uint64, t *Token) error {
+// writeTokenFile replaces the token file with rec: a temporary file in the
+// same directory, fsync, rename, fsync of the directory.
+func (f *FileStore) writeTokenFile(rec Record) error {
+	t := rec.Token
 	data, err := json.Marshal(fileToken{
 		Version:      fileFormatVersion,
-		Revision:     rev,
+		Revision:     rec.Version,
 		AccessToken:  t.AccessToken,
 		RefreshToken: t.RefreshToken,
 		Expiry:       t.Expiry,
+		Restored:     rec.Restored,
 	})
 	if err != nil {
 		return fmt.Errorf("encoding token: %w", err)

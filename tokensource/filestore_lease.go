@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/faultpoint"
 )
 
 // leaseRecord is the contents of a FileStore's lock file.
@@ -114,6 +116,7 @@ func (f *FileStore) locked(ctx context.Context, fn func(lf *os.File) error) erro
 	if f.inLock != nil {
 		f.inLock()
 	}
+	faultpoint.FileStoreLocked(f.lockPath)
 	return fn(lf)
 }
 
@@ -227,7 +230,7 @@ type fileLease struct {
 }
 
 func (l *fileLease) Record() Record {
-	return Record{Token: l.rec.Token.clone(), Version: l.rec.Version}
+	return Record{Token: l.rec.Token.clone(), Version: l.rec.Version, Restored: l.rec.Restored}
 }
 
 func (l *fileLease) TakenOver() bool { return l.takenOver }
@@ -358,7 +361,7 @@ func (l *fileLease) Commit(ctx context.Context, t *Token) error {
 		}
 		// writeLocked writes the token file before it frees the lease, so
 		// that waiters see the new revision no later than the free lease.
-		if err := f.writeLocked(lf, lr, l.rec.Version+1, t); err != nil {
+		if err := f.writeLocked(lf, lr, Record{Token: t, Version: l.rec.Version + 1}); err != nil {
 			giveUp()
 			return err
 		}

@@ -6,9 +6,10 @@ import (
 )
 
 // Restore is Restorer.Restore among the FileStores of the host: under the
-// lock, it writes rec.Token at revision rec.Version if the token file's
-// revision is lower (a missing file has revision 0), whoever holds the
-// lease, which it leaves alone; it reports whether it wrote. A lease holder
+// lock, it writes rec.Token at revision rec.Version, marked Restored until
+// the next Save or Commit, if the token file's revision is lower (a missing
+// file has revision 0), whoever holds the lease, which it leaves alone; it
+// reports whether it wrote. A lease holder
 // that read a lower revision can no longer commit, waiters see the new
 // revision at their next poll, and the next Commit writes rec.Version+1.
 //
@@ -39,7 +40,7 @@ func (f *FileStore) Restore(ctx context.Context, rec Record) (bool, error) {
 		if err != nil || cur.Version >= rec.Version {
 			return err
 		}
-		if err := f.writeLocked(lf, lr, rec.Version, rec.Token); err != nil {
+		if err := f.writeLocked(lf, lr, Record{Token: rec.Token, Version: rec.Version, Restored: true}); err != nil {
 			return err
 		}
 		wrote = true

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -338,4 +339,91 @@ func TestFileStoreSourcesRestoreOlderCopy(t *testing.T) {
 	if rec := mustRecord(t, f); rec.Version != 3 || !sameToken(rec.Token, next) {
 		t.Errorf("record = %+v, want the second refresh at revision 3", rec)
 	}
+}
+
+// wantRestored checks Record.Restored as LoadRecord and a new lease (which
+// it releases) report it.
+func wantRestored(t *testing.T, f *FileStore, want bool) {
+	t.Helper()
+	if rec := mustRecord(t, f); rec.Restored != want {
+		t.Fatalf("LoadRecord: Restored = %v, want %v", rec.Restored, want)
+	}
+	l := mustLease(t, f)
+	defer func() { _ = l.Release(ctxBG) }()
+	if rec := l.Record(); rec.Restored != want {
+		t.Fatalf("lease Record: Restored = %v, want %v", rec.Restored, want)
+	}
+}
+
+// The token file marks a record Restore wrote, until the next Save or
+// Commit; a refused Restore leaves the mark as it was.
+func TestFileStoreRestoredFlag(t *testing.T) {
+	t.Parallel()
+	t.Run("restore then save", func(t *testing.T) {
+		f := NewFileStore(tokenFile(t))
+		wantRestored(t, f, false)
+		mustRestore(t, f, 5, true)
+		wantRestored(t, f, true)
+		if err := f.Save(ctxBG, tokenAt(6)); err != nil {
+			t.Fatal(err)
+		}
+		wantRecord(t, f, 6)
+		wantRestored(t, f, false)
+	})
+	t.Run("restore then commit", func(t *testing.T) {
+		f := NewFileStore(tokenFile(t))
+		saveAt(t, f, 2)
+		wantRestored(t, f, false)
+		mustRestore(t, f, 4, true)
+		l := mustLease(t, f)
+		if rec := l.Record(); !rec.Restored || rec.Version != 4 {
+			t.Fatalf("lease record = %+v, want the restored revision 4", rec)
+		}
+		if err := l.Commit(ctxBG, tokenAt(5)); err != nil {
+			t.Fatal(err)
+		}
+		wantRecord(t, f, 5)
+		wantRestored(t, f, false)
+	})
+	t.Run("refused restore keeps the flag", func(t *testing.T) {
+		f := NewFileStore(tokenFile(t))
+		saveAt(t, f, 3)
+		mustRestore(t, f, 3, false)
+		wantRestored(t, f, false)
+		mustRestore(t, f, 7, true)
+		mustRestore(t, f, 6, false)
+		wantRestored(t, f, true)
+		wantRecord(t, f, 7)
+	})
+	t.Run("files without the flag", func(t *testing.T) {
+		for _, content := range []string{
+			`{"version":1,"access_token":"at","refresh_token":"rt"}`,
+			`{"version":2,"revision":4,"access_token":"at","refresh_token":"rt"}`,
+			`{"version":2,"revision":4,"access_token":"at","refresh_token":"rt","restored":false}`,
+		} {
+			path := tokenFile(t)
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			f := NewFileStore(path)
+			wantRestored(t, f, false)
+			if rec := mustRecord(t, f); rec.Token == nil || rec.Token.RefreshToken != "rt" {
+				t.Fatalf("%s: record = %+v, want the stored token", content, rec)
+			}
+		}
+	})
+	t.Run("file contents", func(t *testing.T) {
+		path := tokenFile(t)
+		f := NewFileStore(path)
+		mustRestore(t, f, 2, true)
+		if data, _ := os.ReadFile(path); !strings.Contains(string(data), `"restored":true`) {
+			t.Fatalf("a restored token file does not carry the flag")
+		}
+		if err := f.Save(ctxBG, tokenAt(3)); err != nil {
+			t.Fatal(err)
+		}
+		if data, _ := os.ReadFile(path); strings.Contains(string(data), "restored") {
+			t.Fatalf("a saved token file carries the restored flag")
+		}
+	})
 }

@@ -44,10 +44,15 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
 		s.fleet = fleetToken{tok: res.tok, ver: res.ver, pending: res.saveErr != nil}
 		if res.ver > 0 {
-			if res.saveErr == nil {
-				s.noteLocked(res.ver) // else the commit is pending: see repair.go
-			}
 			s.startRepairLocked()
+			if res.saveErr == nil {
+				s.noteLocked(res.ver)
+			} else { // the commit is pending: see repair.go
+				select {
+				case s.repairNow <- struct{}{}:
+				default:
+				}
+			}
 		}
 		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
 		if f.forced && f.attempts > 0 {

@@ -150,8 +150,8 @@ func WithRefreshAttempts(n int) Option {
 // refresh per d, while two separate revocations in quick succession are both
 // refreshed. Only a forced refresh that got a token from the Refresher (or
 // the rejected one back) counts: adopting a peer's token does not, nor does a
-// failed one, after which the backoff holds the next one back. 0 disables the limit; negative values are
-// treated as 0.
+// failed one, after which the backoff holds the next one back. 0 disables the
+// limit; negative values are treated as 0.
 func WithMinRefreshInterval(d time.Duration) Option {
 	return func(o *options) { o.minRefreshInterval = max(d, 0) }
 }

@@ -47,7 +47,9 @@ func (s *Source) startRepairLocked() {
 }
 
 // repairLoop checks the fleet's record every repair interval until ctx ends
-// (Close), and four times as often while a check fails.
+// (Close), four times as often while a check fails, and at once when a
+// commit of this Source has failed (repairNow): a peer that takes the lease
+// over waits only the repair grace for it.
 func (s *Source) repairLoop(ctx context.Context) {
 	t := time.NewTimer(s.opts.repairInterval)
 	defer t.Stop()
@@ -56,6 +58,7 @@ func (s *Source) repairLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.repairNow:
 		}
 		next := s.opts.repairInterval
 		if !s.checkRecord(ctx) {
@@ -68,10 +71,11 @@ func (s *Source) repairLoop(ctx context.Context) {
 // checkRecord reads the fleet's record and restores this Source's token if
 // the record is behind it, or if its commit is pending. It reports whether
 // the record holds that token or a newer one now; false when the
-// Coordinator did not answer or refused. Like a caller, it does not ask a
-// Coordinator known to be down before its backoff ends, except for a
-// pending commit of this Source: that one must land before a peer refreshes
-// from the stale record. A pending commit is restored even when the record
+// Coordinator did not answer or refused. It asks even a Coordinator known
+// to be down (a bounded probe), because the restores must land within the
+// repair grace of the Coordinator answering again, before a peer presents a
+// refresh token from the stale record; an answer also ends the known-down
+// state for the callers. A pending commit is restored even when the record
 // shows its version, because the write may not have been confirmed (a
 // replica acknowledgement that did not come: the Coordinator waits for it
 // again).
@@ -82,11 +86,7 @@ func (s *Source) checkRecord(ctx context.Context) bool {
 	if ft.ver == 0 {
 		return true
 	}
-	read := s.loadRecord
-	if ft.pending {
-		read = s.probeRecord
-	}
-	rec, err := read(ctx)
+	rec, err := s.probeRecord(ctx)
 	if err != nil {
 		return false
 	}
@@ -163,17 +163,18 @@ func (s *Source) repairGrace() time.Duration {
 // Source is about to present presenting's refresh token, may have lost a
 // newer token a live member holds: the lease was taken over from a holder
 // that stopped renewing it (its commit may be pending), the record is empty
-// or older than a version this Source has seen, or this Source has just put
-// its own token back into it (restored: the record had gone back, and a
-// peer may hold a newer token than this Source's).
+// or older than a version this Source has seen, or it was put back after a
+// loss, by this Source (restored) or a peer (Record.Restored), and a member
+// may hold a newer token still: a holder whose commit failed with the loss,
+// and whose lease was lost with it.
 func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool {
 	if s.restorer == nil || s.opts.repairInterval <= 0 || presenting == nil || presenting.RefreshToken == "" {
 		return false // without a refresh token to present there is nothing to spend twice
 	}
-	v := lease.Record().Version
+	rec := lease.Record()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return restored || lease.TakenOver() || v == 0 || v < s.seen
+	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen
 }
 
 // waitForCandidates waits the repair grace under lease, then reports

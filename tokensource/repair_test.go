@@ -74,12 +74,15 @@ func (o *outageStore) Restore(ctx context.Context, rec Record) (bool, error) {
 	return wrote, err
 }
 
-// reset empties the record, as a Redis restart without persistence does.
+// reset empties the record, as a Redis restart without persistence does:
+// what it knew about past leases is gone too, so the next lease is no
+// takeover.
 func (o *outageStore) reset() {
 	m := o.MemoryStore
 	m.mu.Lock()
-	m.tok, m.version = nil, 0
+	m.tok, m.version, m.restore = nil, 0, false
 	m.mu.Unlock()
+	o.orphan.Store(false)
 }
 
 type outageLease struct {
@@ -196,9 +199,9 @@ func TestTakeoverWaitsForAPendingCommit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r, st, _ := outageFleet(t, 0)
 		outageHolder(t, r, st)
-		// The outage, ending between two of the holder's repair checks
-		// (every 250 ms while its commit is pending), so that b reads the
-		// record before the holder has put its token back.
+		// The outage. It ends between two of a's checks (every 250 ms
+		// while they fail), so that b takes the lease before a's pending
+		// commit lands.
 		time.Sleep(5*time.Second + 100*time.Millisecond)
 		st.down.Store(false)
 		// A member started just now (a process restarted during the
@@ -296,6 +299,31 @@ func TestUnconfirmedCommitIsConfirmedLater(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		if extra := st.restores.Load() - n; extra != 0 {
 			t.Errorf("%d Restore calls after the commit was confirmed, want none", extra)
+		}
+		checkLanded(t, r, st)
+	})
+}
+
+// Redis killed while a refresh is in flight and restarted empty: the
+// holder's commit fails, and a live member that holds the older token puts
+// that back first. A member about to present its refresh token from that
+// restored record waits the repair grace, in which the holder's pending
+// commit lands over it.
+func TestRestoredRecordWaitsForAPendingCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st, srcs := outageFleet(t, 1)
+		b := srcs[0]
+		b0 := mustToken(t, b)
+		outageHolder(t, r, st) // a holds at-1; its commit failed
+		st.reset()             // restarted without persistence
+		st.down.Store(false)
+		// A member that holds at-0 puts it back at its version.
+		if wrote, err := st.Restore(ctxBG, Record{Token: b0, Version: 1}); err != nil || !wrote {
+			t.Fatalf("Restore = (%v, %v)", wrote, err)
+		}
+		b1, err := b.Refresh(ctxBG, b0)
+		if err != nil || b1.AccessToken != "at-1" {
+			t.Fatalf("b: Refresh = (%v, %v), want at-1, the token a could not commit", b1, err)
 		}
 		checkLanded(t, r, st)
 	})

@@ -116,6 +116,7 @@ type Source struct {
 	fleet      fleetToken
 	seen       uint64
 	stopRepair context.CancelFunc
+	repairNow  chan struct{} // wakes the check for a pending commit; buffered
 
 	closing chan struct{}  // closed by Close: releases every waiter
 	wg      sync.WaitGroup // refresh goroutines
@@ -148,7 +149,7 @@ func New(r Refresher, opts ...Option) *Source {
 		}
 	}
 	log := cmp.Or(o.logger, slog.New(slog.DiscardHandler))
-	s := &Source{refresher: r, opts: o, log: log, closing: make(chan struct{})}
+	s := &Source{refresher: r, opts: o, log: log, closing: make(chan struct{}), repairNow: make(chan struct{}, 1)}
 	s.coord, _ = o.store.(Coordinator)
 	s.restorer, _ = s.coord.(Restorer)
 	st := &state{}

@@ -39,6 +39,7 @@ type MemoryStore struct {
 	mu      sync.Mutex
 	tok     *Token
 	version uint64
+	restore bool          // the token was put back by Restore, nothing written since
 	holder  *memoryLease  // nil: the lease is free
 	changed chan struct{} // closed and replaced on every change; lazily made
 }
@@ -130,17 +131,17 @@ func (m *MemoryStore) Restore(ctx context.Context, rec Record) (bool, error) {
 	if m.version >= rec.Version {
 		return false, nil
 	}
-	m.tok, m.version = rec.Token.clone(), rec.Version
+	m.tok, m.version, m.restore = rec.Token.clone(), rec.Version, true
 	m.notifyLocked()
 	return true, nil
 }
 
 func (m *MemoryStore) recordLocked() Record {
-	return Record{Token: m.tok.clone(), Version: m.version}
+	return Record{Token: m.tok.clone(), Version: m.version, Restored: m.restore}
 }
 
 func (m *MemoryStore) writeLocked(t *Token) {
-	m.tok = t.clone()
+	m.tok, m.restore = t.clone(), false
 	m.version++
 	m.notifyLocked()
 }

@@ -109,6 +109,8 @@ func TestFileStoreRefusesCorruptFile(t *testing.T) {
 		"v2 no revision":  `{"version":2,"access_token":"` + secret + `"}`,
 		"v1 revision":     `{"version":1,"revision":5,"access_token":"` + secret + `"}`,
 		"bad revision":    `{"version":2,"revision":-1,"access_token":"` + secret + `"}`,
+		"v1 restored":     `{"version":1,"access_token":"` + secret + `","restored":true}`,
+		"bad restored":    `{"version":2,"revision":1,"access_token":"` + secret + `","restored":1}`,
 		"no tokens":       `{"version":1}`,
 		"trailing data":   `{"version":1,"access_token":"a"} {"version":1}`,
 		"array":           `["` + secret + `"]`,

@@ -46,14 +46,15 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 		}
 		return nil, s.fail(ctx, "taking the lease", err)
 	}
-	if len(res) != 3 {
+	if len(res) != 4 {
 		l.end(ctx)
 		return nil, s.recordErr(ErrCorruptRecord, "unexpected reply to the lease script")
 	}
 	taken, _ := res[0].(int64)
 	version, _ := res[1].(string)
 	payload, _ := res[2].(string)
-	rec, err := s.record(version, payload)
+	restored, _ := res[3].(string)
+	rec, err := s.record(version, payload, restored)
 	if err != nil {
 		l.end(ctx)
 		return nil, err

@@ -312,6 +312,29 @@ func TestScriptsIdempotentForRetries(t *testing.T) {
 	if ok, _ := res[0].(int64); ok != 0 {
 		t.Fatal("a stale commit with another payload succeeded")
 	}
+
+	// A Restore retried after its reply was lost keeps the mark it set; a
+	// retried commit that finds its payload at its version (put back by
+	// a Restore meanwhile) succeeds and clears the mark as a commit does.
+	for i, want := range []int64{1, 0} {
+		n, err := restoreScript.Run(ctx, s.client, []string{s.recordKey}, "2", "payload-r", s.channel, "1").Int64()
+		if err != nil || n != want {
+			t.Fatalf("restore attempt %d = (%d, %v); want %d", i+1, n, err, want)
+		}
+		if r := newClient(t, srv).HGet(ctx, s.recordKey, "restored").Val(); r != "1" {
+			t.Fatalf("restore attempt %d left restored = %q; want 1", i+1, r)
+		}
+	}
+	res, err = commitScript.Run(ctx, s.client, keys, "owner-1", "1", "payload-r", s.channel, "2").Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := res[0].(int64); ok != 1 {
+		t.Fatalf("a retried commit over its restored payload refused (%v)", res[1])
+	}
+	if n := newClient(t, srv).HExists(ctx, s.recordKey, "restored").Val(); n {
+		t.Fatal("a commit left the record marked restored")
+	}
 }
 
 // TestTryLeaseCutOffGivesLeaseBack: a TryLease whose ctx ends while the

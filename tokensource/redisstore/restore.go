@@ -11,10 +11,10 @@ import (
 
 var _ tokensource.Restorer = (*Store)(nil)
 
-// Restore writes rec.Token at version rec.Version if the record's version is
-// lower (a missing record, as after a Redis restart without persistence, or
-// a record rolled back by a failover, has a lower one), and reports whether
-// it wrote. It is a maximum: of two restores the higher version stays, in
+// Restore writes rec.Token at version rec.Version, marked Restored until the
+// next Save or Commit, if the record's version is lower (a missing record,
+// as after a Redis restart without persistence, or a record rolled back by a
+// failover, has a lower one), and reports whether it wrote. It is a maximum: of two restores the higher version stays, in
 // either order, and an equal or higher version is left alone. It neither
 // takes, needs nor clears the lease; a holder that read an older record is
 // refused at Commit, since the version no longer matches. The next Save or

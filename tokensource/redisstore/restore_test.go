@@ -213,3 +213,73 @@ func TestRestoreSealedAndErrors(t *testing.T) {
 	}
 	noSecrets(t, err)
 }
+
+// wantRestored checks Record.Restored as LoadRecord and a new lease (which
+// it releases) report it.
+func wantRestored(t *testing.T, s *Store, want bool) {
+	t.Helper()
+	ctx := testContext(t)
+	if rec := mustLoad(t, ctx, s); rec.Restored != want {
+		t.Fatalf("LoadRecord: Restored = %v; want %v", rec.Restored, want)
+	}
+	l := mustLease(t, ctx, s)
+	defer l.Release(ctx)
+	if rec := l.Record(); rec.Restored != want {
+		t.Fatalf("lease Record: Restored = %v; want %v", rec.Restored, want)
+	}
+}
+
+// TestRestoredFlag: a record Restore wrote is reported Restored, by
+// LoadRecord and by a new lease, until the next Commit or Save; a refused
+// Restore leaves the mark as it was.
+func TestRestoredFlag(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := testContext(t)
+
+	t.Run("commit clears", func(t *testing.T) {
+		s := member(t, srv, "commit")
+		newest := saveN(t, s, 3)
+		wantRestored(t, s, false)
+		srv.Restart()
+		wantRestored(t, s, false)
+		mustRestore(t, s, tokensource.Record{Token: newest, Version: 3}, true)
+		wantRestored(t, s, true)
+		l := mustLease(t, ctx, s)
+		if rec := l.Record(); !rec.Restored || rec.Version != 3 {
+			t.Fatalf("lease record: Restored = %v at version %d; want the restored version 3", rec.Restored, rec.Version)
+		}
+		if err := l.Commit(ctx, secretToken()); err != nil {
+			t.Fatalf("Commit: %v", err)
+		}
+		wantRestored(t, s, false)
+	})
+	t.Run("save clears", func(t *testing.T) {
+		s := member(t, srv, "save")
+		mustRestore(t, s, tokensource.Record{Token: secretToken(), Version: 5}, true)
+		wantRestored(t, s, true)
+		tok := saveN(t, s, 1)
+		wantRecord(t, s, tok, 6)
+		wantRestored(t, s, false)
+	})
+	t.Run("refused restore keeps the mark", func(t *testing.T) {
+		s := member(t, srv, "refused")
+		saveN(t, s, 2)
+		mustRestore(t, s, tokensource.Record{Token: secretToken(), Version: 2}, false)
+		wantRestored(t, s, false)
+		tok := secretToken()
+		mustRestore(t, s, tokensource.Record{Token: tok, Version: 7}, true)
+		mustRestore(t, s, tokensource.Record{Token: secretToken(), Version: 6}, false)
+		mustRestore(t, s, tokensource.Record{Token: secretToken(), Version: 7}, false)
+		wantRecord(t, s, tok, 7)
+		wantRestored(t, s, true)
+	})
+	t.Run("unknown value", func(t *testing.T) {
+		s := member(t, srv, "unknown")
+		tok := saveN(t, s, 1)
+		if err := newClient(t, srv).HSet(ctx, s.recordKey, "restored", "yes").Err(); err != nil {
+			t.Fatal(err)
+		}
+		wantRecord(t, s, tok, 1)
+		wantRestored(t, s, false)
+	})
+}

@@ -8,6 +8,8 @@ import "github.com/redis/go-redis/v9"
 //	payload  the token (absent: none stored yet)
 //	holder   the owner of the lease granted last and not yet ended by a
 //	         Commit or Release of that owner
+//	restored "1" when Restore wrote payload and no Save or Commit has
+//	         written since (Record.Restored; absent: false)
 //
 // The lease is a string at KEYS[2] holding its owner, with a PX expiry. The
 // scripts run atomically in Redis, which is what makes the lease exclusive
@@ -16,7 +18,7 @@ import "github.com/redis/go-redis/v9"
 
 // acquireScript takes the lease if nobody holds it.
 // ARGV: owner, ttl in ms. Returns nil when the lease is held; otherwise
-// {taken over (0/1), version, payload}. A recorded holder without a live
+// {taken over (0/1), version, payload, restored ('1' or '0')}. A recorded holder without a live
 // lease key is one whose lease expired before it committed or released: a
 // takeover.
 //
@@ -31,10 +33,10 @@ end
 local prev = redis.call('HGET', KEYS[1], 'holder')
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
-local r = redis.call('HMGET', KEYS[1], 'version', 'payload')
+local r = redis.call('HMGET', KEYS[1], 'version', 'payload', 'restored')
 local taken = 0
 if prev and prev ~= ARGV[1] then taken = 1 end
-return {taken, r[1] or '0', r[2] or ''}
+return {taken, r[1] or '0', r[2] or '', r[3] or '0'}
 `)
 
 // renewScript extends the lease if it is still ours.
@@ -57,7 +59,10 @@ return 0
 // retry of a commit that was applied (its reply lost) finds its own payload
 // at the next version and succeeds again, rather than being refused by its
 // own write; it rewrites the version field to itself so that a WAIT after
-// the retry also covers the first attempt's write.
+// the retry also covers the first attempt's write. Either way a successful
+// commit leaves the record unmarked as restored: if a Restore put the same
+// payload back at that version meanwhile, the commit it was waiting for has
+// landed.
 var commitScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[1] then
@@ -66,6 +71,7 @@ end
 local v = redis.call('HGET', KEYS[1], 'version') or '0'
 if v == ARGV[5] and redis.call('HGET', KEYS[1], 'payload') == ARGV[3] then
 	redis.call('HSET', KEYS[1], 'version', v)
+	redis.call('HDEL', KEYS[1], 'restored')
 	return {1, v}
 end
 if v ~= ARGV[2] then
@@ -82,6 +88,7 @@ if v ~= ARGV[2] then
 end
 local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'payload', ARGV[3])
+redis.call('HDEL', KEYS[1], 'restored')
 if cur then
 	redis.call('DEL', KEYS[2])
 end
@@ -113,12 +120,14 @@ return n
 `)
 
 // saveScript is the unconditional write of Store.Save. It leaves the lease
-// alone; the version bump refuses the holder's commit.
+// alone; the version bump refuses the holder's commit. The record it writes
+// is not restored.
 // ARGV: payload, channel, "0" to leave the announcement to the caller.
 // Returns the new version.
 var saveScript = redis.NewScript(`
 local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'payload', ARGV[1])
+redis.call('HDEL', KEYS[1], 'restored')
 if ARGV[3] ~= '0' then
 	redis.call('PUBLISH', ARGV[2], nv)
 end
@@ -126,8 +135,8 @@ return nv
 `)
 
 // restoreScript is the fenced maximum of Store.Restore: it writes the payload
-// at the given version only if the record's version is lower (absent: 0),
-// whoever holds the lease, and leaves the lease and its holder alone, so the
+// at the given version, marked restored, only if the record's version is
+// lower (absent: 0), whoever holds the lease, and leaves the lease and its holder alone, so the
 // holder's commit is refused by the version it no longer matches.
 // ARGV: version (decimal, no leading zeros), payload, channel, "0" to leave
 // the announcement to the caller. Returns 1 when written, 0 when the record
@@ -136,7 +145,9 @@ return nv
 // every uint64 where Lua's doubles would not. When it does not write, it
 // rewrites the version field to itself, so that a WAIT after it also covers
 // whichever write put the record there (an unacknowledged commit re-offered
-// by Restore is acknowledged by that WAIT).
+// by Restore is acknowledged by that WAIT); it leaves the restored mark as
+// it was. A retry of a restore that was applied finds its own version and
+// returns 0, the mark set by the first attempt.
 var restoreScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'version') or '0'
 if not string.match(cur, '^[0-9]+$') then
@@ -149,7 +160,7 @@ if #cur > #want or (#cur == #want and cur >= want) then
 	end
 	return 0
 end
-redis.call('HSET', KEYS[1], 'version', want, 'payload', ARGV[2])
+redis.call('HSET', KEYS[1], 'version', want, 'payload', ARGV[2], 'restored', '1')
 if ARGV[4] ~= '0' then
 	redis.call('PUBLISH', ARGV[3], want)
 end

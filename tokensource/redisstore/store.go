@@ -114,7 +114,8 @@ func (s *Store) Save(ctx context.Context, t *tokensource.Token) error {
 	return w.acknowledge(ctx, op, strconv.FormatInt(nv, 10))
 }
 
-// LoadRecord returns the shared token and its version with one round trip.
+// LoadRecord returns the shared token, its version and whether Restore put it
+// there (Record.Restored) with one round trip.
 // A record that cannot be decoded yields an error matching ErrCorruptRecord
 // or ErrSealMismatch (and tokensource.ErrCorruptStore); a failure to reach
 // Redis one matching tokensource.ErrCoordinatorUnavailable.
@@ -122,22 +123,26 @@ func (s *Store) LoadRecord(ctx context.Context) (tokensource.Record, error) {
 	if err := ctx.Err(); err != nil {
 		return tokensource.Record{}, err
 	}
-	vals, err := s.client.HMGet(ctx, s.recordKey, "version", "payload").Result()
+	vals, err := s.client.HMGet(ctx, s.recordKey, "version", "payload", "restored").Result()
 	if err != nil {
 		return tokensource.Record{}, s.fail(ctx, "loading the record", err)
 	}
 	version, _ := vals[0].(string)
 	payload, _ := vals[1].(string)
-	return s.record(version, payload)
+	restored, _ := vals[2].(string)
+	return s.record(version, payload, restored)
 }
 
-// record decodes the version and payload fields ("" when absent).
-func (s *Store) record(version, payload string) (tokensource.Record, error) {
-	var rec tokensource.Record
+// record decodes the version, payload and restored fields ("" when absent).
+// Only Restore writes the restored field, as "1"; any other value counts as
+// not restored rather than as corruption, so that the flag never keeps a
+// member from the token.
+func (s *Store) record(version, payload, restored string) (tokensource.Record, error) {
+	rec := tokensource.Record{Restored: restored == "1"}
 	if version != "" {
 		v, err := strconv.ParseUint(version, 10, 64)
 		if err != nil {
-			return rec, s.recordErr(ErrCorruptRecord, "the version field is not an unsigned integer")
+			return tokensource.Record{}, s.recordErr(ErrCorruptRecord, "the version field is not an unsigned integer")
 		}
 		rec.Version = v
 	}

@@ -1,0 +1,93 @@
+package e2e_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+)
+
+// The checkers judge a synthetic record as their definitions say (see
+// chaoscheck_test.go), so that a campaign that reports zeros reports them
+// because nothing happened, not because a checker cannot see: a member that
+// keeps sending a token it was told is rejected while a valid one is
+// committed is a stale send, and only then; a failed call outside every
+// window is outside, a member fault's window covers that member alone, and
+// failures are counted per force-expiry, apart for one in a store outage.
+func TestChaosCheckers(t *testing.T) {
+	allow, recovery := *chaosStaleAllowance, *chaosRecovery
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	c := &campaign{t: t, topo: &chaosTopology{name: "synthetic"}, srv: testserver.New(), start: t0, end: at(10 * time.Second)}
+	for i := range c.slots {
+		c.slots[i] = &memberSlot{idx: i}
+	}
+
+	expiry := &faultRec{kind: faultExpire, member: -1, start: at(time.Second), end: at(time.Second)}
+	stop := &faultRec{kind: faultStop, member: 0, start: at(4 * time.Second), end: at(4*time.Second + 500*time.Millisecond)}
+	// A second force-expiry during a store outage: not judged by the
+	// per-force-expiry bound.
+	outage := &faultRec{kind: &faultKind{name: "store-outage"}, member: -1, start: at(6 * time.Second), end: at(7 * time.Second)}
+	expiry2 := &faultRec{kind: faultExpire, member: -1, start: at(6500 * time.Millisecond), end: at(6500 * time.Millisecond)}
+	c.faults = []*faultRec{expiry, stop, outage, expiry2}
+	c.invalidations = []span{{expiry.start, expiry.end}}
+
+	fpOld, fpNew := tokenFingerprint("at_old"), tokenFingerprint("at_new")
+	c.writes = []writeRec{
+		{at: t0, fp: fpOld, expiry: at(chaosTokenTTL), by: "seed"},
+		// Issued after the force-expiry, committed 0.1 s after it.
+		{at: at(1100 * time.Millisecond), fp: fpNew, expiry: at(1050*time.Millisecond + chaosTokenTTL), by: "1.1 commit"},
+	}
+	told := at(1010 * time.Millisecond)
+	c.rejections = []rejectionRec{
+		{at: told, member: "2.1", fp: fpOld},                                                    // told
+		{at: told.Add(allow / 2), member: "2.1", fp: fpOld},                                     // within the allowance: not judged
+		{at: at(1100*time.Millisecond + allow + 10*time.Millisecond), member: "2.1", fp: fpOld}, // stale
+		{at: at(1700 * time.Millisecond), member: "3.1", fp: fpOld},                             // its first rejection: not stale
+	}
+
+	// 21 failed calls in the force-expiry's window, one by member 1 during
+	// member 0's stop (outside: the stop is member 0's), one by member 0
+	// then (inside), one long after everything (outside).
+	for range 21 {
+		c.failures = append(c.failures, failureRec{member: "1.1", idx: 1, start: at(900 * time.Millisecond), end: at(1200 * time.Millisecond)})
+	}
+	for range 30 {
+		c.failures = append(c.failures, failureRec{member: "2.1", idx: 2, start: at(6600 * time.Millisecond), end: at(6700 * time.Millisecond)})
+	}
+	late := expiry2.end.Add(recovery).Add(time.Second)
+	c.failures = append(c.failures,
+		failureRec{member: "1.1", idx: 1, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
+		failureRec{member: "0.1", idx: 0, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
+		failureRec{member: "4.1", idx: 4, start: late, end: late.Add(100 * time.Millisecond)},
+	)
+
+	rep := c.analyze()
+	rep.log(t)
+	if rep.stale != 1 || rep.staleKeys != 1 {
+		t.Errorf("stale sends %d by %d member-token pairs, want 1 by 1", rep.stale, rep.staleKeys)
+	}
+	if n := len(rep.outside); n != 2 {
+		t.Errorf("%d failed calls outside windows, want 2", n)
+	}
+	if len(rep.expiries) != 1 || rep.expiries[0] != 21 {
+		t.Errorf("failed calls per force-expiry %v, want [21]", rep.expiries)
+	}
+	if len(rep.compoundExpiries) != 1 || rep.compoundExpiries[0] != 30 {
+		t.Errorf("failed calls per force-expiry in an outage %v, want [30]", rep.compoundExpiries)
+	}
+	if r := rep.rows[faultStop.name]; r == nil || r.failed != 1 {
+		t.Errorf("worker-stop row %+v, want 1 failed call", r)
+	}
+
+	// The bounds fail on this record, naming the checkers and the seed.
+	v := rep.violations()
+	for _, want := range []string{"checker failed-calls-outside-fault-windows = 2", "checker failed-calls-per-force-expiry: max 21",
+		"checker stale-sends", "seed=0 store=synthetic"} {
+		if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, want) }) {
+			t.Errorf("no violation mentions %q; violations:\n%s", want, strings.Join(v, "\n"))
+		}
+	}
+}

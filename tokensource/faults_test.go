@@ -124,14 +124,7 @@ func TestRateLimitedRefreshAdoptsCommittedToken(t *testing.T) {
 		}
 		srcs := fleet(t, 2, r, st)
 		a, b := srcs[0], srcs[1]
-		cur := mustToken(t, a)
-		for range forcedBurst { // spend a's storm guard
-			next, err := a.Refresh(ctxBG, cur)
-			if err != nil || next == cur {
-				t.Fatalf("a: Refresh = (%v, %v), want a new token", next, err)
-			}
-			cur = next
-		}
+		cur := spendStormGuard(t, a, mustToken(t, a))
 		if held, err := a.Refresh(ctxBG, cur); err != nil || held != cur {
 			t.Fatalf("a: rate-limited Refresh = (%v, %v), want the rejected token back (nothing newer exists)", held, err)
 		}
@@ -193,6 +186,20 @@ func TestBackingOffRefreshAdoptsCommittedToken(t *testing.T) {
 	})
 }
 
+// spendStormGuard makes forcedBurst forced refreshes of s from cur, each
+// of which must get a new token, and returns the last.
+func spendStormGuard(t *testing.T, s *Source, cur *Token) *Token {
+	t.Helper()
+	for range forcedBurst {
+		next, err := s.Refresh(ctxBG, cur)
+		if err != nil || next == cur {
+			t.Fatalf("forced Refresh = (%v, %v), want a new token", next, err)
+		}
+		cur = next
+	}
+	return cur
+}
+
 func mustToken(t *testing.T, s *Source) *Token {
 	t.Helper()
 	tok, err := s.Token(ctxBG)
@@ -218,14 +225,7 @@ func TestRateLimitedRefreshKeepsANewerPendingToken(t *testing.T) {
 			return tok, err
 		}), WithStore(st), WithEarlyRefresh(0))
 		defer mustClose(t, a)
-		cur := mustToken(t, a)
-		for range forcedBurst { // at-1 committed, at-2 pending; the storm guard is spent
-			next, err := a.Refresh(ctxBG, cur)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cur = next
-		}
+		cur := spendStormGuard(t, a, mustToken(t, a)) // at-1 committed, at-2 pending
 		st.down.Store(false)
 		got, err := a.Refresh(ctxBG, cur) // rate-limited: a consultation of the record, which holds at-1
 		if err != nil || got.AccessToken != cur.AccessToken {
@@ -261,14 +261,7 @@ func TestRateLimitedRefreshWhileATimedOutRefresherRuns(t *testing.T) {
 			return r.Refresh(ctx, cur)
 		}), WithStore(st), WithMinRefreshInterval(time.Hour), WithRefreshTimeout(5*time.Second))
 		defer mustClose(t, a)
-		cur := mustToken(t, a)
-		for range forcedBurst { // spend the storm guard
-			next, err := a.Refresh(ctxBG, cur)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cur = next
-		}
+		cur := spendStormGuard(t, a, mustToken(t, a))
 		time.Sleep(40 * time.Second) // cur's early window (it is stale at 54 s)
 		mustToken(t, a)              // the background refresh, whose Refresher hangs
 		time.Sleep(6 * time.Second)  // past its refresh timeout
@@ -314,14 +307,7 @@ func TestDemandDoesNotJoinAConsultation(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r, st, srcs := outageFleet(t, 1, WithMinRefreshInterval(time.Hour))
 		a := srcs[0]
-		cur := mustToken(t, a)
-		for range forcedBurst { // spend the storm guard
-			next, err := a.Refresh(ctxBG, cur)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cur = next
-		}
+		cur := spendStormGuard(t, a, mustToken(t, a))
 		time.Sleep(53*time.Second + 500*time.Millisecond) // cur is stale at 54 s
 		st.slow.Store(int64(800 * time.Millisecond))
 		consulted := make(chan *Token)

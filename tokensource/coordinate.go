@@ -268,7 +268,7 @@ func (s *Source) probeRecord(wctx context.Context) (Record, error) {
 		s.coordErr, s.coordFailures = nil, 0
 	case errors.Is(err, ErrCoordinatorUnavailable):
 		s.coordFailures++
-		s.coordErr, s.coordDownUntil = err, s.now().Add(s.coordBackoff(s.coordFailures))
+		s.coordErr, s.coordDownUntil, s.coordFailedAt = err, s.now().Add(s.coordBackoff(s.coordFailures)), s.now()
 	}
 	return rec, err
 }

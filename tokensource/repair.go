@@ -166,7 +166,10 @@ func (s *Source) repairGrace() time.Duration {
 // or older than a version this Source has seen, or it was put back after a
 // loss, by this Source (restored) or a peer (Record.Restored), and a member
 // may hold a newer token still: a holder whose commit failed with the loss,
-// and whose lease was lost with it.
+// and whose lease was lost with it. Or the Coordinator failed in the last
+// recentOutage: a failover to a replica that missed both the last commit and
+// its lease looks like an ordinary record to a member that never read the
+// newer version, and only the grace gives its holder time to restore it.
 func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool {
 	if s.restorer == nil || s.opts.repairInterval <= 0 || presenting == nil || presenting.RefreshToken == "" {
 		return false // without a refresh token to present there is nothing to spend twice
@@ -174,8 +177,14 @@ func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool
 	rec := lease.Record()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen
+	outage := !s.coordFailedAt.IsZero() && s.now().Sub(s.coordFailedAt) < recentOutage
+	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen || outage
 }
+
+// recentOutage is how long after a failure of the Coordinator a member still
+// waits the repair grace before presenting a refresh token: the failure may
+// have been a failover that rolled the record back.
+const recentOutage = 2 * coordinatorRetry
 
 // waitForCandidates waits the repair grace under lease, then reports
 // whether the record has moved on meanwhile (a member restored a newer

@@ -424,3 +424,35 @@ func TestFailedRestoreDoesNotAdoptTheOlderRecord(t *testing.T) {
 		}
 	})
 }
+
+// A member that saw the Coordinator fail a moment ago waits the repair grace
+// before presenting a refresh token even from a record that looks ordinary:
+// a failover to a replica that missed both the last commit and its lease
+// leaves no other trace for a member that never read the newer version.
+func TestRecentOutageCallsForTheGrace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, st, srcs := outageFleet(t, 1)
+		b := srcs[0]
+		b0 := mustToken(t, b)
+		lease, err := st.TryLease(ctxBG)
+		if err != nil || lease == nil {
+			t.Fatalf("TryLease = (%v, %v)", lease, err)
+		}
+		defer lease.Release(ctxBG)
+		if b.mayHaveLost(lease, b0, false) {
+			t.Fatal("an ordinary record calls for the grace")
+		}
+		st.down.Store(true)
+		if _, err := b.probeRecord(ctxBG); err == nil {
+			t.Fatal("probe of a coordinator that is down succeeded")
+		}
+		st.down.Store(false)
+		if !b.mayHaveLost(lease, b0, false) {
+			t.Error("a record read just after an outage does not call for the grace")
+		}
+		time.Sleep(recentOutage)
+		if b.mayHaveLost(lease, b0, false) {
+			t.Error("the grace is still called for long after the outage")
+		}
+	})
+}

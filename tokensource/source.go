@@ -110,6 +110,7 @@ type Source struct {
 	coordErr       error
 	coordDownUntil time.Time
 	coordFailures  int
+	coordFailedAt  time.Time // the last failure, for mayHaveLost
 	// fleet is the current token with its version in the fleet's record,
 	// seen the highest version of that record this Source has read, and
 	// stopRepair ends the periodic check of the record (see repair.go).

@@ -115,13 +115,16 @@ type campaign struct {
 	// receives, before the server rotates the token.
 	inflight chan func()
 
-	mu            sync.Mutex
-	slots         [chaosWorkers]*memberSlot
-	procs         []*chaosProc
-	faults        []*faultRec
-	rejections    []rejectionRec
-	reuses        []reuseRec
-	writes        []writeRec
+	mu         sync.Mutex
+	slots      [chaosWorkers]*memberSlot
+	procs      []*chaosProc
+	faults     []*faultRec
+	rejections []rejectionRec
+	reuses     []reuseRec
+	writes     []writeRec
+	// ended is when each worker process's output ended (it exited, or was
+	// killed), by member.
+	ended         map[string]time.Time
 	invalidations []span // every token issued before a span's end is invalid after its start
 	storeDown     []span
 	wipes         []time.Time
@@ -207,7 +210,7 @@ func newCampaign(t *testing.T, topo *chaosTopology) *campaign {
 		t.Fatal(err)
 	}
 	c := &campaign{t: t, topo: topo, seed: *chaosSeed, duration: *chaosDuration, exe: exe, inflight: make(chan func(), 1),
-		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}}
+		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}, ended: map[string]time.Time{}}
 	c.schedule = makeSchedule(c.seed, c.duration, topo)
 	t.Logf("chaos | seed=%d store=%s duration=%v: %d faults scheduled (rerun: make chaos SEED=%d DURATION=%v STORE=%s)",
 		c.seed, topo.name, c.duration, len(c.schedule), c.seed, c.duration, chaosStoreArg(topo.name))
@@ -533,6 +536,9 @@ func (c *campaign) read(p *chaosProc, r io.Reader) {
 			}
 		}
 	}
+	c.mu.Lock()
+	c.ended[p.member] = time.Now()
+	c.mu.Unlock()
 	_ = p.cmd.Wait()
 }
 

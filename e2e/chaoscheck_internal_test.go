@@ -91,3 +91,61 @@ func TestChaosCheckers(t *testing.T) {
 		}
 	}
 }
+
+// A reuse at the campaign's very end whose first presenter exited with the
+// campaign, its commit still pending in a store outage's recovery, is the
+// loss no coordination prevents (every member holding the newest token
+// gone), as in seed 7's Cluster run: member 2.3 presented at +57.165s, the
+// master was killed with its refresh in flight, 2.3 exited at the end with
+// its Source (and its repair) closed, and 4.2, finishing its last call,
+// presented the older token at +61.294s. A holder alive at the reuse, or
+// one that outlived the outage's recovery allowance without committing, is
+// counted.
+func TestChaosCheckersCampaignEnd(t *testing.T) {
+	recovery := *chaosRecovery
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	c := &campaign{t: t, topo: &chaosTopology{name: "synthetic"}, srv: testserver.New(), start: t0, end: at(60 * time.Second),
+		ended: map[string]time.Time{}, firstPresented: map[string]presentation{}, lastPresented: map[string]string{}}
+	for i := range c.slots {
+		c.slots[i] = &memberSlot{idx: i}
+	}
+	outage := &faultRec{kind: &faultKind{name: "store-outage"}, member: -1, start: at(57312 * time.Millisecond), end: at(59709 * time.Millisecond)}
+	c.faults = []*faultRec{outage}
+	afterRecovery := outage.end.Add(recovery)
+
+	// The seed-7 case: unfenceable.
+	c.ended["2.3"] = at(60050 * time.Millisecond)
+	seed7 := reuseRec{at: at(61294 * time.Millisecond), member: "4.2", first: presentation{at: at(57165 * time.Millisecond), member: "2.3"}}
+	// Its holder still running at the reuse: counted.
+	c.ended["1.1"] = at(62 * time.Second)
+	alive := reuseRec{at: at(61500 * time.Millisecond), member: "3.1", first: presentation{at: at(57200 * time.Millisecond), member: "1.1"}}
+	// Its holder outlived the outage's recovery allowance: counted.
+	c.ended["5.1"] = afterRecovery.Add(200 * time.Millisecond)
+	outlived := reuseRec{at: afterRecovery.Add(time.Second), member: "0.1", first: presentation{at: at(57250 * time.Millisecond), member: "5.1"}}
+	c.reuses = []reuseRec{seed7, alive, outlived}
+	for _, u := range c.reuses {
+		c.episodes = append(c.episodes, &episode{start: u.at, end: u.at.Add(chaosReloginDelay), why: "refresh-token reuse by member " + u.member})
+	}
+	// A holder that committed after presenting is not excused either, even
+	// when it exited in the outage's recovery.
+	c.ended["2.2"] = at(60100 * time.Millisecond)
+	c.writes = []writeRec{{at: at(59900 * time.Millisecond), by: "2.2 commit"}}
+	wrote := reuseRec{at: at(63 * time.Second), member: "4.3", first: presentation{at: at(57300 * time.Millisecond), member: "2.2"}}
+	c.reuses = append(c.reuses, wrote)
+	c.episodes = append(c.episodes, &episode{start: wrote.at, end: wrote.at.Add(chaosReloginDelay), why: "refresh-token reuse by member 4.3"})
+
+	rep := c.analyze()
+	rep.log(t)
+	if len(rep.unfenceable) != 1 || !strings.Contains(rep.unfenceable[0], "member 2.3") {
+		t.Errorf("unfenceable reuses %q, want member 2.3's alone", rep.unfenceable)
+	}
+	if len(rep.reuse) != 3 || len(rep.lost) != 3 {
+		t.Errorf("%d reuses and %d lost sessions counted, want 3 and 3:\n%s\n%s", len(rep.reuse), len(rep.lost),
+			strings.Join(rep.reuse, "\n"), strings.Join(rep.lost, "\n"))
+	}
+	v := rep.violations()
+	if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, "checker refresh-token-reuse = 3") }) {
+		t.Errorf("no violation counts 3 reuses; violations:\n%s", strings.Join(v, "\n"))
+	}
+}

@@ -39,8 +39,10 @@ import (
 //     receive its rotation, was killed before it wrote anything to the
 //     store, within 1 s of presenting it or while the store was down or
 //     stalled, or was stopped for longer than the lease TTL and the repair
-//     grace before writing it (campaign.unfenceable); so is the lost session
-//     it began.
+//     grace before writing it, or exited at the campaign's end (its Source
+//     closed) before writing it, within 1 s of presenting it or with the
+//     store down or in its recovery allowance (campaign.unfenceable); so is
+//     the lost session it began.
 //   - Stale sends: requests the server rejected for a member that had been
 //     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
 //     earlier, that this very token was rejected, while another token was
@@ -249,6 +251,9 @@ func (c *campaign) analyze() *chaosReport {
 		first := "never seen before"
 		if !u.first.at.IsZero() {
 			first = fmt.Sprintf("first presented by member %s at +%.3fs", u.first.member, u.first.at.Sub(c.start).Seconds())
+			if ended, ok := c.ended[u.first.member]; ok {
+				first += fmt.Sprintf(", which exited at +%.3fs", ended.Sub(c.start).Seconds())
+			}
 		}
 		rep.reuse = append(rep.reuse, fmt.Sprintf("+%.3fs by member %s (the refresh token was %s), in the windows of: %s",
 			u.at.Sub(c.start).Seconds(), u.member, first, during(-1, u.at)))
@@ -311,7 +316,52 @@ func (c *campaign) unfenceable(u reuseRec) string {
 		return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and was killed at +%.3fs before it wrote anything to the store",
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
 	}
+	if why := c.closedAtEnd(u); why != "" {
+		return why
+	}
 	return c.stoppedPastGrace(u)
+}
+
+// closedAtEnd says why reuse u comes from the campaign's own shutdown, or
+// "": the member that first presented the refresh token stopped calling at
+// the campaign's end and exited (closing its Source, which ends the repair
+// that would have put a pending commit into the store) before the reuse,
+// having written nothing to the store since presenting, and it exited
+// within unfenceableWithin of presenting or while the store could take no
+// write (an outage, until the recovery allowance after it). Its rotation
+// left with it: every member holding the newest token was gone, the loss
+// the documentation names; the peers still finishing their last calls
+// then present the older token. A holder that outlived the outage and its
+// recovery allowance without its commit landing is not excused.
+func (c *campaign) closedAtEnd(u reuseRec) string {
+	p := u.first
+	ended, ok := c.ended[p.member]
+	if !ok || ended.Before(c.end) || ended.After(u.at) || ended.Before(p.at) {
+		return "" // killed during the campaign (judged above), or alive at the reuse
+	}
+	for _, w := range c.writes {
+		if strings.HasPrefix(w.by, p.member+" ") && w.at.After(p.at) && !w.at.After(ended) {
+			return ""
+		}
+	}
+	if ended.Sub(p.at) > unfenceableWithin && !c.storeRecovering(p.at, ended) {
+		return ""
+	}
+	return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and exited at the campaign's end, at +%.3fs, with the store down or recovering and nothing written to it",
+		p.member, p.at.Sub(c.start).Seconds(), ended.Sub(c.start).Seconds())
+}
+
+// storeRecovering reports whether a fleet-wide fault that keeps writes out
+// of the store overlaps [from, to] and its window (the recovery allowance
+// after its end) still covers to.
+func (c *campaign) storeRecovering(from, to time.Time) bool {
+	for _, f := range c.faults {
+		if f.member < 0 && f.kind != faultExpire && f.missed == "" && !f.start.IsZero() &&
+			!f.start.After(to) && !f.end.Before(from) && !f.end.Add(*chaosRecovery).Before(to) {
+			return true
+		}
+	}
+	return false
 }
 
 // stoppedPastGrace says why reuse u is the pause the documentation names as

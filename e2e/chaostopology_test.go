@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,9 @@ import (
 // slot is killed, and a master with a replica watched by three Sentinels,
 // failed over by killing the master. Both at a random moment or while a
 // refresh is in flight (before the server rotates: the holder then has a
-// token and a coordinator in failover to commit it to). Their nodes keep no
+// token and a coordinator in failover to commit it to); the Sentinel
+// failover also to a lagging replica, right after a commit that the
+// replica's held stream kept from it (killLagging). Their nodes keep no
 // data on disk, as the topology helpers start them.
 
 // Pauses after an outage of a topology before the next may begin.
@@ -140,34 +143,42 @@ func sentinelTopology() *chaosTopology {
 	topo := &chaosTopology{name: "RedisSentinel"}
 	var sn *redistest.Sentinel
 	outage := make(oneOutage, 1)
+	// failover kills the master with kill, which returns when it struck
+	// (false: missed), and waits for the Sentinels to promote the replica.
+	failover := func(c *campaign, f *faultRec, kill func(old *redistest.Server) (time.Time, bool)) {
+		if !outage.acquire(f) {
+			return
+		}
+		defer outage.release()
+		old := sn.Master(c.t)
+		start, ok := kill(old)
+		if !ok {
+			return
+		}
+		// Master waits until the Sentinels agree on a running master
+		// that reports itself one: the promoted replica.
+		promoted := sn.Master(c.t)
+		c.mu.Lock()
+		c.storeDown = append(c.storeDown, span{start, time.Now()})
+		c.mu.Unlock()
+		if promoted == old {
+			c.t.Errorf("chaos: the Sentinels name the killed master as master again")
+		}
+		// The fault ends once the killed server is back (empty; the
+		// Sentinels make it a replica of the new master).
+		old.Restart()
+		f.done(start, time.Now(), -1)
+		// Sentinel does not fail the same master name over again
+		// within twice its failover-timeout (10 s in
+		// redistest.StartSentinel): the next outage waits.
+		time.Sleep(time.Until(start.Add(sentinelCoolDown)))
+	}
 	topo.faults = []*faultKind{{name: "sentinel-failover", weight: 2, variants: [2]string{"random", "inflight"},
 		inject: func(c *campaign, f *faultRec) {
-			if !outage.acquire(f) {
-				return
-			}
-			defer outage.release()
-			old := sn.Master(c.t)
-			start, ok := killInFlight(c, f, old.Kill)
-			if !ok {
-				return
-			}
-			// Master waits until the Sentinels agree on a running master
-			// that reports itself one: the promoted replica.
-			promoted := sn.Master(c.t)
-			c.mu.Lock()
-			c.storeDown = append(c.storeDown, span{start, time.Now()})
-			c.mu.Unlock()
-			if promoted == old {
-				c.t.Errorf("chaos: the Sentinels name the killed master as master again")
-			}
-			// The fault ends once the killed server is back (empty; the
-			// Sentinels make it a replica of the new master).
-			old.Restart()
-			f.done(start, time.Now(), -1)
-			// Sentinel does not fail the same master name over again
-			// within twice its failover-timeout (10 s in
-			// redistest.StartSentinel): the next outage waits.
-			time.Sleep(time.Until(start.Add(sentinelCoolDown)))
+			failover(c, f, func(old *redistest.Server) (time.Time, bool) { return killInFlight(c, f, old.Kill) })
+		}}, {name: "sentinel-failover-lagging", weight: 2,
+		inject: func(c *campaign, f *faultRec) {
+			failover(c, f, func(old *redistest.Server) (time.Time, bool) { return killLagging(c, f, sn, old) })
 		}}}
 	topo.setup = func(t *testing.T) {
 		sn = redistest.StartSentinel(t, 1, 3)
@@ -177,4 +188,73 @@ func sentinelTopology() *chaosTopology {
 		topo.store = redisstore.New(client, fleetKey)
 	}
 	return topo
+}
+
+// killLagging kills the master old of sn right after a member's commit
+// that the replica never received: the replica's stream is moved onto a
+// Link (REPLICAOF the link, a partial resync) and held there, and the kill
+// follows the first commit reported after the hold, and drops what the link
+// held. The Sentinels then promote a replica that misses the last commit
+// and, usually, the lease it was made under: the record goes back, and
+// only the committing member's repair can put its token back. It returns
+// when the kill struck; false, with f marked missed, when no commit came
+// within chaosArmWithin (the stream is released, and the Sentinels point
+// the replica at the master again within their failover-timeout).
+func killLagging(c *campaign, f *faultRec, sn *redistest.Sentinel, old *redistest.Server) (time.Time, bool) {
+	var rep *redistest.Server
+	for _, s := range sn.Servers {
+		if s != old && s.Running() {
+			rep = s
+		}
+	}
+	if rep == nil {
+		f.missed = "no running replica"
+		return time.Time{}, false
+	}
+	link := redistest.NewLink(c.t, old.Addr)
+	host, port, _ := net.SplitHostPort(link.Addr)
+	if _, err := rep.Do("REPLICAOF", host, port); err != nil {
+		f.missed = "moving the replica onto a link: " + err.Error()
+		return time.Time{}, false
+	}
+	synced := time.Now().Add(chaosArmWithin)
+	for {
+		info, err := rep.Info("replication")
+		if err == nil && info["master_port"] == port && info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0" {
+			break
+		}
+		if time.Now().After(synced) {
+			f.missed = "the replica did not sync through its link within " + chaosArmWithin.String()
+			return time.Time{}, false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	link.Hold()
+	held := time.Now()
+	for {
+		if c.commitSince(held) {
+			start := time.Now()
+			old.Kill()
+			link.Cut()
+			return start, true
+		}
+		if time.Since(held) > chaosArmWithin {
+			link.Release()
+			f.missed = "no commit within " + chaosArmWithin.String()
+			return time.Time{}, false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// commitSince reports whether a member committed a token after t.
+func (c *campaign) commitSince(t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.writes) - 1; i >= 0 && c.writes[i].at.After(t); i-- {
+		if strings.HasSuffix(c.writes[i].by, " "+lineCommit) {
+			return true
+		}
+	}
+	return false
 }

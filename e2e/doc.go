@@ -89,7 +89,10 @@
 // all) it runs on topologies started for the purpose (chaostopology_test.go):
 // a 3-master Redis Cluster whose master for the record's slot is killed,
 // and a master with a replica and three Sentinels, failed over by killing
-// the master, each at a random moment or with a refresh in flight. The
+// the master, each at a random moment or with a refresh in flight, and the
+// Sentinel failover also to a lagging replica (its stream held on a
+// redistest.Link from before a commit until the kill, so that the promoted
+// replica misses that commit). The
 // schedule is drawn from -chaos.seed and logged first; the refresh latency
 // is not part of it. The checkers, with
 // the definitions of fault windows and the recovery allowance, are

@@ -95,8 +95,22 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 				continue
 			}
 		}
+		if !leaseHeld(lease) {
+			// Paused past the lease's lifetime before presenting: another
+			// member may hold it now and present this refresh token.
+			s.log.Warn("tokensource: the fleet's refresh lease expired before this member presented its refresh token (was the process paused?); looking again")
+			s.releaseLease(ctx, lease)
+			continue
+		}
 		return s.refresh(ctx, wctx, f, prev, current, s.underLease(lease))
 	}
+}
+
+// leaseHeld reports whether lease is certainly still held: a Lease without
+// a lifetime (ExpiringLease) always is.
+func leaseHeld(lease Lease) bool {
+	el, ok := lease.(ExpiringLease)
+	return !ok || time.Now().Before(el.Expires())
 }
 
 // leaseWaited reports a wait for a peer's lease that began at start (zero:
@@ -144,6 +158,7 @@ func (s *Source) underLease(lease Lease) persistence {
 	return persistence{
 		write:   func(ctx context.Context, t *Token) error { return s.commit(ctx, lease, t) },
 		release: func(ctx context.Context) { s.releaseLease(ctx, lease) },
+		held:    func() bool { return leaseHeld(lease) },
 		ver:     lease.Record().Version + 1, // a Commit writes the next version
 	}
 }

@@ -3,6 +3,7 @@ package tokensource
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ErrLeaseLost is matched (errors.Is) by the error of Lease.Commit when the
@@ -107,4 +108,18 @@ type Restorer interface {
 	// Restore is a maximum: of two restores, the higher version wins in
 	// either order.
 	Restore(ctx context.Context, rec Record) (bool, error)
+}
+
+// ExpiringLease is an optional interface of a Lease with a lifetime (the
+// FileStore's, redisstore's). A Source checks it before it presents the
+// fleet's refresh token: a holder paused past its lease's lifetime (GC,
+// SIGSTOP) while it waited to present may have been taken over, and the
+// member that took over may present the same refresh token.
+type ExpiringLease interface {
+	Lease
+	// Expires returns until when the lease is certainly still held: its
+	// lifetime counted from just before the acquisition or the last
+	// renewal that succeeded, on the wall clock. Past it, another member
+	// may hold the lease. It takes no lock that I/O holds.
+	Expires() time.Time
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/internal/faultpoint"
@@ -162,6 +163,7 @@ func (f *FileStore) TryLease(ctx context.Context) (Lease, error) {
 			return err
 		}
 		l = &fileLease{f: f, owner: lr.Owner, slot: lr.Slot, rec: rec, takenOver: takenOver}
+		l.expires.Store(time.Now().Add(f.ttl).UnixNano())
 		return nil
 	})
 	if err != nil || l == nil {
@@ -221,8 +223,9 @@ type fileLease struct {
 	rec       Record
 	takenOver bool
 
-	mu       sync.Mutex // serializes Commit and Release
-	released bool       // the lock file no longer names this lease; guarded by mu
+	mu       sync.Mutex   // serializes Commit and Release
+	released bool         // the lock file no longer names this lease; guarded by mu
+	expires  atomic.Int64 // see Expires, in Unix nanoseconds
 
 	// stopRenewing stops the renewing goroutine and waits for it to end;
 	// it may be called more than once.
@@ -283,9 +286,17 @@ func (l *fileLease) heartbeat() (held bool) {
 		}
 	}
 	// A failed write leaves the renewal in the lock file.
-	_ = f.writeHeartbeat(l.slot, l.owner, f.now().Add(f.ttl))
+	sent := time.Now()
+	if f.writeHeartbeat(l.slot, l.owner, f.now().Add(f.ttl)) == nil {
+		l.expires.Store(sent.Add(f.ttl).UnixNano())
+	}
 	return true
 }
+
+// Expires is ExpiringLease's: the TTL counted from just before the
+// acquisition or the last renewal written, in the heartbeat file or the
+// lock file.
+func (l *fileLease) Expires() time.Time { return time.Unix(0, l.expires.Load()) }
 
 // renew extends the lease by the TTL in the lock file if this lease still
 // holds it, even after it expired while nobody took it over.
@@ -297,8 +308,13 @@ func (l *fileLease) renew(ctx context.Context) (held bool, err error) {
 			return err
 		}
 		held = true
+		sent := time.Now()
 		lr.Expires = f.now().Add(f.ttl).UnixNano()
-		return writeLeaseRecord(lf, lr)
+		if err := writeLeaseRecord(lf, lr); err != nil {
+			return err
+		}
+		l.expires.Store(sent.Add(f.ttl).UnixNano())
+		return nil
 	})
 	return held, err
 }

@@ -101,7 +101,8 @@ func (s *Source) runLocal(ctx, wctx context.Context, f *flight, prev, current *T
 type persistence struct {
 	write   func(ctx context.Context, t *Token) error
 	release func(ctx context.Context)
-	ver     uint64 // the version in the fleet's record that write gives a token (0: none)
+	ver     uint64      // the version in the fleet's record that write gives a token (0: none)
+	held    func() bool // nil, or whether a lease is still certainly held (see ExpiringLease)
 }
 
 // toStore persists to the Store, if there is one: for a Source without a
@@ -133,6 +134,13 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 	var refused *Token
 	inTime := true
 	for {
+		if f.attempts > 0 && p.held != nil && !p.held() {
+			// Paused past the lease's lifetime between two attempts:
+			// another member may be presenting this refresh token now.
+			p.release(ctx)
+			close(f.refDone)
+			return result{kind: failed, err: errLeaseExpired}
+		}
 		f.attempts++
 		res, refused, inTime = s.callRefresher(ctx, f, prev, current, p)
 		if !inTime || !retryable(res) || f.attempts >= s.opts.refreshAttempts || !s.pause(ctx, wctx, f, res.err) {
@@ -179,6 +187,10 @@ func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *To
 	res, refused = s.checkResult(ctx, f, prev, r)
 	return res, refused, inTime
 }
+
+// errLeaseExpired fails a flight whose lease expired between two Refresher
+// attempts; it matches ErrCoordinatorUnavailable, a transient failure.
+var errLeaseExpired = fmt.Errorf("tokensource: the fleet's refresh lease expired between two refresh attempts (was the process paused?): %w", ErrCoordinatorUnavailable)
 
 // retryable reports whether a failed attempt may be tried again inside its
 // flight: a transient failure, but not the refresh timeout (the flight is

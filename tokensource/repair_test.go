@@ -30,6 +30,10 @@ type outageStore struct {
 	refused atomic.Bool
 	// slow: how long LoadRecord takes (a coordinator under load).
 	slow atomic.Int64
+	// life, if set, gives the leases a lifetime (ExpiringLease) from their
+	// grant, on the test's clock; leases counts the grants.
+	life   time.Duration
+	leases atomic.Int64
 }
 
 var errUnacked = fmt.Errorf("not acknowledged by replicas: %w", ErrCoordinatorUnavailable)
@@ -57,7 +61,8 @@ func (o *outageStore) TryLease(ctx context.Context) (Lease, error) {
 	if l == nil || err != nil {
 		return l, err
 	}
-	ol := &outageLease{Lease: l, o: o, takenOver: o.orphan.Swap(false)}
+	o.leases.Add(1)
+	ol := &outageLease{Lease: l, o: o, takenOver: o.orphan.Swap(false), granted: time.Now()}
 	o.last.Store(ol)
 	return ol, nil
 }
@@ -89,6 +94,14 @@ type outageLease struct {
 	Lease
 	o         *outageStore
 	takenOver bool
+	granted   time.Time
+}
+
+func (l *outageLease) Expires() time.Time {
+	if l.o.life == 0 {
+		return time.Now().Add(time.Hour)
+	}
+	return l.granted.Add(l.o.life)
 }
 
 func (l *outageLease) TakenOver() bool { return l.takenOver }
@@ -453,6 +466,32 @@ func TestRecentOutageCallsForTheGrace(t *testing.T) {
 		time.Sleep(recentOutage)
 		if b.mayHaveLost(lease, b0, false) {
 			t.Error("the grace is still called for long after the outage")
+		}
+	})
+}
+
+
+// A member whose lease ran out while it waited the repair grace (its
+// process was paused, say) does not present the refresh token under it:
+// another member may hold the lease by then. It takes the lease again.
+func TestLeaseExpiredBeforePresentingIsTakenAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, login := newRotating(time.Minute)
+		login.Expiry = time.Now().Add(-time.Minute) // expired: a refresh is needed
+		st := &outageStore{MemoryStore: NewMemoryStore(), life: time.Second}
+		if err := st.Save(ctxBG, login); err != nil {
+			t.Fatal(err)
+		}
+		st.orphan.Store(true) // the first lease is a takeover: the grace (1.25 s) outlasts it
+		a := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+		if tok := mustToken(t, a); tok.AccessToken != "at-1" {
+			t.Fatalf("Token = %s, want at-1", tok.AccessToken)
+		}
+		if n := st.leases.Load(); n != 2 {
+			t.Errorf("%d leases taken, want 2 (the first expired during the grace)", n)
+		}
+		if n := r.calls.Load(); n != 1 {
+			t.Errorf("%d Refresher calls, want 1", n)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,6 +32,7 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 	}
 	owner := rand.Text() // 128 random bits: owners never collide
 	ttl := strconv.FormatInt(s.opts.ttl.Milliseconds(), 10)
+	sent := time.Now() // the lease's lifetime counts from no later than this
 	res, err := acquireScript.Run(ctx, s.client, []string{s.recordKey, s.leaseKey}, owner, ttl).Slice()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -60,6 +62,7 @@ func (s *Store) TryLease(ctx context.Context) (tokensource.Lease, error) {
 		return nil, err
 	}
 	l.rec, l.takenOver = rec, taken == 1
+	l.expires.Store(sent.Add(s.opts.ttl).UnixNano())
 	l.startRenewal()
 	return l, nil
 }
@@ -79,7 +82,14 @@ type lease struct {
 
 	mu       sync.Mutex
 	released bool // a Release reached Redis
+
+	expires atomic.Int64 // see Expires, in Unix nanoseconds
 }
+
+// Expires is tokensource.ExpiringLease's: the TTL counted from just before
+// the acquisition or the last renewal that Redis confirmed; zero once a
+// renewal found the lease gone.
+func (l *lease) Expires() time.Time { return time.Unix(0, l.expires.Load()) }
 
 // Record returns the record read when the lease was taken.
 func (l *lease) Record() tokensource.Record { return l.rec }
@@ -194,14 +204,18 @@ func (l *lease) startRenewal() {
 			case <-tick.C:
 			}
 			rctx, rcancel := context.WithTimeout(ctx, every)
+			sent := time.Now()
 			n, err := renewScript.Run(rctx, s.client, []string{s.recordKey, s.leaseKey}, l.owner, ttl).Int64()
 			rcancel()
 			switch {
 			case ctx.Err() != nil:
 				return
+			case err == nil && n == 1:
+				l.expires.Store(sent.Add(s.opts.ttl).UnixNano())
 			case err != nil:
 				s.opts.logger.Warn("redisstore: renewing the refresh lease failed; retrying", "key", s.recordKey, "error", s.fail(rctx, "renewing the lease", err))
 			case n == 0:
+				l.expires.Store(0)
 				s.opts.logger.Warn("redisstore: the refresh lease expired before it could be renewed; its commit will be refused if another member took over", "key", s.recordKey)
 				return
 			}

@@ -470,7 +470,6 @@ func TestRecentOutageCallsForTheGrace(t *testing.T) {
 	})
 }
 
-
 // A member whose lease ran out while it waited the repair grace (its
 // process was paused, say) does not present the refresh token under it:
 // another member may hold the lease by then. It takes the lease again.

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/textproto"
+
+	"github.com/tokenrefresh/grpc-tokenrefresh/internal/challenge"
 )
 
 // Option configures the transport built by NewTransport.
@@ -106,10 +108,8 @@ func validateHeaderName(name string) error {
 	if name == "" {
 		return fmt.Errorf("httpauth: WithHeader: empty header name")
 	}
-	for i := 0; i < len(name); i++ {
-		if !isTchar(name[i]) {
-			return fmt.Errorf("httpauth: WithHeader(%q): not a valid HTTP field name", name)
-		}
+	if !challenge.IsToken(name) {
+		return fmt.Errorf("httpauth: WithHeader(%q): not a valid HTTP field name", name)
 	}
 	return nil
 }
@@ -121,16 +121,4 @@ func validateScheme(scheme string) error {
 		}
 	}
 	return nil
-}
-
-func isTchar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	switch c {
-	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
-		return true
-	}
-	return false
 }

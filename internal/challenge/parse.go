@@ -254,6 +254,17 @@ func unescape(raw string) string {
 	return string(b)
 }
 
+// IsToken reports whether s is a token of RFC 9110, section 5.6.2: one or
+// more token characters. An HTTP field name is one.
+func IsToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isTchar(s[i]) {
+			return false
+		}
+	}
+	return s != ""
+}
+
 // isTchar reports the token characters of RFC 9110, section 5.6.2.
 func isTchar(c byte) bool {
 	switch {

@@ -78,11 +78,7 @@ func TestStormGuardLimitsARejectingServer(t *testing.T) {
 // and the member that adopted it still refreshes.
 func TestAdoptionDoesNotSpendTheStormGuard(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Hour)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Hour)
 		srcs := fleet(t, 2, r, st)
 		a, b := srcs[0], srcs[1]
 		a0 := mustToken(t, a)
@@ -117,11 +113,7 @@ func TestAdoptionDoesNotSpendTheStormGuard(t *testing.T) {
 // rejected one.
 func TestRateLimitedRefreshAdoptsCommittedToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Hour)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Hour)
 		srcs := fleet(t, 2, r, st)
 		a, b := srcs[0], srcs[1]
 		cur := spendStormGuard(t, a, mustToken(t, a))
@@ -151,11 +143,7 @@ func TestRateLimitedRefreshAdoptsCommittedToken(t *testing.T) {
 // a peer committed meanwhile instead of failing.
 func TestBackingOffRefreshAdoptsCommittedToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Hour)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Hour)
 		var failing atomic.Bool
 		flaky := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
 			if failing.Load() {
@@ -247,11 +235,7 @@ func TestRateLimitedRefreshKeepsANewerPendingToken(t *testing.T) {
 // returns: both would present the same refresh token.
 func TestRateLimitedRefreshWhileATimedOutRefresherRuns(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Minute)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Minute)
 		release := make(chan struct{})
 		var calls atomic.Int64
 		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {

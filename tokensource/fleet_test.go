@@ -52,6 +52,18 @@ func (r *rotating) Refresh(_ context.Context, cur *Token) (*Token, error) {
 	return &Token{AccessToken: "at-" + n, RefreshToken: r.valid, Expiry: now().Add(r.life)}, nil
 }
 
+// loggedIn returns a rotating authorization server whose tokens live for
+// life, and a MemoryStore holding its login token.
+func loggedIn(t *testing.T, life time.Duration) (*rotating, *MemoryStore) {
+	t.Helper()
+	r, login := newRotating(life)
+	st := NewMemoryStore()
+	if err := st.Save(ctxBG, login); err != nil {
+		t.Fatal(err)
+	}
+	return r, st
+}
+
 // fleet makes n Sources sharing st, all with the same Refresher.
 func fleet(t *testing.T, n int, r Refresher, st Store, opts ...Option) []*Source {
 	t.Helper()
@@ -68,11 +80,7 @@ func fleet(t *testing.T, n int, r Refresher, st Store, opts ...Option) []*Source
 // refresh token.
 func TestFleetOneRefreshPerExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Minute)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Minute)
 		srcs := fleet(t, 4, r, st, WithEarlyRefresh(0))
 		const expiries = 3
 		for e := range expiries {
@@ -117,11 +125,7 @@ func TestFleetOneRefreshPerExpiry(t *testing.T) {
 // adopts the new one without refreshing.
 func TestFleetForcedRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Hour)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Hour)
 		srcs := fleet(t, 3, r, st)
 		toks := make([]*Token, len(srcs))
 		for i, s := range srcs {
@@ -156,11 +160,7 @@ func TestFleetForcedRefresh(t *testing.T) {
 // result.
 func TestFleetEarlyWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Hour)
-		st := NewMemoryStore()
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
+		r, st := loggedIn(t, time.Hour)
 		srcs := fleet(t, 3, r, st, WithEarlyRefresh(10*time.Minute))
 		waited := make([]uint64, len(srcs))
 		for i, s := range srcs {

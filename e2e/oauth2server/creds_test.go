@@ -201,6 +201,12 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 		t.Error("the expected exchanges did not happen in time")
 	}
 	close(halt)
+	// Every caller has returned before the Sources close: a call still in
+	// flight at the halt would otherwise fail with ErrClosed.
+	var loads []*loadResult
+	for range echos {
+		loads = append(loads, <-results)
+	}
 	for _, src := range sources {
 		_ = src.Close()
 	}
@@ -208,8 +214,7 @@ func TestTokenExchangeTwoAudiencesUnderLoad(t *testing.T) {
 
 	grants := a.store.issuances(oidc.GrantTypeTokenExchange, exchangeClient)
 	snap := c.snapshot()
-	for range echos {
-		res := <-results
+	for _, res := range loads {
 		t.Logf("token exchange | %v", res)
 		if res.failed.Load() != 0 {
 			t.Errorf("%d of %d calls failed: %v", res.failed.Load(), res.calls.Load(), res)

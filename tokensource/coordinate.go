@@ -15,7 +15,7 @@ import (
 func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) result {
 	c := s.coord
 	var waitStart time.Time
-	restored, graced := false, false
+	restored, graced, waited := false, false, false
 	for {
 		rec, err := s.loadRecord(wctx)
 		if err != nil {
@@ -33,15 +33,19 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			// token, and presenting its refresh token would spend it twice.
 			return result{kind: failed, err: errStillBehind}
 		}
-		if cand, seed, need := s.decide(rec, prev); !need && !seed {
+		cand, seed, need := s.decide(rec, prev)
+		adoptable := !need && !seed
+		if adoptable && !lookForPeer(f, waited) {
 			s.leaseWaited(f, waitStart)
 			return s.adopt(cand, prev, rec.Version)
 		}
 		lease, err := c.TryLease(wctx)
-		if err != nil {
+		switch {
+		case err != nil && adoptable && wctx.Err() == nil:
+			return s.adopt(cand, prev, rec.Version) // the look for a peer is moot
+		case err != nil:
 			return s.runUncoordinated(ctx, wctx, f, prev, current, err)
-		}
-		if lease == nil {
+		case lease == nil:
 			// A peer is refreshing: wait for its commit (or for its lease
 			// to end), then decide again.
 			if waitStart.IsZero() {
@@ -50,6 +54,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			if err := c.Wait(wctx, rec.Version); err != nil {
 				return result{kind: failed, err: s.waitError(wctx, err)}
 			}
+			waited = true
 			continue
 		}
 		s.leaseWaited(f, waitStart)
@@ -62,7 +67,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		s.mu.Lock()
 		s.noteLocked(lrec.Version)
 		s.mu.Unlock()
-		cand, seed, need := s.decide(lrec, prev)
+		cand, seed, need = s.decide(lrec, prev)
 		switch {
 		case !need && !seed:
 			s.releaseLease(ctx, lease)
@@ -104,6 +109,20 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 		}
 		return s.refresh(ctx, wctx, f, prev, current, s.underLease(lease))
 	}
+}
+
+// lookForPeer reports whether a flight that found a record token newer
+// than the one it replaces should first look for a peer refreshing that
+// token, under the lease, instead of adopting it at once. A rejected token
+// older than the record's means this member missed a rotation, while its
+// server revoked what it held: if the revocation hit the record's token
+// too (two revocations in a row), a peer is replacing it, and the retry of
+// a call that adopted it would be rejected with no retry left. Waiting for
+// that peer's commit costs at most one refresh; with no peer refreshing,
+// the lease is taken and released and the record's token adopted. One look
+// per flight: after one wait, the record's token is adopted.
+func lookForPeer(f *flight, waited bool) bool {
+	return f.forced && !waited
 }
 
 // leaseHeld reports whether lease is certainly still held: a Lease without

@@ -312,3 +312,63 @@ func TestDemandDoesNotJoinAConsultation(t *testing.T) {
 		}
 	})
 }
+
+// Two revocations in a row, and a member that slept through the first: its
+// rejected token is older than the fleet's record, whose token the second
+// revocation rejected too, and a peer is refreshing it. The member waits for
+// the peer's commit instead of adopting the record's token, which its retry
+// would send to be rejected again, with no retry left.
+func TestRejectedOlderTokenWaitsForAPeerRefreshing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st := loggedIn(t, time.Hour)
+		var hold atomic.Bool
+		entered, release := make(chan struct{}), make(chan struct{})
+		gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			if hold.Load() {
+				entered <- struct{}{}
+				<-release
+			}
+			return r.Refresh(ctx, cur)
+		})
+		srcs := fleet(t, 2, gated, st)
+		a, m := srcs[0], srcs[1]
+		old := mustToken(t, m) // at-0; then m sleeps through the first revocation
+		a1, err := a.Refresh(ctxBG, mustToken(t, a))
+		if err != nil || a1.AccessToken != "at-1" {
+			t.Fatalf("a: Refresh after the first revocation = (%v, %v), want at-1", a1, err)
+		}
+		hold.Store(true)
+		peer := make(chan *Token, 1)
+		go func() {
+			tok, err := a.Refresh(ctxBG, a1) // the second revocation
+			if err != nil {
+				t.Errorf("a: Refresh after the second revocation = %v", err)
+			}
+			peer <- tok
+		}()
+		<-entered // a holds the lease and is at the authorization server
+		got := make(chan *Token, 1)
+		go func() {
+			tok, err := m.Refresh(ctxBG, old)
+			if err != nil {
+				t.Errorf("m: Refresh of its rejected at-0 = %v", err)
+			}
+			got <- tok
+		}()
+		synctest.Wait()
+		close(release)
+		a2, mt := <-peer, <-got
+		if a2 == nil || mt == nil {
+			return
+		}
+		if mt.AccessToken != a2.AccessToken {
+			t.Errorf("m: Refresh of its rejected at-0 = %s, want %s, the token the peer was refreshing to (at-1 was rejected too)", mt.AccessToken, a2.AccessToken)
+		}
+		if got := r.calls.Load(); got != 2 {
+			t.Errorf("%d Refresher calls, want 2 (one per revocation)", got)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d reused refresh tokens", got)
+		}
+	})
+}

@@ -122,6 +122,8 @@ type campaign struct {
 	rejections []rejectionRec
 	reuses     []reuseRec
 	writes     []writeRec
+	// uses are the members that sent each access token (a fingerprint).
+	uses map[string]map[string]bool
 	// ended is when each worker process's output ended (it exited, or was
 	// killed), by member.
 	ended         map[string]time.Time
@@ -210,7 +212,7 @@ func newCampaign(t *testing.T, topo *chaosTopology) *campaign {
 		t.Fatal(err)
 	}
 	c := &campaign{t: t, topo: topo, seed: *chaosSeed, duration: *chaosDuration, exe: exe, inflight: make(chan func(), 1),
-		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}, ended: map[string]time.Time{}}
+		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}, ended: map[string]time.Time{}, uses: map[string]map[string]bool{}}
 	c.schedule = makeSchedule(c.seed, c.duration, topo)
 	t.Logf("chaos | seed=%d store=%s duration=%v: %d faults scheduled (rerun: make chaos SEED=%d DURATION=%v STORE=%s)",
 		c.seed, topo.name, c.duration, len(c.schedule), c.seed, c.duration, chaosStoreArg(topo.name))
@@ -522,6 +524,13 @@ func (c *campaign) read(p *chaosProc, r io.Reader) {
 		case lineCommit, lineRestore:
 			c.mu.Lock()
 			c.writes = append(c.writes, writeRec{at: at, fp: l.FP, expiry: time.Unix(0, l.Expiry), by: p.member + " " + l.Kind})
+			c.mu.Unlock()
+		case lineUse:
+			c.mu.Lock()
+			if c.uses[l.FP] == nil {
+				c.uses[l.FP] = map[string]bool{}
+			}
+			c.uses[l.FP][p.member] = true
 			c.mu.Unlock()
 		case lineReauth:
 			c.lose(at, "member "+p.member+" requires re-authentication", false)

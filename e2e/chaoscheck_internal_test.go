@@ -149,3 +149,60 @@ func TestChaosCheckersCampaignEnd(t *testing.T) {
 		t.Errorf("no violation counts 3 reuses; violations:\n%s", strings.Join(v, "\n"))
 	}
 }
+
+// A rotation committed just before a failover to a lagging replica lost it,
+// held by its committer alone, which was killed while the store was still
+// failing over (the seed-7 Sentinel run: member 2.1 committed at +7.1s, the
+// master was killed at +7.145s, 2.1 was killed at +8.306s, and 3.1
+// presented the older refresh token at +10.533s): every holder was gone, a
+// loss the documentation names. A peer that sent the lost token and lived
+// past the failover's recovery allowance could have restored it: counted.
+// So is a rotation that a fault which began before the commit did not
+// lose, and one that was written again after the loss.
+func TestChaosCheckersLostWithItsHolders(t *testing.T) {
+	recovery := *chaosRecovery
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	ms := time.Millisecond
+	c := &campaign{t: t, topo: &chaosTopology{name: "synthetic"}, srv: testserver.New(), start: t0, end: at(60 * time.Second),
+		ended: map[string]time.Time{}, uses: map[string]map[string]bool{}, firstPresented: map[string]presentation{}, lastPresented: map[string]string{}}
+	for i := range c.slots {
+		c.slots[i] = &memberSlot{idx: i}
+	}
+	failover := &faultRec{kind: &faultKind{name: "sentinel-failover-lagging"}, member: -1, start: at(7145 * ms), end: at(9245 * ms)}
+	later := &faultRec{kind: &faultKind{name: "sentinel-failover"}, member: -1, start: at(28 * time.Second), end: at(30 * time.Second)}
+	c.faults = []*faultRec{failover, later}
+
+	// The seed-7 case: unfenceable.
+	c.writes = append(c.writes, writeRec{at: at(7100 * ms), fp: "t1", by: "2.1 commit"})
+	c.uses["t1"] = map[string]bool{"2.1": true}
+	c.ended["2.1"] = at(8309 * ms)
+	seed7 := reuseRec{at: at(10533 * ms), member: "3.1", first: presentation{at: at(7017 * ms), member: "2.1"}}
+	// A peer sent the lost token and outlived the recovery allowance.
+	c.writes = append(c.writes, writeRec{at: at(7120 * ms), fp: "t2", by: "1.1 commit"})
+	c.uses["t2"] = map[string]bool{"1.1": true, "4.1": true}
+	c.ended["1.1"] = at(8 * time.Second)
+	c.ended["4.1"] = failover.end.Add(recovery + 100*ms)
+	peer := reuseRec{at: at(12 * time.Second), member: "3.1", first: presentation{at: at(7050 * ms), member: "1.1"}}
+	// The fault began before the commit: it did not lose it.
+	c.writes = append(c.writes, writeRec{at: at(29 * time.Second), fp: "t3", by: "5.1 commit"})
+	c.ended["5.1"] = at(29500 * ms)
+	before := reuseRec{at: at(31 * time.Second), member: "0.2", first: presentation{at: at(28900 * ms), member: "5.1"}}
+	// Restored after the loss, then lost again without a fault.
+	c.writes = append(c.writes, writeRec{at: at(7130 * ms), fp: "t4", by: "0.1 commit"}, writeRec{at: at(9500 * ms), fp: "t4", by: "0.1 restore"})
+	c.ended["0.1"] = at(9600 * ms)
+	restored := reuseRec{at: at(11 * time.Second), member: "3.1", first: presentation{at: at(7060 * ms), member: "0.1"}}
+	c.reuses = []reuseRec{seed7, peer, before, restored}
+	for _, u := range c.reuses {
+		c.episodes = append(c.episodes, &episode{start: u.at, end: u.at.Add(chaosReloginDelay), why: "refresh-token reuse by member " + u.member})
+	}
+
+	rep := c.analyze()
+	rep.log(t)
+	if len(rep.unfenceable) != 1 || !strings.Contains(rep.unfenceable[0], "member 2.1") {
+		t.Errorf("unfenceable reuses %q, want member 2.1's alone", rep.unfenceable)
+	}
+	if len(rep.reuse) != 3 {
+		t.Errorf("%d reuses counted, want 3:\n%s", len(rep.reuse), strings.Join(rep.reuse, "\n"))
+	}
+}

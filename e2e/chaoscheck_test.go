@@ -41,8 +41,11 @@ import (
 //     stalled, or was stopped for longer than the lease TTL and the repair
 //     grace before writing it, or exited at the campaign's end (its Source
 //     closed) before writing it, within 1 s of presenting it or with the
-//     store down or in its recovery allowance (campaign.unfenceable); so is
-//     the lost session it began.
+//     store down or in its recovery allowance; or its committed rotation
+//     was lost by a fault of the store that began after the commit, and
+//     every member that held it (committed or sent it) exited before the
+//     store could take a restore (campaign.unfenceable); so is the lost
+//     session it began.
 //   - Stale sends: requests the server rejected for a member that had been
 //     told, at least the stale allowance (-chaos.stale-allowance, 0.5 s)
 //     earlier, that this very token was rejected, while another token was
@@ -283,19 +286,32 @@ func (c *campaign) analyze() *chaosReport {
 }
 
 // unfenceable says why reuse u is one no coordination can prevent, or "":
-// the member that first presented the refresh token (and so was the only
-// one to receive its rotation) was killed before it wrote anything to the
-// store, within unfenceableWithin of presenting it or while the store could
-// take no write (or killed with the request in flight, just before the
-// server received it), and the reuse came after. The rotation died with every member that
-// held it, a loss the documentation names as possible. A member stopped
-// instead is alive: its pause counts against the bound unless it outlasted
-// the lease and the repair grace (stoppedPastGrace).
+// the rotation died with every member that held it, a loss the
+// documentation names as possible (killedBeforeWriting, closedAtEnd,
+// lostWithHolders), or its holder was paused past what the lease and the
+// repair grace fence (stoppedPastGrace).
 func (c *campaign) unfenceable(u reuseRec) string {
-	p := u.first
-	if p.at.IsZero() {
+	if u.first.at.IsZero() {
 		return ""
 	}
+	for _, rule := range []func(reuseRec) string{c.killedBeforeWriting, c.closedAtEnd, c.lostWithHolders, c.stoppedPastGrace} {
+		if why := rule(u); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+// killedBeforeWriting says why reuse u is unfenceable, or "": the member
+// that first presented the refresh token (and so was the only one to
+// receive its rotation) was killed before it wrote anything to the store,
+// within unfenceableWithin of presenting it or while the store could take
+// no write (or killed with the request in flight, just before the server
+// received it), and the reuse came after. A member stopped instead is
+// alive: its pause counts against the bound unless it outlasted the lease
+// and the repair grace (stoppedPastGrace).
+func (c *campaign) killedBeforeWriting(u reuseRec) string {
+	p := u.first
 	for _, f := range c.faults {
 		// A kill just before the server saw the request counts too: the
 		// request was in flight, and its rotation went to a dead process.
@@ -316,10 +332,7 @@ func (c *campaign) unfenceable(u reuseRec) string {
 		return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and was killed at +%.3fs before it wrote anything to the store",
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds())
 	}
-	if why := c.closedAtEnd(u); why != "" {
-		return why
-	}
-	return c.stoppedPastGrace(u)
+	return ""
 }
 
 // closedAtEnd says why reuse u comes from the campaign's own shutdown, or
@@ -349,6 +362,63 @@ func (c *campaign) closedAtEnd(u reuseRec) string {
 	}
 	return fmt.Sprintf("member %s presented the refresh token at +%.3fs (as the server received it) and exited at the campaign's end, at +%.3fs, with the store down or recovering and nothing written to it",
 		p.member, p.at.Sub(c.start).Seconds(), ended.Sub(c.start).Seconds())
+}
+
+// lostWithHolders says why reuse u is the loss the documentation names, or
+// "": the member that first presented the refresh token committed its
+// rotation, a fleet-wide fault of the store that began after that commit
+// lost it (the reuse shows the record went back), nobody wrote it again,
+// and every member that held it (its committer, and every member that sent
+// it) exited before the reuse while that fault kept restores out of the
+// store (down, or in its recovery allowance). No live member held the
+// newest token, so none could put it back: a member alive past the fault's
+// recovery allowance without restoring it is not excused.
+func (c *campaign) lostWithHolders(u reuseRec) string {
+	p := u.first
+	var commit *writeRec
+	for i := range c.writes {
+		if w := &c.writes[i]; strings.HasPrefix(w.by, p.member+" ") && w.at.After(p.at) {
+			commit = w
+			break
+		}
+	}
+	if commit == nil {
+		return ""
+	}
+	var lost *faultRec
+	for _, f := range c.faults {
+		if f.member < 0 && f.kind != faultExpire && f.missed == "" && !f.start.IsZero() && !f.start.Before(commit.at) && f.start.Before(u.at) {
+			lost = f
+			break
+		}
+	}
+	if lost == nil {
+		return ""
+	}
+	holders := map[string]bool{p.member: true}
+	for _, w := range c.writes {
+		if w.fp == commit.fp {
+			if w.at.After(lost.start) {
+				return "" // written again after the loss
+			}
+			holders[strings.Fields(w.by)[0]] = true
+		}
+	}
+	for m := range c.uses[commit.fp] {
+		holders[m] = true
+	}
+	names := make([]string, 0, len(holders))
+	for m := range holders {
+		ended, ok := c.ended[m]
+		if !ok || ended.After(u.at) || ended.After(lost.end.Add(*chaosRecovery)) {
+			return ""
+		}
+		names = append(names, fmt.Sprintf("%s at +%.3fs", m, ended.Sub(c.start).Seconds()))
+	}
+	slices.Sort(names)
+	return fmt.Sprintf("member %s presented the refresh token at +%.3fs and committed its rotation at +%.3fs, which the %s from +%.3fs lost; every member that held it exited before the store took a restore (%s)",
+		p.member, p.at.Sub(c.start).Seconds(), commit.at.Sub(c.start).Seconds(), lost.label(), lost.start.Sub(c.start).Seconds(),
+		strings.Join(names, ", "))
 }
 
 // storeRecovering reports whether a fleet-wide fault that keeps writes out

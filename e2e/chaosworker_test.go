@@ -64,7 +64,7 @@ type chaosLine struct {
 	Msg    string `json:"msg,omitempty"`
 	Reauth bool   `json:"reauth,omitempty"`
 	// commit, restore: the fingerprint of the access token written to the
-	// shared store, and its expiry.
+	// shared store, and its expiry; use: of the access token sent.
 	FP     string `json:"fp,omitempty"`
 	Expiry int64  `json:"exp,omitempty"`
 	// tick, summary: calls made so far.
@@ -79,6 +79,7 @@ const (
 	lineTick     = "tick"     // Calls so far, every chaosTick
 	lineFail     = "fail"     // one failed call
 	lineCommit   = "commit"   // a Lease.Commit that succeeded
+	lineUse      = "use"      // the first call this member sent with an access token
 	lineRestore  = "restore"  // a Restorer.Restore that wrote
 	lineReauth   = "reauth"   // the Source requires re-authentication
 	lineStall    = "stall"    // a stall inside the FileStore's critical section, from At to End
@@ -265,14 +266,36 @@ func newChaosClient(target string, r tokensource.Refresher, st tokensource.Store
 			}
 		}),
 	)
-	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		interceptor.DialOptions(c.src, interceptor.AllowInsecure())...)...)
+	conn, err := grpc.NewClient(target, append(append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		interceptor.DialOptions(c.src, interceptor.AllowInsecure())...), grpc.WithChainUnaryInterceptor(reportUses(out)))...)
 	if err != nil {
 		_ = c.src.Close()
 		return nil, err
 	}
 	c.conn, c.echo = conn, echov1.NewEchoServiceClient(conn)
 	return c, nil
+}
+
+// reportUses is the innermost unary interceptor of a member's connection:
+// it reports each access token the member sends, once, so that the checkers
+// know every member that held a token (see campaign.lostWithHolders).
+func reportUses(out *chaosOut) grpc.UnaryClientInterceptor {
+	var mu sync.Mutex
+	sent := map[string]bool{}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		md, _ := metadata.FromOutgoingContext(ctx)
+		if auth := md.Get("authorization"); len(auth) > 0 {
+			fp := tokenFingerprint(strings.TrimPrefix(auth[len(auth)-1], "Bearer "))
+			mu.Lock()
+			first := !sent[fp]
+			sent[fp] = true
+			mu.Unlock()
+			if first {
+				out.write(chaosLine{Kind: lineUse, At: time.Now().UnixNano(), FP: fp})
+			}
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 }
 
 func (c *chaosClient) close() {

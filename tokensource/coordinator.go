@@ -31,8 +31,11 @@ type Record struct {
 	// record went back, and nothing has been saved or committed since. A
 	// newer token may still be on its way back (a holder whose commit
 	// failed), so a member about to present Token's refresh token waits
-	// for it first. Coordinators that do not implement Restorer leave it
-	// false.
+	// for it first. A Coordinator may also set it in a lease's Record when
+	// it can tell that the record may have gone back since it was written
+	// (redisstore: written under another replication history, before a
+	// failover or a restart). Coordinators that do not implement Restorer
+	// leave it false.
 	Restored bool
 }
 

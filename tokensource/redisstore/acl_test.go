@@ -14,7 +14,7 @@ import (
 // aclRules is the least-privilege rule set of the package documentation for
 // a Store with key "svc-a:token" (minus the ">password" and "on").
 const aclRules = "resetkeys ~svc-a:* resetchannels &svc-a:* -@all " +
-	"+evalsha +eval +hmget +hget +exists +subscribe " +
+	"+evalsha +eval +hmget +hget +exists +subscribe +info " +
 	"+get +set +pexpire +del +hset +hdel +hincrby +publish"
 
 func TestACLUser(t *testing.T) {

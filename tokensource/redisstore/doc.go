@@ -136,6 +136,15 @@
 // failed): a fenced maximum over versions that wakes waiters and leaves the
 // lease alone (see tokensource.Restorer).
 //
+// Every write stamps the record with the server's replication ID, which a
+// promoted replica and a restarted master change. A lease on a record
+// stamped with another ID reports it as Restored (tokensource.Record): a
+// failover may have dropped a later commit, which the member holding it
+// puts back within the Source's repair grace, and a member that needs to
+// refresh waits that grace first, even one that started after the failover
+// and saw no outage. The next write stamps the new ID. The check needs
+// +info (see Security).
+//
 // # Sealing
 //
 // Tokens at rest are secrets. Without options the payload is plain JSON,
@@ -158,7 +167,7 @@
 // "token" with prefix "svc-a:", used over TLS:
 //
 //	ACL SETUSER svc-a on >PASSWORD resetkeys ~svc-a:* resetchannels &svc-a:* -@all
-//	    +evalsha +eval +hmget +hget +exists +subscribe
+//	    +evalsha +eval +hmget +hget +exists +subscribe +info
 //	    +get +set +pexpire +del +hset +hdel +hincrby +publish
 //
 //	rdb := redis.NewClient(&redis.Options{
@@ -170,8 +179,11 @@
 //	})
 //
 // Commands called from scripts are checked against the ACL too, hence the
-// second line; AUTH and HELLO need no rule. WithReplicaAck needs +info and
-// +wait as well, and a Cluster client +cluster|slots (go-redis reads the
+// second line; AUTH and HELLO need no rule. +info lets the lease script
+// tell a record written before a failover or a restart (see Replicas and
+// failover);
+// without it that check is skipped, and Redis logs the denial in ACL LOG.
+// WithReplicaAck needs +wait as well, and a Cluster client +cluster|slots (go-redis reads the
 // slot map with CLUSTER SLOTS). With a Cluster client on a key without a
 // hash tag, the patterns are unchanged: "svc-a:{token}" matches ~svc-a:*. On Redis 7.2 and newer go-redis
 // also sends CLIENT SETINFO when it connects and ignores a denial; add

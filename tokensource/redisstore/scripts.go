@@ -10,22 +10,52 @@ import "github.com/redis/go-redis/v9"
 //	         Commit or Release of that owner
 //	restored "1" when Restore wrote payload and no Save or Commit has
 //	         written since (Record.Restored; absent: false)
+//	history  the server's replication ID (INFO replication's
+//	         master_replid) when the record was last written (absent:
+//	         unknown, the ACL denies INFO)
 //
 // The lease is a string at KEYS[2] holding its owner, with a PX expiry. The
 // scripts run atomically in Redis, which is what makes the lease exclusive
 // and the commit fenced; redis.Script sends EVALSHA and falls back to EVAL
 // when the server's script cache is empty (after a restart).
 
+// historyLua defines history(), the replication ID of the server the
+// script runs on: a promoted replica takes a new one, and so does a master
+// that restarts. A record written under another history may have lost a
+// later write that the old master took and the new one never received (a
+// failover to a lagging replica): the acquire script reports it as
+// restored, so that the next refresher waits for a member holding a newer
+// token to put it back (Record.Restored). history() is empty when the ACL
+// denies INFO; then the check is skipped.
+const historyLua = `
+local function history()
+	local ok, info = pcall(redis.call, 'INFO', 'replication')
+	if not ok or type(info) ~= 'string' then
+		return ''
+	end
+	return string.match(info, 'master_replid:(%w+)') or ''
+end
+local function stamp()
+	local h = history()
+	if h == '' then
+		redis.call('HDEL', KEYS[1], 'history')
+	else
+		redis.call('HSET', KEYS[1], 'history', h)
+	end
+end
+`
+
 // acquireScript takes the lease if nobody holds it.
 // ARGV: owner, ttl in ms. Returns nil when the lease is held; otherwise
 // {taken over (0/1), version, payload, restored ('1' or '0')}. A recorded holder without a live
 // lease key is one whose lease expired before it committed or released: a
-// takeover.
+// takeover. restored is also '1' when the record was written under another
+// history than the server's (see historyLua).
 //
 // The script is idempotent for its owner, because go-redis retries a command
 // whose reply was lost: a retry finds its own lease and returns it instead of
 // reporting the lease as held (by itself) until the TTL ends.
-var acquireScript = redis.NewScript(`
+var acquireScript = redis.NewScript(historyLua + `
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[1] then
 	return false
@@ -33,10 +63,15 @@ end
 local prev = redis.call('HGET', KEYS[1], 'holder')
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
-local r = redis.call('HMGET', KEYS[1], 'version', 'payload', 'restored')
+local r = redis.call('HMGET', KEYS[1], 'version', 'payload', 'restored', 'history')
 local taken = 0
 if prev and prev ~= ARGV[1] then taken = 1 end
-return {taken, r[1] or '0', r[2] or '', r[3] or '0'}
+local restored = r[3] or '0'
+if r[4] then
+	local h = history()
+	if h ~= '' and h ~= r[4] then restored = '1' end
+end
+return {taken, r[1] or '0', r[2] or '', restored}
 `)
 
 // renewScript extends the lease if it is still ours.
@@ -63,7 +98,7 @@ return 0
 // commit leaves the record unmarked as restored: if a Restore put the same
 // payload back at that version meanwhile, the commit it was waiting for has
 // landed.
-var commitScript = redis.NewScript(`
+var commitScript = redis.NewScript(historyLua + `
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[1] then
 	return {0, 'held'}
@@ -72,6 +107,7 @@ local v = redis.call('HGET', KEYS[1], 'version') or '0'
 if v == ARGV[5] and redis.call('HGET', KEYS[1], 'payload') == ARGV[3] then
 	redis.call('HSET', KEYS[1], 'version', v)
 	redis.call('HDEL', KEYS[1], 'restored')
+	stamp()
 	return {1, v}
 end
 if v ~= ARGV[2] then
@@ -89,6 +125,7 @@ end
 local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'payload', ARGV[3])
 redis.call('HDEL', KEYS[1], 'restored')
+stamp()
 if cur then
 	redis.call('DEL', KEYS[2])
 end
@@ -124,10 +161,11 @@ return n
 // is not restored.
 // ARGV: payload, channel, "0" to leave the announcement to the caller.
 // Returns the new version.
-var saveScript = redis.NewScript(`
+var saveScript = redis.NewScript(historyLua + `
 local nv = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'payload', ARGV[1])
 redis.call('HDEL', KEYS[1], 'restored')
+stamp()
 if ARGV[3] ~= '0' then
 	redis.call('PUBLISH', ARGV[2], nv)
 end
@@ -148,7 +186,7 @@ return nv
 // by Restore is acknowledged by that WAIT); it leaves the restored mark as
 // it was. A retry of a restore that was applied finds its own version and
 // returns 0, the mark set by the first attempt.
-var restoreScript = redis.NewScript(`
+var restoreScript = redis.NewScript(historyLua + `
 local cur = redis.call('HGET', KEYS[1], 'version') or '0'
 if not string.match(cur, '^[0-9]+$') then
 	return -1
@@ -161,6 +199,7 @@ if #cur > #want or (#cur == #want and cur >= want) then
 	return 0
 end
 redis.call('HSET', KEYS[1], 'version', want, 'payload', ARGV[2], 'restored', '1')
+stamp()
 if ARGV[4] ~= '0' then
 	redis.call('PUBLISH', ARGV[3], want)
 end

@@ -246,3 +246,26 @@ func awaitPoolDialers(tb testing.TB) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// BenchmarkLeaseCycle measures one refresh's work at the Store, over a unix
+// socket: TryLease and a Commit of a new token (the lease renewal does not
+// run within so short a cycle). It is the slow path, once per token
+// lifetime for the whole fleet.
+func BenchmarkLeaseCycle(b *testing.B) {
+	srv := redistest.Start(b)
+	ctx := context.Background()
+	s := New(newClient(b, srv), "token")
+	if err := s.Save(ctx, secretToken()); err != nil {
+		b.Fatal(err)
+	}
+	tok := secretToken()
+	for b.Loop() {
+		l, err := s.TryLease(ctx)
+		if err != nil || l == nil {
+			b.Fatalf("TryLease: %v, %v", l, err)
+		}
+		if err := l.Commit(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

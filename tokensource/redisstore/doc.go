@@ -213,5 +213,11 @@
 // matches), waiters are woken by their resubscription and re-read, and the
 // fleet starts over from the tokens its members hold (Restore puts the
 // newest back at its version). The Store itself needs no reconnecting:
-// go-redis does it.
+// go-redis does it. One go-redis behaviour shows in recovery times: after
+// PoolSize failed dials in a row, a client's pool stops dialling and
+// returns the last dial error at once, probing once a second until a dial
+// succeeds (redis/go-redis#3062). A member whose pool got there during an
+// outage fails its token refreshes with that error, naming the old
+// address, for up to a second after Redis answers again; a larger PoolSize
+// makes that rarer.
 package redisstore

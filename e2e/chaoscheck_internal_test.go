@@ -158,7 +158,8 @@ func TestChaosCheckersCampaignEnd(t *testing.T) {
 // loss the documentation names. A peer that sent the lost token and lived
 // past the failover's recovery allowance could have restored it: counted.
 // So is a rotation that a fault which began before the commit did not
-// lose, and one that was written again after the loss.
+// lose, one that was written again after the loss, and one followed only by
+// a fault that cannot drop an acknowledged write (a FileStore stall).
 func TestChaosCheckersLostWithItsHolders(t *testing.T) {
 	recovery := *chaosRecovery
 	t0 := time.Now()
@@ -169,9 +170,11 @@ func TestChaosCheckersLostWithItsHolders(t *testing.T) {
 	for i := range c.slots {
 		c.slots[i] = &memberSlot{idx: i}
 	}
-	failover := &faultRec{kind: &faultKind{name: "sentinel-failover-lagging"}, member: -1, start: at(7145 * ms), end: at(9245 * ms)}
-	later := &faultRec{kind: &faultKind{name: "sentinel-failover"}, member: -1, start: at(28 * time.Second), end: at(30 * time.Second)}
-	c.faults = []*faultRec{failover, later}
+	lossy := [2]bool{true, true}
+	failover := &faultRec{kind: &faultKind{name: "sentinel-failover-lagging", lossy: lossy}, member: -1, start: at(7145 * ms), end: at(9245 * ms)}
+	later := &faultRec{kind: &faultKind{name: "sentinel-failover", lossy: lossy}, member: -1, start: at(28 * time.Second), end: at(30 * time.Second)}
+	stall := &faultRec{kind: &faultKind{name: "filestore-stall"}, member: -1, start: at(40 * time.Second), end: at(42 * time.Second)}
+	c.faults = []*faultRec{failover, later, stall}
 
 	// The seed-7 case: unfenceable.
 	c.writes = append(c.writes, writeRec{at: at(7100 * ms), fp: "t1", by: "2.1 commit"})
@@ -192,7 +195,12 @@ func TestChaosCheckersLostWithItsHolders(t *testing.T) {
 	c.writes = append(c.writes, writeRec{at: at(7130 * ms), fp: "t4", by: "0.1 commit"}, writeRec{at: at(9500 * ms), fp: "t4", by: "0.1 restore"})
 	c.ended["0.1"] = at(9600 * ms)
 	restored := reuseRec{at: at(11 * time.Second), member: "3.1", first: presentation{at: at(7060 * ms), member: "0.1"}}
-	c.reuses = []reuseRec{seed7, peer, before, restored}
+	// A fault that cannot drop an acknowledged write did not lose it: the
+	// reuse is the library's, however soon the committer died.
+	c.writes = append(c.writes, writeRec{at: at(39900 * ms), fp: "t5", by: "1.2 commit"})
+	c.ended["1.2"] = at(41 * time.Second)
+	stalled := reuseRec{at: at(43 * time.Second), member: "3.1", first: presentation{at: at(39800 * ms), member: "1.2"}}
+	c.reuses = []reuseRec{seed7, peer, before, restored, stalled}
 	for _, u := range c.reuses {
 		c.episodes = append(c.episodes, &episode{start: u.at, end: u.at.Add(chaosReloginDelay), why: "refresh-token reuse by member " + u.member})
 	}
@@ -202,7 +210,7 @@ func TestChaosCheckersLostWithItsHolders(t *testing.T) {
 	if len(rep.unfenceable) != 1 || !strings.Contains(rep.unfenceable[0], "member 2.1") {
 		t.Errorf("unfenceable reuses %q, want member 2.1's alone", rep.unfenceable)
 	}
-	if len(rep.reuse) != 3 {
-		t.Errorf("%d reuses counted, want 3:\n%s", len(rep.reuse), strings.Join(rep.reuse, "\n"))
+	if len(rep.reuse) != 4 {
+		t.Errorf("%d reuses counted, want 4:\n%s", len(rep.reuse), strings.Join(rep.reuse, "\n"))
 	}
 }

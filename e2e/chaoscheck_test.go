@@ -366,8 +366,9 @@ func (c *campaign) closedAtEnd(u reuseRec) string {
 
 // lostWithHolders says why reuse u is the loss the documentation names, or
 // "": the member that first presented the refresh token committed its
-// rotation, a fleet-wide fault of the store that began after that commit
-// lost it (the reuse shows the record went back), nobody wrote it again,
+// rotation, a fleet-wide fault of the store that can drop an acknowledged
+// write (faultKind.lossy) began after that commit and lost it (the reuse
+// shows the record went back), nobody wrote it again,
 // and every member that held it (its committer, and every member that sent
 // it) exited before the reuse while that fault kept restores out of the
 // store (down, or in its recovery allowance). No live member held the
@@ -387,7 +388,7 @@ func (c *campaign) lostWithHolders(u reuseRec) string {
 	}
 	var lost *faultRec
 	for _, f := range c.faults {
-		if f.member < 0 && f.kind != faultExpire && f.missed == "" && !f.start.IsZero() && !f.start.Before(commit.at) && f.start.Before(u.at) {
+		if f.member < 0 && f.kind.lossy[f.sched.variant] && f.missed == "" && !f.start.IsZero() && !f.start.Before(commit.at) && f.start.Before(u.at) {
 			lost = f
 			break
 		}

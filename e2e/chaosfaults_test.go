@@ -22,7 +22,11 @@ type faultKind struct {
 	name     string
 	weight   int
 	variants [2]string // the names of its two variants, if it has any
-	inject   func(c *campaign, f *faultRec)
+	// lossy says, per variant, whether the fault can drop a write the
+	// store acknowledged: a restart without persistence, a failover to a
+	// replica that had not received it (replication is asynchronous).
+	lossy  [2]bool
+	inject func(c *campaign, f *faultRec)
 }
 
 // label names the fault kind with its variant, for the summary table.
@@ -229,8 +233,8 @@ func redisTopology() *chaosTopology {
 	topo := &chaosTopology{name: "Redis"}
 	r := &redisChaos{mu: make(chan struct{}, 1)}
 	topo.faults = []*faultKind{
-		{name: "redis-kill", weight: 2, variants: [2]string{"empty", "aof"}, inject: r.injectKill},
-		{name: "redis-kill-inflight", weight: 1, variants: [2]string{"empty", "aof"}, inject: r.injectKillInFlight},
+		{name: "redis-kill", weight: 2, variants: [2]string{"empty", "aof"}, lossy: [2]bool{true, false}, inject: r.injectKill},
+		{name: "redis-kill-inflight", weight: 1, variants: [2]string{"empty", "aof"}, lossy: [2]bool{true, false}, inject: r.injectKillInFlight},
 	}
 	topo.setup = func(t *testing.T) {
 		r.rs = redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")

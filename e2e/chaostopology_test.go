@@ -104,7 +104,7 @@ func clusterTopology() *chaosTopology {
 	topo := &chaosTopology{name: "RedisCluster"}
 	var cl *redistest.Cluster
 	outage := make(oneOutage, 1)
-	topo.faults = []*faultKind{{name: "cluster-master-kill", weight: 2, variants: [2]string{"random", "inflight"},
+	topo.faults = []*faultKind{{name: "cluster-master-kill", weight: 2, variants: [2]string{"random", "inflight"}, lossy: [2]bool{true, true},
 		inject: func(c *campaign, f *faultRec) {
 			if !outage.acquire(f) {
 				return
@@ -173,10 +173,10 @@ func sentinelTopology() *chaosTopology {
 		// redistest.StartSentinel): the next outage waits.
 		time.Sleep(time.Until(start.Add(sentinelCoolDown)))
 	}
-	topo.faults = []*faultKind{{name: "sentinel-failover", weight: 2, variants: [2]string{"random", "inflight"},
+	topo.faults = []*faultKind{{name: "sentinel-failover", weight: 2, variants: [2]string{"random", "inflight"}, lossy: [2]bool{true, true},
 		inject: func(c *campaign, f *faultRec) {
 			failover(c, f, func(old *redistest.Server) (time.Time, bool) { return killInFlight(c, f, old.Kill) })
-		}}, {name: "sentinel-failover-lagging", weight: 2,
+		}}, {name: "sentinel-failover-lagging", weight: 2, lossy: [2]bool{true, true},
 		inject: func(c *campaign, f *faultRec) {
 			failover(c, f, func(old *redistest.Server) (time.Time, bool) { return killLagging(c, f, sn, old) })
 		}}}

@@ -155,8 +155,9 @@
 // the redisstore package across hosts. A member refreshes only while it
 // holds the fleet's lease and only if the shared record still holds the
 // token that needed replacing; otherwise it adopts the token a peer
-// committed, after waiting for a peer refreshing at that moment when its
-// own token was rejected (the record's may have been rejected too).
+// committed, after waiting (a second at most) for a peer refreshing at
+// that moment when its own token was rejected (the record's may have been
+// rejected too).
 // Commits are fenced, so a member that lost its lease never
 // overwrites a newer token. When Redis is down, members with a valid token
 // go on and refreshing without the lease fails with ErrCoordinatorUnavailable

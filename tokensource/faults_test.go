@@ -372,3 +372,50 @@ func TestRejectedOlderTokenWaitsForAPeerRefreshing(t *testing.T) {
 		}
 	})
 }
+
+// The look for a peer is brief: a peer holding the lease may only be
+// refreshing early, or be paused, while the record's token is valid (only
+// this member's older token was rejected). The member adopts the record's
+// token after peerLook instead of waiting out the peer's lease.
+func TestRejectedOlderTokenLooksForAPeerBriefly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st := loggedIn(t, time.Hour)
+		var hold atomic.Bool
+		entered, release := make(chan struct{}), make(chan struct{})
+		gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			if hold.Load() {
+				entered <- struct{}{}
+				<-release
+			}
+			return r.Refresh(ctx, cur)
+		})
+		srcs := fleet(t, 2, gated, st)
+		a, m := srcs[0], srcs[1]
+		old := mustToken(t, m)
+		a1, err := a.Refresh(ctxBG, mustToken(t, a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hold.Store(true)
+		peer := make(chan struct{})
+		go func() {
+			defer close(peer)
+			if _, err := a.Refresh(ctxBG, a1); err != nil {
+				t.Errorf("a: Refresh = %v", err)
+			}
+		}()
+		<-entered // a holds the lease, and its authorization server hangs
+		ctx, cancel := context.WithTimeout(ctxBG, 5*time.Second)
+		defer cancel()
+		start := time.Now()
+		got, err := m.Refresh(ctx, old)
+		if err != nil || got.AccessToken != a1.AccessToken {
+			t.Errorf("m: Refresh of its rejected at-0 while a peer hangs = (%v, %v), want %s, the record's token", got, err, a1.AccessToken)
+		}
+		if waited := time.Since(start); waited != peerLook {
+			t.Errorf("m waited %v for the peer, want peerLook (%v)", waited, peerLook)
+		}
+		close(release)
+		<-peer
+	})
+}

@@ -18,28 +18,8 @@ const aclRules = "resetkeys ~svc-a:* resetchannels &svc-a:* -@all " +
 	"+get +set +pexpire +del +hset +hdel +hincrby +publish"
 
 func TestACLUser(t *testing.T) {
-	srv := redistest.Start(t)
 	ctx := testContext(t)
-	admin := newClient(t, srv)
-	args := []any{"ACL", "SETUSER", "svc-a", "reset", "on", ">svc-a-password"}
-	for _, r := range strings.Fields(aclRules) {
-		args = append(args, r)
-	}
-	if err := admin.Do(ctx, args...).Err(); err != nil {
-		t.Fatalf("ACL SETUSER: %v", err)
-	}
-	// Nobody gets in without a password any more.
-	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "off").Err(); err != nil {
-		t.Fatalf("ACL SETUSER default off: %v", err)
-	}
-
-	client := func(user, password string) *redis.Client {
-		opts := clientOptions(srv)
-		opts.Username, opts.Password = user, password
-		c := redis.NewClient(opts)
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	client := aclUser(t, aclRules)
 	a := New(client("svc-a", "svc-a-password"), "token", WithKeyPrefix("svc-a:"), WithPollInterval(noPoll))
 	b := New(client("svc-a", "svc-a-password"), "token", WithKeyPrefix("svc-a:"), WithPollInterval(noPoll))
 
@@ -77,5 +57,54 @@ func TestACLUser(t *testing.T) {
 	}
 	if errors.Is(err, tokensource.ErrLeaseLost) {
 		t.Fatal("unexpected ErrLeaseLost")
+	}
+}
+
+// Without +info the lease cannot see a record written under another
+// replication history (see historyLua): the check is skipped, and
+// everything else works.
+func TestACLUserWithoutInfo(t *testing.T) {
+	ctx := testContext(t)
+	client := aclUser(t, strings.Replace(aclRules, " +info", "", 1))
+	s := New(client("svc-a", "svc-a-password"), "token", WithKeyPrefix("svc-a:"))
+	if err := s.Save(ctx, secretToken()); err != nil {
+		t.Fatalf("Save without +info: %v", err)
+	}
+	for range 2 {
+		l := mustLease(t, ctx, s)
+		if l.Record().Restored {
+			t.Fatal("lease without +info: Restored = true, want false")
+		}
+		if err := l.Commit(ctx, secretToken()); err != nil {
+			t.Fatalf("Commit without +info: %v", err)
+		}
+	}
+}
+
+// aclUser starts a redis-server with user svc-a (password
+// "svc-a-password") under rules, and the default user off, and returns a
+// function that makes clients of it.
+func aclUser(t *testing.T, rules string) func(user, password string) *redis.Client {
+	t.Helper()
+	srv := redistest.Start(t)
+	ctx := testContext(t)
+	admin := newClient(t, srv)
+	args := []any{"ACL", "SETUSER", "svc-a", "reset", "on", ">svc-a-password"}
+	for _, r := range strings.Fields(rules) {
+		args = append(args, r)
+	}
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
+	}
+	// Nobody gets in without a password any more.
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "off").Err(); err != nil {
+		t.Fatalf("ACL SETUSER default off: %v", err)
+	}
+	return func(user, password string) *redis.Client {
+		opts := clientOptions(srv)
+		opts.Username, opts.Password = user, password
+		c := redis.NewClient(opts)
+		t.Cleanup(func() { _ = c.Close() })
+		return c
 	}
 }

@@ -183,7 +183,7 @@
 // tell a record written before a failover or a restart (see Replicas and
 // failover);
 // without it that check is skipped, and Redis logs the denial in ACL LOG.
-// WithReplicaAck needs +wait as well, and a Cluster client +cluster|slots (go-redis reads the
+// WithReplicaAck needs +info and +wait, and a Cluster client +cluster|slots (go-redis reads the
 // slot map with CLUSTER SLOTS). With a Cluster client on a key without a
 // hash tag, the patterns are unchanged: "svc-a:{token}" matches ~svc-a:*. On Redis 7.2 and newer go-redis
 // also sends CLIENT SETINFO when it connects and ignores a denial; add

@@ -28,6 +28,11 @@ import "github.com/redis/go-redis/v9"
 // token to put it back (Record.Restored). history() is empty when the ACL
 // denies INFO; then the check is skipped.
 const historyLua = `
+if redis.replicate_commands then
+	-- Redis 5 and 6 may replicate scripts verbatim, and then refuse a write
+	-- after INFO; effects replication (Redis 7's only mode) takes both.
+	redis.replicate_commands()
+end
 local function history()
 	local ok, info = pcall(redis.call, 'INFO', 'replication')
 	if not ok or type(info) ~= 'string' then

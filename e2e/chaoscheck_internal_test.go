@@ -1,12 +1,17 @@
 package e2e_test
 
 import (
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tokenrefresh/grpc-tokenrefresh/testserver"
+	"github.com/tokenrefresh/grpc-tokenrefresh/tokensource"
 )
 
 // The checkers judge a synthetic record as their definitions say (see
@@ -212,5 +217,29 @@ func TestChaosCheckersLostWithItsHolders(t *testing.T) {
 	}
 	if len(rep.reuse) != 4 {
 		t.Errorf("%d reuses counted, want 4:\n%s", len(rep.reuse), strings.Join(rep.reuse, "\n"))
+	}
+}
+
+// The workers' reporting wrapper keeps what the Source sees of a store: a
+// Restorer stays one, and a lease with a lifetime keeps it. (It once hid
+// Expires, so the campaign's members took every lease for held and one
+// presented a refresh token under a lease that ran out while it was
+// stopped: the seed-7 Cluster run.)
+func TestReportWritesKeepsCapabilities(t *testing.T) {
+	st := reportWrites(tokensource.NewFileStore(filepath.Join(t.TempDir(), "token.json")), &chaosOut{enc: json.NewEncoder(io.Discard)})
+	if _, ok := st.(tokensource.Restorer); !ok {
+		t.Error("the wrapped FileStore is no Restorer")
+	}
+	l, err := st.(tokensource.Coordinator).TryLease(context.Background())
+	if err != nil || l == nil {
+		t.Fatalf("TryLease = %v, %v", l, err)
+	}
+	defer l.Release(context.Background())
+	el, ok := l.(tokensource.ExpiringLease)
+	if !ok {
+		t.Fatal("the wrapped FileStore's lease is no ExpiringLease")
+	}
+	if el.Expires().Before(time.Now()) {
+		t.Errorf("Expires = %v, before now", el.Expires())
 	}
 }

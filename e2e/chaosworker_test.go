@@ -400,13 +400,27 @@ func (c reportingCoordinator) TryLease(ctx context.Context) (tokensource.Lease, 
 	if l == nil || err != nil {
 		return l, err
 	}
-	return reportingLease{Lease: l, c: c}, nil
+	rl := reportingLease{Lease: l, c: c}
+	if el, ok := l.(tokensource.ExpiringLease); ok {
+		// Keep the lease's lifetime visible: without it the Source would
+		// take the lease for held until it ends, and present a refresh
+		// token under a lease that ran out while the member was paused.
+		return reportingExpiringLease{reportingLease: rl, el: el}, nil
+	}
+	return rl, nil
 }
 
 type reportingLease struct {
 	tokensource.Lease
 	c reportingCoordinator
 }
+
+type reportingExpiringLease struct {
+	reportingLease
+	el tokensource.ExpiringLease
+}
+
+func (l reportingExpiringLease) Expires() time.Time { return l.el.Expires() }
 
 func (l reportingLease) Commit(ctx context.Context, t *tokensource.Token) error {
 	err := l.Lease.Commit(ctx, t)

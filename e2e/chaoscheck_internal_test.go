@@ -89,7 +89,7 @@ func TestChaosCheckers(t *testing.T) {
 
 	// The bounds fail on this record, naming the checkers and the seed.
 	v := rep.violations()
-	for _, want := range []string{"checker failed-calls-outside-fault-windows = 2", "checker failed-calls-per-force-expiry: max 21",
+	for _, want := range []string{"checker failed-calls-outside-fault-windows = 2", "checker failed-calls-per-force-expiry: max 21", "force-expiry at +1.000s: member",
 		"checker stale-sends", "seed=0 store=synthetic"} {
 		if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, want) }) {
 			t.Errorf("no violation mentions %q; violations:\n%s", want, strings.Join(v, "\n"))

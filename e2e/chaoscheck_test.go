@@ -98,6 +98,9 @@ type chaosReport struct {
 	grants      int64
 	refFailed   int64
 	expiries    []int // failed calls per force-expiry
+	// overBound describes the judged force-expiries over the bound: when,
+	// and their failed calls by member.
+	overBound []string
 	// compoundExpiries are the failed calls of force-expiries that fell in
 	// a store outage, a stall or a lost session (see compoundExpiry).
 	compoundExpiries []int
@@ -202,6 +205,7 @@ func (c *campaign) analyze() *chaosReport {
 		}
 	}
 	perFault := map[*faultRec]int{}
+	faultCalls := map[*faultRec][]failureRec{}
 	for _, fl := range c.failures {
 		rep.failed++
 		w := attribute(fl.idx, fl.start, fl.end)
@@ -222,6 +226,7 @@ func (c *campaign) analyze() *chaosReport {
 			rep.outside = append(rep.outside, fl)
 		} else if w.fault != nil {
 			perFault[w.fault]++
+			faultCalls[w.fault] = append(faultCalls[w.fault], fl)
 		}
 	}
 	for _, f := range c.faults {
@@ -237,6 +242,9 @@ func (c *campaign) analyze() *chaosReport {
 				rep.compoundExpiries = append(rep.compoundExpiries, n)
 			} else {
 				rep.expiries = append(rep.expiries, n)
+				if n > chaosMaxPerExpiry {
+					rep.overBound = append(rep.overBound, c.describeCalls(f, faultCalls[f]))
+				}
 			}
 		}
 	}
@@ -464,6 +472,51 @@ func (c *campaign) stoppedPastGrace(u reuseRec) string {
 // repairGrace is the Sources' repair grace at the default repair interval
 // (tokensource.WithRepairInterval: the interval and a quarter).
 const repairGrace = tokensource.DefaultRepairInterval + tokensource.DefaultRepairInterval/4
+
+// describeCalls says when fault f began, which members' calls failed in
+// its window (how many, when the first and the last began, when the last
+// ended), and which faults struck within 3 s of it: the lead for a
+// force-expiry over the bound.
+func (c *campaign) describeCalls(f *faultRec, calls []failureRec) string {
+	type span struct {
+		n                 int
+		first, last, ends time.Time
+	}
+	by := map[string]*span{}
+	var members []string
+	for _, fl := range calls {
+		sp := by[fl.member]
+		if sp == nil {
+			sp = &span{first: fl.start, last: fl.start, ends: fl.end}
+			by[fl.member] = sp
+			members = append(members, fl.member)
+		}
+		sp.n++
+		if fl.start.Before(sp.first) {
+			sp.first = fl.start
+		}
+		if fl.start.After(sp.last) {
+			sp.last = fl.start
+		}
+		if fl.end.After(sp.ends) {
+			sp.ends = fl.end
+		}
+	}
+	slices.Sort(members)
+	rel := func(t time.Time) float64 { return t.Sub(c.start).Seconds() }
+	parts := make([]string, 0, len(members))
+	for _, m := range members {
+		sp := by[m]
+		parts = append(parts, fmt.Sprintf("member %s: %d calls begun +%.3fs–+%.3fs, the last ended +%.3fs", m, sp.n, rel(sp.first), rel(sp.last), rel(sp.ends)))
+	}
+	var near []string
+	for _, g := range c.faults {
+		if g != f && g.missed == "" && !g.start.IsZero() && g.start.Sub(f.start).Abs() <= 3*time.Second {
+			near = append(near, fmt.Sprintf("%s of member %d at +%.3fs–+%.3fs", g.label(), g.member, rel(g.start), rel(g.end)))
+		}
+	}
+	return fmt.Sprintf("force-expiry at +%.3fs: %s; faults within 3 s: %s", rel(f.start), strings.Join(parts, "; "), strings.Join(near, ", "))
+}
 
 // compoundExpiry reports whether force-expiry f's window overlaps the
 // window of a fleet-wide fault of another kind, or a lost session: then its
@@ -719,8 +772,8 @@ func (r *chaosReport) violations() []string {
 		errorf("%s: checker failed-calls-outside-fault-windows = %d, want 0; first ones:\n  %s", at, n, strings.Join(lines, "\n  "))
 	}
 	if m := slices.Max(append([]int{0}, r.expiries...)); m > chaosMaxPerExpiry {
-		errorf("%s: checker failed-calls-per-force-expiry: max %d, want <= %d (per force-expiry: %v; not judged, in a store outage, a stall or a lost session: %v)",
-			at, m, chaosMaxPerExpiry, r.expiries, r.compoundExpiries)
+		errorf("%s: checker failed-calls-per-force-expiry: max %d, want <= %d (per force-expiry: %v; not judged, in a store outage, a stall or a lost session: %v):\n  %s",
+			at, m, chaosMaxPerExpiry, r.expiries, r.compoundExpiries, strings.Join(r.overBound, "\n  "))
 	}
 	if r.stale > 0 {
 		errorf("%s: checker stale-sends (a member sending a rejected token while a valid one is committed) = %d requests by %d member-token pairs, want 0; first ones:\n  %s",

@@ -3,6 +3,7 @@ package tokensource
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -320,54 +321,28 @@ func TestDemandDoesNotJoinAConsultation(t *testing.T) {
 // would send to be rejected again, with no retry left.
 func TestRejectedOlderTokenWaitsForAPeerRefreshing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, st := loggedIn(t, time.Hour)
-		var hold atomic.Bool
-		entered, release := make(chan struct{}), make(chan struct{})
-		gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-			if hold.Load() {
-				entered <- struct{}{}
-				<-release
-			}
-			return r.Refresh(ctx, cur)
-		})
-		srcs := fleet(t, 2, gated, st)
-		a, m := srcs[0], srcs[1]
-		old := mustToken(t, m) // at-0; then m sleeps through the first revocation
-		a1, err := a.Refresh(ctxBG, mustToken(t, a))
-		if err != nil || a1.AccessToken != "at-1" {
-			t.Fatalf("a: Refresh after the first revocation = (%v, %v), want at-1", a1, err)
-		}
-		hold.Store(true)
-		peer := make(chan *Token, 1)
-		go func() {
-			tok, err := a.Refresh(ctxBG, a1) // the second revocation
-			if err != nil {
-				t.Errorf("a: Refresh after the second revocation = %v", err)
-			}
-			peer <- tok
-		}()
-		<-entered // a holds the lease and is at the authorization server
+		rv := secondRevocation(t)
 		got := make(chan *Token, 1)
 		go func() {
-			tok, err := m.Refresh(ctxBG, old)
+			tok, err := rv.m.Refresh(ctxBG, rv.old)
 			if err != nil {
 				t.Errorf("m: Refresh of its rejected at-0 = %v", err)
 			}
 			got <- tok
 		}()
 		synctest.Wait()
-		close(release)
-		a2, mt := <-peer, <-got
+		a2 := rv.finish()
+		mt := <-got
 		if a2 == nil || mt == nil {
 			return
 		}
 		if mt.AccessToken != a2.AccessToken {
 			t.Errorf("m: Refresh of its rejected at-0 = %s, want %s, the token the peer was refreshing to (at-1 was rejected too)", mt.AccessToken, a2.AccessToken)
 		}
-		if got := r.calls.Load(); got != 2 {
+		if got := rv.r.calls.Load(); got != 2 {
 			t.Errorf("%d Refresher calls, want 2 (one per revocation)", got)
 		}
-		if got := r.reused.Load(); got != 0 {
+		if got := rv.r.reused.Load(); got != 0 {
 			t.Errorf("%d reused refresh tokens", got)
 		}
 	})
@@ -379,43 +354,64 @@ func TestRejectedOlderTokenWaitsForAPeerRefreshing(t *testing.T) {
 // token after peerLook instead of waiting out the peer's lease.
 func TestRejectedOlderTokenLooksForAPeerBriefly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, st := loggedIn(t, time.Hour)
-		var hold atomic.Bool
-		entered, release := make(chan struct{}), make(chan struct{})
-		gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-			if hold.Load() {
-				entered <- struct{}{}
-				<-release
-			}
-			return r.Refresh(ctx, cur)
-		})
-		srcs := fleet(t, 2, gated, st)
-		a, m := srcs[0], srcs[1]
-		old := mustToken(t, m)
-		a1, err := a.Refresh(ctxBG, mustToken(t, a))
-		if err != nil {
-			t.Fatal(err)
-		}
-		hold.Store(true)
-		peer := make(chan struct{})
-		go func() {
-			defer close(peer)
-			if _, err := a.Refresh(ctxBG, a1); err != nil {
-				t.Errorf("a: Refresh = %v", err)
-			}
-		}()
-		<-entered // a holds the lease, and its authorization server hangs
+		rv := secondRevocation(t) // and a's authorization server hangs
+		defer rv.finish()
 		ctx, cancel := context.WithTimeout(ctxBG, 5*time.Second)
 		defer cancel()
 		start := time.Now()
-		got, err := m.Refresh(ctx, old)
-		if err != nil || got.AccessToken != a1.AccessToken {
-			t.Errorf("m: Refresh of its rejected at-0 while a peer hangs = (%v, %v), want %s, the record's token", got, err, a1.AccessToken)
+		got, err := rv.m.Refresh(ctx, rv.old)
+		if err != nil || got.AccessToken != rv.a1.AccessToken {
+			t.Errorf("m: Refresh of its rejected at-0 while a peer hangs = (%v, %v), want %s, the record's token", got, err, rv.a1.AccessToken)
 		}
 		if waited := time.Since(start); waited != peerLook {
 			t.Errorf("m waited %v for the peer, want peerLook (%v)", waited, peerLook)
 		}
-		close(release)
-		<-peer
 	})
+}
+
+// twoRevocations is a fleet of two in the middle of a second revocation: m
+// still holds at-0 (old: it slept through the first), a refreshed to a1 at
+// the first and is now at the authorization server for the second, under
+// the lease, until finish lets it through and returns its new token.
+type twoRevocations struct {
+	r       *rotating
+	m       *Source
+	old, a1 *Token
+	finish  func() *Token
+}
+
+// secondRevocation sets up twoRevocations inside a synctest bubble.
+func secondRevocation(t *testing.T) twoRevocations {
+	t.Helper()
+	r, st := loggedIn(t, time.Hour)
+	var hold atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+		if hold.Load() {
+			entered <- struct{}{}
+			<-release
+		}
+		return r.Refresh(ctx, cur)
+	})
+	srcs := fleet(t, 2, gated, st)
+	a, m := srcs[0], srcs[1]
+	old := mustToken(t, m)
+	a1, err := a.Refresh(ctxBG, mustToken(t, a))
+	if err != nil || a1.AccessToken != "at-1" {
+		t.Fatalf("a: Refresh after the first revocation = (%v, %v), want at-1", a1, err)
+	}
+	hold.Store(true)
+	peer := make(chan *Token, 1)
+	go func() {
+		tok, err := a.Refresh(ctxBG, a1)
+		if err != nil {
+			t.Errorf("a: Refresh after the second revocation = %v", err)
+		}
+		peer <- tok
+	}()
+	<-entered
+	return twoRevocations{r: r, m: m, old: old, a1: a1, finish: sync.OnceValue(func() *Token {
+		close(release)
+		return <-peer
+	})}
 }

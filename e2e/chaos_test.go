@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -436,10 +437,7 @@ func (c *campaign) run() {
 	// The workers stop calling at c.end; give their last calls their
 	// deadline and a grace for a loaded machine.
 	deadline := time.After(chaosCallDeadline + chaosShutdownGrace)
-	c.mu.Lock()
-	procs := append([]*chaosProc(nil), c.procs...)
-	c.mu.Unlock()
-	for _, p := range procs {
+	for _, p := range c.allProcs() {
 		select {
 		case <-p.exited:
 		case <-deadline:
@@ -569,12 +567,17 @@ func (p *chaosProc) callCount() (int64, bool) {
 	return p.calls, p.summary != nil
 }
 
+// allProcs returns every worker process started so far.
+func (c *campaign) allProcs() []*chaosProc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.procs)
+}
+
 // killAll kills every worker's process group that is still there: no
 // worker outlives the test, stopped or not.
 func (c *campaign) killAll() {
-	c.mu.Lock()
-	procs := append([]*chaosProc(nil), c.procs...)
-	c.mu.Unlock()
+	procs := c.allProcs()
 	for _, p := range procs {
 		select {
 		case <-p.exited:

@@ -97,34 +97,18 @@ func makeSchedule(seed uint64, duration time.Duration, topo *chaosTopology) []sc
 
 // Fault kinds every store gets.
 var (
-	faultKill = &faultKind{name: "worker-kill", weight: 2, inject: func(c *campaign, f *faultRec) {
-		slot := c.claim(f)
-		if slot == nil {
-			return
-		}
-		defer c.release(slot)
+	faultKill = &faultKind{name: "worker-kill", weight: 2, inject: onMember(func(c *campaign, _ *faultRec, slot *memberSlot) {
 		p := slot.proc
-		f.target = p.member
-		start := time.Now()
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.exited
 		c.startMember(slot.idx)
-		f.done(start, time.Now(), slot.idx)
-	}}
-	faultStop = &faultKind{name: "worker-stop", weight: 2, inject: func(c *campaign, f *faultRec) {
-		slot := c.claim(f)
-		if slot == nil {
-			return
-		}
-		defer c.release(slot)
+	})}
+	faultStop = &faultKind{name: "worker-stop", weight: 2, inject: onMember(func(_ *campaign, f *faultRec, slot *memberSlot) {
 		p := slot.proc
-		f.target = p.member
-		start := time.Now()
 		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP)
-		time.Sleep(f.sched.dur)
+		time.Sleep(f.sched.dur) // the fault's own length
 		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT)
-		f.done(start, time.Now(), slot.idx)
-	}}
+	})}
 	faultExpire = &faultKind{name: "force-expiry", weight: 2, inject: func(c *campaign, f *faultRec) {
 		start := time.Now()
 		c.srv.ForceExpire()
@@ -135,6 +119,23 @@ var (
 		f.done(start, end, -1)
 	}}
 )
+
+// onMember is the inject of a member fault: it claims a member for f,
+// applies act to it, and records the fault from just before act until act
+// returns.
+func onMember(act func(c *campaign, f *faultRec, slot *memberSlot)) func(*campaign, *faultRec) {
+	return func(c *campaign, f *faultRec) {
+		slot := c.claim(f)
+		if slot == nil {
+			return
+		}
+		defer c.release(slot)
+		f.target = slot.proc.member
+		start := time.Now()
+		act(c, f, slot)
+		f.done(start, time.Now(), slot.idx)
+	}
+}
 
 func commonFaults() []*faultKind { return []*faultKind{faultKill, faultStop, faultExpire} }
 

@@ -106,7 +106,11 @@ var (
 	faultStop = &faultKind{name: "worker-stop", weight: 2, inject: onMember(func(_ *campaign, f *faultRec, slot *memberSlot) {
 		p := slot.proc
 		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP)
-		time.Sleep(f.sched.dur) // the fault's own length
+		d := f.sched.dur
+		if *chaosMaxStop > 0 {
+			d = min(d, *chaosMaxStop)
+		}
+		time.Sleep(d) // the fault's own length
 		_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT)
 	})}
 	faultExpire = &faultKind{name: "force-expiry", weight: 2, inject: func(c *campaign, f *faultRec) {

@@ -599,6 +599,49 @@ func TestAttemptWaitForReadyThroughFailedRefresh(t *testing.T) {
 	})
 }
 
+// A WaitForReady caller that wakes from a failed refresh only after the
+// next refresh has succeeded (a loaded machine can schedule it that late)
+// gets the new token, not the failure it slept through. Seen in e2e's
+// TestIdPPermanentOutage beside a CPU-heavy job: 4 of 45 such callers
+// failed with the old error although the token was there.
+func TestAttemptWaitForReadyWakesAfterRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := flaky(2*DefaultRefreshAttempts, errUnavailable) // two refreshes fail, the third succeeds
+		type lateKey struct{}
+		resume := make(chan struct{})
+		s := New(r, WithBackoff(time.Second, time.Second), WithRefreshHooks(RefreshHooks{
+			Wait: func(ctx context.Context, _ uint64) {
+				if ctx.Value(lateKey{}) != nil {
+					<-resume // not scheduled until the Source has recovered
+				}
+			},
+		}))
+		defer mustClose(t, s)
+		if _, err := s.Token(ctxBG); !errors.Is(err, errUnavailable) {
+			t.Fatalf("first Token = %v, want the failed refresh", err)
+		}
+		time.Sleep(time.Second) // the backoff (0.5 s to 1 s) ends
+
+		late := goToken(s, context.WithValue(WaitForReady(ctxBG), lateKey{}, true)) // starts the second refresh
+		synctest.Wait()
+		if _, err := s.Token(ctxBG); !errors.Is(err, errUnavailable) { // joins the second refresh
+			t.Fatalf("Token joining the second refresh = %v, want it to fail", err)
+		}
+		time.Sleep(time.Second)
+		if tok, err := s.Token(ctxBG); err != nil || tok.AccessToken != "access-1" {
+			t.Fatalf("Token after the second backoff = (%v, %v), want access-1", tok, err)
+		}
+
+		close(resume)
+		if o := <-late; o.err != nil || o.tok.AccessToken != "access-1" {
+			t.Errorf("WaitForReady caller woken after the recovery got (%v, %v), want access-1", o.tok, o.err)
+		}
+		if got, want := r.calls.Load(), int64(2*DefaultRefreshAttempts+1); got != want {
+			t.Errorf("%d Refresher calls, want %d", got, want)
+		}
+	})
+}
+
 // A caller whose ctx ends while the refresh it waits on pauses between
 // attempts gets an error matching its ctx's error and the failure of the
 // last attempt, which its message names; the others keep waiting and get

@@ -434,14 +434,21 @@ func (s *Source) untilReady(ctx context.Context, op func(context.Context) (*Toke
 
 // outcome is f's result for a waiter with ctx. A caller that waits for
 // ready (WaitForReady) is not failed by a refresh that fails transiently:
-// it waits for the next one (see untilReady).
+// it waits for the next one (see untilReady), or, when it wakes only after
+// a later refresh has installed a token (a loaded machine can schedule it
+// that late), takes that token at once.
 func (s *Source) outcome(ctx context.Context, f *flight) (*Token, error) {
 	if f.err == nil || !waitsForReady(ctx) {
 		return f.tok, f.err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.reauthErr != nil || s.closed || s.lastErr == nil {
+	switch {
+	case s.reauthErr != nil || s.closed:
+		return f.tok, f.err
+	case s.cur.Load().gen != f.gen:
+		return nil, &notYet{last: f.err}
+	case s.lastErr == nil:
 		return f.tok, f.err
 	}
 	return nil, &notYet{at: s.retryAt, last: f.err}

@@ -53,6 +53,8 @@ var (
 	// session (the documented limit), and whether a scheduled stop lands
 	// there is down to timing, which a fixed-seed smoke run must not be.
 	// make chaos passes 0, the full 0.2–3 s.
+	chaosTraceDir = flag.String("chaos.trace", "",
+		"a folder for each worker's trace (member-<id>.log: its Sources' debug log and events, times since the campaign's start)")
 	chaosMaxStop = flag.Duration("chaos.max-stop", 2*time.Second,
 		"the longest worker stop (0: as scheduled, up to 3 s); the default stays under the lease TTL and the repair grace")
 )
@@ -474,6 +476,8 @@ func (c *campaign) startMember(i int) *chaosProc {
 		envChaosDeadline+"="+chaosCallDeadline.String(),
 		envChaosPace+"="+chaosPace.String(),
 		envChaosLeaseTTL+"="+chaosLeaseTTL.String(),
+		envChaosTrace+"="+*chaosTraceDir,
+		envChaosStart+"="+strconv.FormatInt(c.start.UnixNano(), 10),
 	)
 	// Its own process group, so that the cleanup can kill whatever it
 	// might have started along with it.

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -515,7 +516,18 @@ func (c *campaign) describeCalls(f *faultRec, calls []failureRec) string {
 			near = append(near, fmt.Sprintf("%s of member %d at +%.3fs–+%.3fs", g.label(), g.member, rel(g.start), rel(g.end)))
 		}
 	}
-	return fmt.Sprintf("force-expiry at +%.3fs: %s; faults within 3 s: %s", rel(f.start), strings.Join(parts, "; "), strings.Join(near, ", "))
+	// The writes just before it, and who had sent each token by the end:
+	// a member still on an older token when a commit landed shortly before
+	// the revocation adopts a token the revocation also hit.
+	var writes []string
+	for _, w := range c.writes {
+		if d := f.start.Sub(w.at); d >= 0 && d <= 2*time.Second {
+			senders := slices.Sorted(maps.Keys(c.uses[w.fp]))
+			writes = append(writes, fmt.Sprintf("%s at +%.3fs (sent by %s)", w.by, rel(w.at), strings.Join(senders, ", ")))
+		}
+	}
+	return fmt.Sprintf("force-expiry at +%.3fs: %s; writes in the 2 s before it: %s; faults within 3 s: %s",
+		rel(f.start), strings.Join(parts, "; "), strings.Join(writes, ", "), strings.Join(near, ", "))
 }
 
 // compoundExpiry reports whether force-expiry f's window overlaps the

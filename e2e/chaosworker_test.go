@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +46,8 @@ const (
 	envChaosDeadline = "TOKENREFRESH_CHAOS_DEADLINE" // each call's deadline
 	envChaosPace     = "TOKENREFRESH_CHAOS_PACE"     // each caller's pause between calls
 	envChaosLeaseTTL = "TOKENREFRESH_CHAOS_LEASE_TTL"
+	envChaosTrace    = "TOKENREFRESH_CHAOS_TRACE" // -chaos.trace: a folder for the members' traces, or empty
+	envChaosStart    = "TOKENREFRESH_CHAOS_START" // Unix ns (wall clock) of the campaign's start, for the traces
 )
 
 // chaosMemberKey is the metadata key that names the member on every RPC a
@@ -145,7 +149,13 @@ func runChaosWorker(member string) int {
 	}
 	defer authConn.Close()
 	refresher := testserver.NewRefresher(authConn, testserver.DefaultUser, testserver.DefaultPassword)
-	first, err := newChaosClient(target, refresher, st, out)
+	trace, closeTrace, err := chaosTrace(member)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos worker:", err)
+		return 2
+	}
+	defer closeTrace()
+	first, err := newChaosClient(target, refresher, st, out, trace...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos worker:", err)
 		return 2
@@ -158,7 +168,7 @@ func runChaosWorker(member string) int {
 	// a SetToken per member would save it again after a peer had already
 	// refreshed from it.
 	relogin := func() error {
-		nc, err := newChaosClient(target, refresher, st, out)
+		nc, err := newChaosClient(target, refresher, st, out, trace...)
 		if err != nil {
 			return err
 		}
@@ -256,16 +266,16 @@ type chaosClient struct {
 	retired atomic.Bool
 }
 
-func newChaosClient(target string, r tokensource.Refresher, st tokensource.Store, out *chaosOut) (*chaosClient, error) {
+func newChaosClient(target string, r tokensource.Refresher, st tokensource.Store, out *chaosOut, opts ...tokensource.Option) (*chaosClient, error) {
 	c := &chaosClient{}
-	c.src = tokensource.New(r,
+	c.src = tokensource.New(r, append([]tokensource.Option{
 		tokensource.WithStore(st),
 		tokensource.WithOnReauthRequired(func(error) {
 			if !c.retired.Load() {
 				out.write(chaosLine{Kind: lineReauth, At: time.Now().UnixNano()})
 			}
 		}),
-	)
+	}, opts...)...)
 	conn, err := grpc.NewClient(target, append(append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		interceptor.DialOptions(c.src, interceptor.AllowInsecure())...), grpc.WithChainUnaryInterceptor(reportUses(out)))...)
 	if err != nil {
@@ -296,6 +306,36 @@ func reportUses(out *chaosOut) grpc.UnaryClientInterceptor {
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
+}
+
+// chaosTrace returns the options that make a member's Sources write their
+// debug log and events to member-<id>.log in the folder -chaos.trace names,
+// with times as the checkers print them (seconds since the campaign's
+// start); none when it names none.
+func chaosTrace(member string) ([]tokensource.Option, func(), error) {
+	dir := os.Getenv(envChaosTrace)
+	if dir == "" {
+		return nil, func() {}, nil
+	}
+	startNS, _ := strconv.ParseInt(os.Getenv(envChaosStart), 10, 64)
+	start := time.Unix(0, startNS)
+	f, err := os.Create(filepath.Join(dir, "member-"+member+".log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	rel := func(t time.Time) string { return fmt.Sprintf("+%.3fs", t.Sub(start).Seconds()) }
+	log := slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.String(slog.TimeKey, rel(a.Value.Time()))
+			}
+			return a
+		}}))
+	observe := func(e tokensource.Event) {
+		log.Debug("event", "kind", e.Kind.String(), "refresh", e.Refresh, "at", rel(e.Time), "forced", e.Forced,
+			"background", e.Background, "gen", e.Generation, "waiters", e.Waiters, "err", e.Err)
+	}
+	return []tokensource.Option{tokensource.WithLogger(log), tokensource.WithObserver(observe)}, func() { _ = f.Close() }, nil
 }
 
 func (c *chaosClient) close() {

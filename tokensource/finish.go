@@ -42,18 +42,7 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 		fallthrough
 	case refreshed, loaded, adopted:
 		s.installLocked(s.newState(res.tok, s.cur.Load().gen+1, now))
-		s.fleet = fleetToken{tok: res.tok, ver: res.ver, pending: res.saveErr != nil}
-		if res.ver > 0 {
-			s.startRepairLocked()
-			if res.saveErr == nil {
-				s.noteLocked(res.ver)
-			} else { // the commit is pending: see repair.go
-				select {
-				case s.repairNow <- struct{}{}:
-				default:
-				}
-			}
-		}
+		s.holdLocked(res.tok, res.ver, res.saveErr)
 		s.failures, s.lastErr, s.retryAt, s.rotated = 0, nil, time.Time{}, ""
 		if f.forced && f.attempts > 0 {
 			s.guard.spend(now, s.opts.minRefreshInterval)
@@ -70,6 +59,11 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 	default: // failed, unchanged
 		if res.rotated != "" {
 			s.rotated = res.rotated
+			if res.ver > 0 {
+				// The record must not fall behind the rotation either: a
+				// commit that failed stays pending like a refreshed token's.
+				s.holdLocked(res.kept, res.ver, res.saveErr)
+			}
 		}
 		if f.released {
 			s.serveUntilRetryLocked() // the timeout has counted the failure and backed off
@@ -89,7 +83,7 @@ func (s *Source) apply(f *flight, res result) (ev Event, released bool, retryIn 
 	if released {
 		ev.Waiters = 0 // the timeout already reported them, with its failure
 	} else {
-		f.tok, f.err = res.tok, res.err
+		f.tok, f.err, f.refreshed = res.tok, res.err, res.kind == refreshed
 	}
 	s.mu.Unlock()
 	if !released {

@@ -192,6 +192,69 @@ func TestFleetEarlyWindow(t *testing.T) {
 	})
 }
 
+// A revocation while a member's early refresh is at the authorization
+// server: the token it brings back may predate the revocation, so members
+// whose calls were rejected meanwhile (the refreshing member a, and b, whose
+// own early refresh waits for a's lease and adopts a's token) do not retry
+// with it, but share one more refresh of it, fleet-wide: two Refresher
+// calls, no reuse, and both retry with the second token.
+func TestFleetRevocationDuringEarlyRefresh(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, st := loggedIn(t, time.Hour)
+		var calls atomic.Int32
+		entered := []chan struct{}{make(chan struct{}), make(chan struct{})}
+		release := []chan struct{}{make(chan struct{}), make(chan struct{})}
+		gated := RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			if n := calls.Add(1) - 1; int(n) < len(entered) {
+				close(entered[n])
+				<-release[n]
+			}
+			return r.Refresh(ctx, cur)
+		})
+		srcs := fleet(t, 2, gated, st, WithEarlyRefresh(10*time.Minute))
+		old := make([]*Token, len(srcs))
+		for i, s := range srcs {
+			old[i] = mustToken(t, s)
+		}
+		time.Sleep(52 * time.Minute) // inside every member's early window
+		mustToken(t, srcs[0])        // a's early refresh, at the server until released
+		<-entered[0]
+		mustToken(t, srcs[1]) // b's early refresh, waiting for a's lease
+		synctest.Wait()
+		got := make([]*Token, len(srcs))
+		var wg sync.WaitGroup
+		for i, s := range srcs { // both rejected: every token so far revoked
+			wg.Go(func() {
+				var err error
+				if got[i], err = s.Refresh(ctxBG, old[i]); err != nil {
+					t.Errorf("member %d: Refresh = %v", i, err)
+				}
+			})
+		}
+		synctest.Wait()
+		close(release[0]) // at-1 committed; b adopts it
+		select {          // the refresh of at-1, under the lease
+		case <-entered[1]:
+		case <-time.After(time.Minute):
+			t.Fatal("no refresh after the early one: the rejected calls would retry with a token the revocation hit")
+		}
+		synctest.Wait() // b waits for it
+		close(release[1])
+		wg.Wait()
+		for i := range srcs {
+			if got[i] == nil || got[i].AccessToken != "at-2" {
+				t.Errorf("member %d: Refresh = %v, want at-2, refreshed after the revocation", i, got[i])
+			}
+		}
+		if got := r.calls.Load(); got != 2 {
+			t.Errorf("%d Refresher calls, want 2 (the early refresh and one after the rejections)", got)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d reused refresh tokens", got)
+		}
+	})
+}
+
 // Durability in a fleet: a login token is committed to an empty shared record
 // before it is handed out, and the member that did so is the only one whose
 // token counts; the others adopt it.

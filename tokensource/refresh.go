@@ -44,6 +44,7 @@ type result struct {
 	// pending: see repair.go).
 	ver     uint64
 	rotated string // the refresh token of a refused result: see Source.rotated
+	kept    *Token // what is written for a rotated result: the replaced token carrying rotated, at ver
 }
 
 // run is the refresh goroutine of f. ctx bounds the Refresher call (the
@@ -162,8 +163,8 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 	case rotatedBy(refused, current):
 		// The Refresher may have consumed current's refresh token: the
 		// next refresh, here or in the fleet, must present the new one.
-		res.rotated = refused.RefreshToken
-		res.saveErr = p.write(ctx, withRefreshToken(current, res.rotated))
+		res.rotated, res.kept, res.ver = refused.RefreshToken, withRefreshToken(current, refused.RefreshToken), p.ver
+		res.saveErr = p.write(ctx, res.kept)
 	default:
 		p.release(ctx)
 	}
@@ -174,6 +175,7 @@ func (s *Source) refresh(ctx, wctx context.Context, f *flight, prev, current *To
 // the refresh timeout it releases f's waiters (releaseAtTimeout) and gives
 // up p's lease, then waits on for the late result: inTime is false.
 func (s *Source) callRefresher(ctx context.Context, f *flight, prev, current *Token, p persistence) (res result, refused *Token, inTime bool) {
+	f.called.Store(true)
 	ch := s.startRefresher(ctx, current)
 	r, inTime := awaitRefresher(ctx, ch)
 	if !inTime {

@@ -29,6 +29,26 @@ type fleetToken struct {
 	pending bool
 }
 
+// holdLocked makes tok this Source's token in the fleet, at version ver of
+// the shared record (0: none), committed there unless saveErr says the
+// write failed: then it is pending, and the repair check puts it back at
+// once. s.mu must be held.
+func (s *Source) holdLocked(tok *Token, ver uint64, saveErr error) {
+	s.fleet = fleetToken{tok: tok, ver: ver, pending: saveErr != nil}
+	if ver == 0 {
+		return
+	}
+	s.startRepairLocked()
+	if saveErr == nil {
+		s.noteLocked(ver)
+		return
+	}
+	select {
+	case s.repairNow <- struct{}{}:
+	default:
+	}
+}
+
 // noteLocked records v as a version of the fleet's record this Source has
 // read (or committed). s.mu must be held.
 func (s *Source) noteLocked(v uint64) {

@@ -291,6 +291,63 @@ func pausedHolderResuming(t *testing.T, late time.Duration) {
 	})
 }
 
+// A holder paused so long after presenting the refresh token that the token
+// it then receives has already expired (a pause longer than the token's
+// lifetime): the token is refused, but its rotated refresh token is the
+// fleet's only valid one. Its commit is refused (another member took the
+// lease over), so, as with a refreshed token, it stays pending and is put
+// back into the record; the member that took over presents the rotated
+// refresh token, not the spent one.
+func TestPausedHolderReceivingAnExpiredToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, login := newRotating(time.Second)
+		login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
+		st := &outageStore{MemoryStore: NewMemoryStore()}
+		if err := st.Save(ctxBG, login); err != nil {
+			t.Fatal(err)
+		}
+		presented, resume := make(chan struct{}), make(chan struct{})
+		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+			tok, err := r.Refresh(ctx, cur)
+			close(presented)
+			<-resume // paused after the authorization server rotated
+			return tok, err
+		}), WithStore(st), WithEarlyRefresh(0))
+		defer mustClose(t, a)
+		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+		aErr := make(chan error, 1)
+		go func() {
+			_, err := a.Token(ctxBG)
+			aErr <- err
+		}()
+		<-presented
+		st.expire() // a's lease runs out while it is paused
+		bDone := make(chan *Token, 1)
+		go func() {
+			tok, err := b.Token(ctxBG)
+			if err != nil {
+				t.Errorf("b: Token = %v", err)
+			}
+			bDone <- tok
+		}()
+		synctest.Wait()                     // b has taken the lease over and waits the grace
+		time.Sleep(1100 * time.Millisecond) // at-1 expires a second after it was issued
+		close(resume)
+		if err := <-aErr; err == nil {
+			t.Error("a: Token succeeded with a token that expired on arrival")
+		}
+		if got := <-bDone; got == nil || got.AccessToken != "at-2" {
+			t.Errorf("b: Token = %v, want at-2, refreshed with the refresh token a received", got)
+		}
+		if got := r.reused.Load(); got != 0 {
+			t.Errorf("%d refresh tokens presented twice", got)
+		}
+		if got := r.calls.Load(); got != 2 {
+			t.Errorf("%d Refresher calls, want 2", got)
+		}
+	})
+}
+
 // A commit that landed but was not confirmed (a replica acknowledgement that
 // did not come) stays pending although the record shows its version: the
 // Source asks the Coordinator to confirm it (Restore) until it does.

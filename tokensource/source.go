@@ -72,6 +72,11 @@ type flight struct {
 	// again, for waiters whose ctx ends (guarded by Source.mu).
 	attempts   int
 	attemptErr error
+	// called is set before the flight's first Refresher call; refreshed,
+	// set before done is closed, says that its token came from the
+	// Refresher (see latejoin.go).
+	called    atomic.Bool
+	refreshed bool
 }
 
 // Source is a concurrency-safe cache of one token that shares a single
@@ -270,10 +275,13 @@ func (s *Source) tokenSlow(ctx context.Context) (*Token, error) {
 // re-authentication-required state Refresh of the current token fails at
 // once with an error matching ErrReauthRequired.
 func (s *Source) Refresh(ctx context.Context, stale *Token) (*Token, error) {
-	return s.untilReady(ctx, func(ctx context.Context) (*Token, error) { return s.refreshOnce(ctx, stale) })
+	return s.untilReady(ctx, func(ctx context.Context) (*Token, error) { return s.forceRefresh(ctx, stale, true) })
 }
 
-func (s *Source) refreshOnce(ctx context.Context, stale *Token) (*Token, error) {
+// forceRefresh is one try of Refresh; late says whether a rejection that
+// joins a refresh begun before it refreshes once more after it (see
+// latejoin.go).
+func (s *Source) forceRefresh(ctx context.Context, stale *Token, late bool) (*Token, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -290,6 +298,9 @@ func (s *Source) refreshOnce(ctx context.Context, stale *Token) (*Token, error) 
 	}
 	if s.reauthErr == nil && s.flight == nil && valid && !s.guard.allows(now, s.opts.minRefreshInterval) {
 		return s.rateLimitedUnlock(ctx, st, now)
+	}
+	if valid && late && joinedLate(s.flight) {
+		return s.refreshAfterUnlock(ctx, s.flight)
 	}
 	if valid {
 		return s.waitUnlock(ctx, rejection)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -1056,14 +1057,22 @@ func TestExpiryJudgedByWallClock(t *testing.T) {
 	}
 }
 
-// A server rejects the current token while the early window's background
-// refresh runs: the forced Refresh joins that refresh instead of starting a
-// second one, and gets its result.
+// A forced refresh that arrives while the early window's background
+// refresh is at the Refresher waits for it (no second Refresher call beside
+// it), and then, since that refresh began before the rejection and may have
+// brought back a token the same revocation hit, the rejected callers share
+// one more refresh: two Refresher calls in all, never at once, and every
+// caller gets the second's token.
 func TestForcedRefreshJoinsBackgroundRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		release := make(chan struct{})
 		inner := sequence(time.Now, time.Hour)
+		var running atomic.Int32
 		r := &counter{fn: func(ctx context.Context, cur *Token) (*Token, error) {
+			if running.Add(1) > 1 {
+				t.Error("two Refresher calls at once")
+			}
+			defer running.Add(-1)
 			<-release
 			return inner.Refresh(ctx, cur)
 		}}
@@ -1095,12 +1104,63 @@ func TestForcedRefreshJoinsBackgroundRefresh(t *testing.T) {
 		close(release)
 		wg.Wait()
 		for i := range n {
-			if got[i] == nil || got[i].AccessToken != "access-1" {
-				t.Fatalf("Refresh %d = %v, want the background refresh's token", i, got[i])
+			if got[i] == nil || got[i].AccessToken != "access-2" {
+				t.Fatalf("Refresh %d = %v, want the token of the refresh after the background one", i, got[i])
 			}
 		}
 		if tok, _ := s.Token(ctxBG); tok != got[0] {
 			t.Errorf("Token = %v after the refresh, want %v", tok, got[0])
+		}
+		if c := r.calls.Load(); c != 2 {
+			t.Errorf("Refresher called %d times, want 2", c)
+		}
+		mustClose(t, s)
+		ok := evs.of(RefreshSucceeded)
+		if len(ok) != 2 || !ok[0].Background || ok[0].Waiters != n || !ok[1].Forced || ok[1].Waiters != n {
+			t.Errorf("RefreshSucceeded events = %+v, want the background refresh and then one forced refresh, each with %d waiters", ok, n)
+		}
+	})
+}
+
+// Rejections that join the background refresh before it has called the
+// Refresher take its token: that call is made after they arrived, so after
+// whatever revoked the rejected token. One Refresher call.
+func TestForcedRefreshJoinsBackgroundRefreshBeforeItsCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate := make(chan struct{})
+		r := &counter{fn: sequence(time.Now, time.Hour).Refresh}
+		first := &Token{AccessToken: "first", Expiry: time.Now().Add(time.Hour)}
+		var evs events
+		s := New(r, WithInitialToken(first), WithObserver(func(e Event) {
+			if e.Kind == RefreshStarted && e.Background {
+				<-gate // holds the background refresh before its Refresher call
+			}
+			evs.observe(e)
+		}))
+		defer mustClose(t, s)
+		time.Sleep(time.Hour - 10*time.Second - time.Minute) // inside the early window
+		cur, err := s.Token(ctxBG)                           // starts the background refresh
+		if err != nil || cur.AccessToken != "first" {
+			t.Fatalf("Token = (%v, %v)", cur, err)
+		}
+		const n = 10
+		got := make([]*Token, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				var err error
+				if got[i], err = s.Refresh(ctxBG, cur); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		synctest.Wait()
+		close(gate)
+		wg.Wait()
+		for i := range n {
+			if got[i] == nil || got[i].AccessToken != "access-1" {
+				t.Fatalf("Refresh %d = %v, want the background refresh's token", i, got[i])
+			}
 		}
 		if c := r.calls.Load(); c != 1 {
 			t.Errorf("Refresher called %d times, want 1", c)

@@ -71,7 +71,7 @@ soak:
 
 ## chaos: the seeded fault campaign (e2e TestChaos): 6 worker processes per store under kills, stops,
 ## revocations, FileStore stalls and Redis kills, for DURATION per store (make test runs SEED=602 for 20s,
-## with stops capped at 2 s: -chaos.max-stop).
+## with stops capped at 1.5 s: -chaos.max-stop).
 ## SEED=<n> DURATION=<d> STORE=file,redis,cluster,sentinel or all; CHAOS_GOFLAGS=-race to build with the race detector
 SEED          ?= 30
 DURATION      ?= 60s

@@ -309,7 +309,7 @@ func reportUses(out *chaosOut) grpc.UnaryClientInterceptor {
 }
 
 // chaosTrace returns the options that make a member's Sources write their
-// debug log and events to member-<id>.log in the folder -chaos.trace names,
+// debug log and events to <store>-member-<id>.log in the folder -chaos.trace names,
 // with times as the checkers print them (seconds since the campaign's
 // start); none when it names none.
 func chaosTrace(member string) ([]tokensource.Option, func(), error) {
@@ -319,7 +319,8 @@ func chaosTrace(member string) ([]tokensource.Option, func(), error) {
 	}
 	startNS, _ := strconv.ParseInt(os.Getenv(envChaosStart), 10, 64)
 	start := time.Unix(0, startNS)
-	f, err := os.Create(filepath.Join(dir, "member-"+member+".log"))
+	store, _, _ := strings.Cut(os.Getenv(envChaosStore), ":")
+	f, err := os.Create(filepath.Join(dir, store+"-member-"+member+".log"))
 	if err != nil {
 		return nil, nil, err
 	}

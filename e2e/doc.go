@@ -103,7 +103,7 @@
 // session is followed by a relogin, so that the campaign goes on. Each
 // store ends with a table per fault kind on "chaos |" lines; a failure
 // names the checker, the faults and the seed. `make test` runs seed 602 for
-// 20 s on FileStore and on Redis, with worker stops capped at 2 s
+// 20 s on FileStore and on Redis, with worker stops capped at 1.5 s
 // (-chaos.max-stop): a longer stop right after a member presented its
 // refresh token is the documented unfenceable pause, and whether one lands
 // there is timing, which a fixed-seed smoke run must not depend on. For

@@ -15,7 +15,8 @@ import (
 func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, current *Token) result {
 	c := s.coord
 	var waitStart time.Time
-	restored, graced, waited := false, false, false
+	restored, waited := false, false
+	var gracedAt time.Time // when the flight's last repair grace ended
 	for {
 		rec, err := s.loadRecord(wctx)
 		if err != nil {
@@ -94,11 +95,11 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			// Present the newest refresh token of the fleet.
 			current = cand
 		}
-		if !graced && s.mayHaveLost(lease, current, restored) {
+		if s.graceDue(lease, current, restored, gracedAt) {
 			// A newer token may live in a member's memory only: give it
 			// the time to come back before spending this refresh token.
-			graced = true
 			moved, err := s.waitForCandidates(wctx, lease)
+			gracedAt = s.now()
 			if err != nil || moved {
 				s.releaseLease(ctx, lease)
 			}

@@ -164,6 +164,9 @@ func (s *Source) restore(ctx context.Context, ft fleetToken, rec Record) bool {
 		s.emit(Event{Kind: TokenRestored, Time: s.now(), Generation: s.cur.Load().gen})
 	}
 	s.mu.Lock()
+	if wrote {
+		s.restoredAt = s.now()
+	}
 	s.noteLocked(ft.ver) // the record holds ft, or a newer token
 	if s.fleet.tok == ft.tok {
 		s.fleet.pending = false
@@ -199,6 +202,26 @@ func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool
 	defer s.mu.Unlock()
 	outage := !s.coordFailedAt.IsZero() && s.now().Sub(s.coordFailedAt) < recentOutage
 	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen || outage
+}
+
+// graceDue reports whether a flight about to present presenting's refresh
+// token under lease waits the repair grace first (see mayHaveLost): the
+// first time, and again only if it met a new loss after the grace it waited
+// (gracedAt; zero: none yet), because a grace gives the members time to put
+// back what one loss took. A new loss is a failure of the Coordinator seen
+// since, or a restore by this Source since: a flight that waited on a
+// peer's lease through a Redis restart finds the record it restored itself
+// as ordinary-looking as the one it waited the grace for.
+func (s *Source) graceDue(lease Lease, presenting *Token, restored bool, gracedAt time.Time) bool {
+	if !s.mayHaveLost(lease, presenting, restored) {
+		return false
+	}
+	if gracedAt.IsZero() {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.coordFailedAt.After(gracedAt) || s.restoredAt.After(gracedAt)
 }
 
 // recentOutage is how long after a failure of the Coordinator a member still

@@ -527,6 +527,56 @@ func TestRecentOutageCallsForTheGrace(t *testing.T) {
 	})
 }
 
+// A flight waits the repair grace once, and again only after a new loss:
+// one that waited on peers' leases through a second Redis restart, and put
+// its token back into the emptied record itself, finds a record that looks
+// just like the one it waited the grace for, and must give the holders of
+// newer tokens the same time again (the chaos campaign lost the session
+// that way: the member presented 5 ms after its own restore).
+func TestGraceWaitedAgainAfterANewLoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, st, srcs := outageFleet(t, 1)
+		b := srcs[0]
+		b0 := mustToken(t, b)
+		st.reset() // the record is lost; b puts its token back
+		if !b.restoreBehind(ctxBG, Record{}) {
+			t.Fatal("b did not put its token back into the empty record")
+		}
+		lease, err := st.TryLease(ctxBG)
+		if err != nil || lease == nil {
+			t.Fatalf("TryLease = (%v, %v)", lease, err)
+		}
+		defer lease.Release(ctxBG)
+		if !b.graceDue(lease, b0, false, time.Time{}) {
+			t.Fatal("a restored record does not call for the grace")
+		}
+		time.Sleep(b.repairGrace())
+		graced := time.Now()
+		time.Sleep(time.Second) // waiting on peers' leases
+		if b.graceDue(lease, b0, false, graced) {
+			t.Error("the grace is called for again with no loss since")
+		}
+		st.down.Store(true) // a second outage
+		if _, err := b.probeRecord(ctxBG); err == nil {
+			t.Fatal("probe of a coordinator that is down succeeded")
+		}
+		st.down.Store(false)
+		if !b.graceDue(lease, b0, false, graced) {
+			t.Error("a coordinator failure after the grace does not call for another")
+		}
+		time.Sleep(recentOutage)
+		graced = time.Now()
+		time.Sleep(time.Second)
+		st.reset() // lost again: b puts its token back, seeing no failure
+		if !b.restoreBehind(ctxBG, Record{}) {
+			t.Fatal("b did not put its token back into the empty record")
+		}
+		if !b.graceDue(lease, b0, false, graced) {
+			t.Error("a restore after the grace does not call for another")
+		}
+	})
+}
+
 // A member whose lease ran out while it waited the repair grace (its
 // process was paused, say) does not present the refresh token under it:
 // another member may hold the lease by then. It takes the lease again.

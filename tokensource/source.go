@@ -116,6 +116,7 @@ type Source struct {
 	coordDownUntil time.Time
 	coordFailures  int
 	coordFailedAt  time.Time // the last failure, for mayHaveLost
+	restoredAt     time.Time // the last restore that wrote, for graceDue
 	// fleet is the current token with its version in the fleet's record,
 	// seen the highest version of that record this Source has read, and
 	// stopRepair ends the periodic check of the record (see repair.go).

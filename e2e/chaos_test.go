@@ -137,6 +137,9 @@ type campaign struct {
 	writes     []writeRec
 	// uses are the members that sent each access token (a fingerprint).
 	uses map[string]map[string]bool
+	// leases are the spans in which each member held the fleet's lease,
+	// from its grant to its Commit or Release (to zero: still open).
+	leases map[string][]span
 	// ended is when each worker process's output ended (it exited, or was
 	// killed), by member.
 	ended         map[string]time.Time
@@ -225,7 +228,8 @@ func newCampaign(t *testing.T, topo *chaosTopology) *campaign {
 		t.Fatal(err)
 	}
 	c := &campaign{t: t, topo: topo, seed: *chaosSeed, duration: *chaosDuration, exe: exe, inflight: make(chan func(), 1),
-		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}, ended: map[string]time.Time{}, uses: map[string]map[string]bool{}}
+		lastPresented: map[string]string{}, firstPresented: map[string]presentation{}, ended: map[string]time.Time{}, uses: map[string]map[string]bool{},
+		leases: map[string][]span{}}
 	c.schedule = makeSchedule(c.seed, c.duration, topo)
 	t.Logf("chaos | seed=%d store=%s duration=%v: %d faults scheduled (rerun: make chaos SEED=%d DURATION=%v STORE=%s)",
 		c.seed, topo.name, c.duration, len(c.schedule), c.seed, c.duration, chaosStoreArg(topo.name))
@@ -536,6 +540,16 @@ func (c *campaign) read(p *chaosProc, r io.Reader) {
 		case lineCommit, lineRestore:
 			c.mu.Lock()
 			c.writes = append(c.writes, writeRec{at: at, fp: l.FP, expiry: time.Unix(0, l.Expiry), by: p.member + " " + l.Kind})
+			c.mu.Unlock()
+		case lineLease:
+			c.mu.Lock()
+			c.leases[p.member] = append(c.leases[p.member], span{from: at})
+			c.mu.Unlock()
+		case lineUnlease:
+			c.mu.Lock()
+			if ls := c.leases[p.member]; len(ls) > 0 && ls[len(ls)-1].to.IsZero() {
+				ls[len(ls)-1].to = at
+			}
 			c.mu.Unlock()
 		case lineUse:
 			c.mu.Lock()

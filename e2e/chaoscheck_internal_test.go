@@ -19,13 +19,15 @@ import (
 // because nothing happened, not because a checker cannot see: a member that
 // keeps sending a token it was told is rejected while a valid one is
 // committed is a stale send, and only then; a failed call outside every
-// window is outside, a member fault's window covers that member alone, and
-// failures are counted per force-expiry, apart for one in a store outage.
+// window is outside, a member fault's window covers that member alone
+// unless it held the fleet's lease, and failures are counted per
+// force-expiry, apart for one in a store outage.
 func TestChaosCheckers(t *testing.T) {
 	allow, recovery := *chaosStaleAllowance, *chaosRecovery
 	t0 := time.Now()
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
-	c := &campaign{t: t, topo: &chaosTopology{name: "synthetic"}, srv: testserver.New(), start: t0, end: at(10 * time.Second)}
+	c := &campaign{t: t, topo: &chaosTopology{name: "synthetic"}, srv: testserver.New(), start: t0, end: at(14 * time.Second),
+		leases: map[string][]span{}}
 	for i := range c.slots {
 		c.slots[i] = &memberSlot{idx: i}
 	}
@@ -36,7 +38,13 @@ func TestChaosCheckers(t *testing.T) {
 	// per-force-expiry bound.
 	outage := &faultRec{kind: &faultKind{name: "store-outage"}, member: -1, start: at(6 * time.Second), end: at(7 * time.Second)}
 	expiry2 := &faultRec{kind: faultExpire, member: -1, start: at(6500 * time.Millisecond), end: at(6500 * time.Millisecond)}
-	c.faults = []*faultRec{expiry, stop, outage, expiry2}
+	// Member 3 stopped while it held the fleet's lease (granted before the
+	// stop, never given up): its window covers the fleet.
+	holderStop := &faultRec{kind: faultStop, member: 3, target: "3.1", start: at(11 * time.Second), end: at(11500 * time.Millisecond)}
+	c.leases["3.1"] = []span{{from: at(10900 * time.Millisecond)}}
+	c.leases["0.1"] = []span{{from: at(3 * time.Second), to: at(3200 * time.Millisecond)}} // given up before its stop
+	stop.target = "0.1"
+	c.faults = []*faultRec{expiry, stop, outage, expiry2, holderStop}
 	c.invalidations = []span{{expiry.start, expiry.end}}
 
 	fpOld, fpNew := tokenFingerprint("at_old"), tokenFingerprint("at_new")
@@ -67,6 +75,7 @@ func TestChaosCheckers(t *testing.T) {
 		failureRec{member: "1.1", idx: 1, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
 		failureRec{member: "0.1", idx: 0, start: at(4200 * time.Millisecond), end: at(4300 * time.Millisecond)},
 		failureRec{member: "4.1", idx: 4, start: late, end: late.Add(100 * time.Millisecond)},
+		failureRec{member: "2.1", idx: 2, start: at(11200 * time.Millisecond), end: at(12 * time.Second)}, // in the holder's stop
 	)
 
 	rep := c.analyze()
@@ -83,8 +92,8 @@ func TestChaosCheckers(t *testing.T) {
 	if len(rep.compoundExpiries) != 1 || rep.compoundExpiries[0] != 30 {
 		t.Errorf("failed calls per force-expiry in an outage %v, want [30]", rep.compoundExpiries)
 	}
-	if r := rep.rows[faultStop.name]; r == nil || r.failed != 1 {
-		t.Errorf("worker-stop row %+v, want 1 failed call", r)
+	if r := rep.rows[faultStop.name]; r == nil || r.failed != 2 {
+		t.Errorf("worker-stop row %+v, want 2 failed calls (member 0's own, and member 2's in the lease holder's stop)", r)
 	}
 
 	// The bounds fail on this record, naming the checkers and the seed.

@@ -23,8 +23,9 @@ import (
 //     it; a Redis kill: from the SIGKILL to the restarted server answering
 //     PING; a Cluster master kill or a Sentinel failover: from the SIGKILL
 //     to the killed node back as a replica). A member fault (kill, stop)
-//     scopes its window to the member it hit; every other fault's window
-//     covers the fleet. A lost session
+//     scopes its window to the member it hit, unless that member held the
+//     fleet's lease when it struck (the fleet waits for the lease: see
+//     heldLease); every other fault's window covers the fleet. A lost session
 //     (below) opens a fleet window until the campaign's relogin.
 //   - A failed call belongs to a window when the call's span [start, end]
 //     overlaps it, and is attributed to the overlapping window that began
@@ -136,7 +137,11 @@ func (c *campaign) analyze() *chaosReport {
 			continue
 		}
 		r.injected++
-		wins = append(wins, window{label: f.label(), member: f.member, from: f.start, to: f.end.Add(recovery), fault: f})
+		member := f.member
+		if member >= 0 && c.heldLease(f.target, f.start) {
+			member = -1 // the fleet waits for its lease: see heldLease
+		}
+		wins = append(wins, window{label: f.label(), member: member, from: f.start, to: f.end.Add(recovery), fault: f})
 	}
 	for _, ep := range c.episodes {
 		end := ep.end
@@ -468,6 +473,21 @@ func (c *campaign) stoppedPastGrace(u reuseRec) string {
 			p.member, p.at.Sub(c.start).Seconds(), f.start.Sub(c.start).Seconds(), f.end.Sub(f.start).Round(time.Millisecond), fenced)
 	}
 	return ""
+}
+
+// heldLease reports whether member held the fleet's lease at t. A member
+// killed or stopped while it holds the lease stalls every member's refresh
+// (the lease serialises them) until the lease's TTL ends and the member that
+// takes it over has waited the repair grace (2.25 s), and then often a
+// second grace for the record the stopped holder restores on resuming: its
+// window covers the fleet, as a store outage's does.
+func (c *campaign) heldLease(member string, t time.Time) bool {
+	for _, s := range c.leases[member] {
+		if !s.from.After(t) && (s.to.IsZero() || !s.to.Before(t)) {
+			return true
+		}
+	}
+	return false
 }
 
 // repairGrace is the Sources' repair grace at the default repair interval

@@ -85,6 +85,8 @@ const (
 	lineCommit   = "commit"   // a Lease.Commit that succeeded
 	lineUse      = "use"      // the first call this member sent with an access token
 	lineRestore  = "restore"  // a Restorer.Restore that wrote
+	lineLease    = "lease"    // a TryLease that granted the lease
+	lineUnlease  = "unlease"  // that lease's Commit or Release returned
 	lineReauth   = "reauth"   // the Source requires re-authentication
 	lineStall    = "stall"    // a stall inside the FileStore's critical section, from At to End
 	lineNoStall  = "nostall"  // an armed stall expired without a critical section to stall in
@@ -441,6 +443,7 @@ func (c reportingCoordinator) TryLease(ctx context.Context) (tokensource.Lease, 
 	if l == nil || err != nil {
 		return l, err
 	}
+	c.out.write(chaosLine{Kind: lineLease, At: time.Now().UnixNano()})
 	rl := reportingLease{Lease: l, c: c}
 	if el, ok := l.(tokensource.ExpiringLease); ok {
 		// Keep the lease's lifetime visible: without it the Source would
@@ -468,6 +471,13 @@ func (l reportingLease) Commit(ctx context.Context, t *tokensource.Token) error 
 	if err == nil {
 		l.c.wrote(lineCommit, t)
 	}
+	l.c.out.write(chaosLine{Kind: lineUnlease, At: time.Now().UnixNano()})
+	return err
+}
+
+func (l reportingLease) Release(ctx context.Context) error {
+	err := l.Lease.Release(ctx)
+	l.c.out.write(chaosLine{Kind: lineUnlease, At: time.Now().UnixNano()})
 	return err
 }
 

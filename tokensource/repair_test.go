@@ -244,23 +244,41 @@ func TestPausedHolderResumingWithinTheGrace(t *testing.T) {
 	}
 }
 
+// pausedHolder is a fleet of two, a and b, whose login token in st has
+// expired and whose tokens live for life: a's Refresher closes presented
+// once the authorization server has rotated, then pauses until resume is
+// closed. It must run inside a synctest bubble.
+type pausedHolder struct {
+	r                 *rotating
+	st                *outageStore
+	a, b              *Source
+	presented, resume chan struct{}
+}
+
+func newPausedHolder(t *testing.T, life time.Duration) *pausedHolder {
+	t.Helper()
+	r, login := newRotating(life)
+	login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
+	p := &pausedHolder{r: r, st: &outageStore{MemoryStore: NewMemoryStore()},
+		presented: make(chan struct{}), resume: make(chan struct{})}
+	if err := p.st.Save(ctxBG, login); err != nil {
+		t.Fatal(err)
+	}
+	p.a = New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
+		tok, err := r.Refresh(ctx, cur)
+		close(p.presented)
+		<-p.resume // paused after the authorization server rotated
+		return tok, err
+	}), WithStore(p.st), WithEarlyRefresh(0))
+	t.Cleanup(func() { mustClose(t, p.a) })
+	p.b = fleet(t, 1, r, p.st, WithEarlyRefresh(0))[0]
+	return p
+}
+
 func pausedHolderResuming(t *testing.T, late time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Minute)
-		login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
-		st := &outageStore{MemoryStore: NewMemoryStore()}
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
-		presented, resume := make(chan struct{}), make(chan struct{})
-		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-			tok, err := r.Refresh(ctx, cur)
-			close(presented)
-			<-resume // paused after the authorization server rotated
-			return tok, err
-		}), WithStore(st), WithEarlyRefresh(0))
-		defer mustClose(t, a)
-		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+		p := newPausedHolder(t, time.Minute)
+		r, st, a, b, presented, resume := p.r, p.st, p.a, p.b, p.presented, p.resume
 
 		// Tokens by name ("" for an error), got on goroutines of their own.
 		token := func(s *Source, done chan<- string) {
@@ -300,21 +318,8 @@ func pausedHolderResuming(t *testing.T, late time.Duration) {
 // refresh token, not the spent one.
 func TestPausedHolderReceivingAnExpiredToken(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r, login := newRotating(time.Second)
-		login.Expiry = time.Now().Add(-time.Minute) // expired: the first member refreshes
-		st := &outageStore{MemoryStore: NewMemoryStore()}
-		if err := st.Save(ctxBG, login); err != nil {
-			t.Fatal(err)
-		}
-		presented, resume := make(chan struct{}), make(chan struct{})
-		a := New(RefresherFunc(func(ctx context.Context, cur *Token) (*Token, error) {
-			tok, err := r.Refresh(ctx, cur)
-			close(presented)
-			<-resume // paused after the authorization server rotated
-			return tok, err
-		}), WithStore(st), WithEarlyRefresh(0))
-		defer mustClose(t, a)
-		b := fleet(t, 1, r, st, WithEarlyRefresh(0))[0]
+		p := newPausedHolder(t, time.Second)
+		r, st, a, b, presented, resume := p.r, p.st, p.a, p.b, p.presented, p.resume
 		aErr := make(chan error, 1)
 		go func() {
 			_, err := a.Token(ctxBG)

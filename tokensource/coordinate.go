@@ -16,7 +16,7 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 	c := s.coord
 	var waitStart time.Time
 	restored, waited := false, false
-	var gracedAt time.Time // when the flight's last repair grace ended
+	var graced graceMark // the flight's last repair grace
 	for {
 		rec, err := s.loadRecord(wctx)
 		if err != nil {
@@ -95,11 +95,11 @@ func (s *Source) runCoordinated(ctx, wctx context.Context, f *flight, prev, curr
 			// Present the newest refresh token of the fleet.
 			current = cand
 		}
-		if s.graceDue(lease, current, restored, gracedAt) {
+		if s.graceDue(lease, current, restored, graced) {
 			// A newer token may live in a member's memory only: give it
 			// the time to come back before spending this refresh token.
 			moved, err := s.waitForCandidates(wctx, lease)
-			gracedAt = s.now()
+			graced = s.markGrace(lease)
 			if err != nil || moved {
 				s.releaseLease(ctx, lease)
 			}

@@ -204,24 +204,43 @@ func (s *Source) mayHaveLost(lease Lease, presenting *Token, restored bool) bool
 	return restored || rec.Restored || lease.TakenOver() || rec.Version == 0 || rec.Version < s.seen || outage
 }
 
+// graceMark is what a flight remembers of the last repair grace it waited:
+// when it ended, and the record under the lease it waited on.
+type graceMark struct {
+	at       time.Time // zero: none yet
+	ver      uint64
+	restored bool
+}
+
+// markGrace records a grace that has just ended under lease.
+func (s *Source) markGrace(lease Lease) graceMark {
+	rec := lease.Record()
+	return graceMark{at: s.now(), ver: rec.Version, restored: rec.Restored}
+}
+
 // graceDue reports whether a flight about to present presenting's refresh
 // token under lease waits the repair grace first (see mayHaveLost): the
 // first time, and again only if it met a new loss after the grace it waited
-// (gracedAt; zero: none yet), because a grace gives the members time to put
-// back what one loss took. A new loss is a failure of the Coordinator seen
-// since, or a restore by this Source since: a flight that waited on a
-// peer's lease through a Redis restart finds the record it restored itself
-// as ordinary-looking as the one it waited the grace for.
-func (s *Source) graceDue(lease Lease, presenting *Token, restored bool, gracedAt time.Time) bool {
+// (last), because a grace gives the members time to put back what one loss
+// took. A new loss is a record older than the one the grace was waited on,
+// or put back since at the same version; a failure of the Coordinator seen
+// since; or a restore by this Source since. A flight that waited on a
+// peer's lease through a Redis restart may see any one of them alone: the
+// restart looks like an empty record if nobody has restored yet, and like
+// an ordinary restored one if this Source restored it.
+func (s *Source) graceDue(lease Lease, presenting *Token, restored bool, last graceMark) bool {
 	if !s.mayHaveLost(lease, presenting, restored) {
 		return false
 	}
-	if gracedAt.IsZero() {
+	if last.at.IsZero() {
+		return true
+	}
+	if rec := lease.Record(); rec.Version < last.ver || (rec.Version == last.ver && rec.Restored && !last.restored) {
 		return true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.coordFailedAt.After(gracedAt) || s.restoredAt.After(gracedAt)
+	return s.coordFailedAt.After(last.at) || s.restoredAt.After(last.at)
 }
 
 // recentOutage is how long after a failure of the Coordinator a member still

@@ -532,35 +532,50 @@ func TestRecentOutageCallsForTheGrace(t *testing.T) {
 	})
 }
 
-// A flight waits the repair grace once, and again only after a new loss:
-// one that waited on peers' leases through a second Redis restart, and put
-// its token back into the emptied record itself, finds a record that looks
-// just like the one it waited the grace for, and must give the holders of
-// newer tokens the same time again (the chaos campaign lost the session
-// that way: the member presented 5 ms after its own restore).
+// A flight waits the repair grace once, and again only after a new loss.
+// The chaos campaign lost the session twice to a flight that waited the
+// grace, then waited on peers' leases through a second Redis restart
+// (empty): once it put its own token back into the emptied record and
+// presented 5 ms later; once it took the lease on the emptied record 10 ms
+// after the restart, having seen no failure (the wait for the peer's commit
+// rode over it).
 func TestGraceWaitedAgainAfterANewLoss(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		_, st, srcs := outageFleet(t, 1)
 		b := srcs[0]
 		b0 := mustToken(t, b)
+		// take returns a lease on the record as it is now, given up at the
+		// test's end.
+		take := func() Lease {
+			t.Helper()
+			lease, err := st.TryLease(ctxBG)
+			if err != nil || lease == nil {
+				t.Fatalf("TryLease = (%v, %v)", lease, err)
+			}
+			_ = lease.Release(ctxBG)
+			return lease
+		}
+		// grace waits the grace under lease, and a second more (the wait
+		// on peers' leases).
+		grace := func(lease Lease) graceMark {
+			time.Sleep(b.repairGrace())
+			m := b.markGrace(lease)
+			time.Sleep(time.Second)
+			return m
+		}
 		st.reset() // the record is lost; b puts its token back
 		if !b.restoreBehind(ctxBG, Record{}) {
 			t.Fatal("b did not put its token back into the empty record")
 		}
-		lease, err := st.TryLease(ctxBG)
-		if err != nil || lease == nil {
-			t.Fatalf("TryLease = (%v, %v)", lease, err)
-		}
-		defer lease.Release(ctxBG)
-		if !b.graceDue(lease, b0, false, time.Time{}) {
+		lease := take()
+		if !b.graceDue(lease, b0, false, graceMark{}) {
 			t.Fatal("a restored record does not call for the grace")
 		}
-		time.Sleep(b.repairGrace())
-		graced := time.Now()
-		time.Sleep(time.Second) // waiting on peers' leases
+		graced := grace(lease)
 		if b.graceDue(lease, b0, false, graced) {
 			t.Error("the grace is called for again with no loss since")
 		}
+
 		st.down.Store(true) // a second outage
 		if _, err := b.probeRecord(ctxBG); err == nil {
 			t.Fatal("probe of a coordinator that is down succeeded")
@@ -569,15 +584,21 @@ func TestGraceWaitedAgainAfterANewLoss(t *testing.T) {
 		if !b.graceDue(lease, b0, false, graced) {
 			t.Error("a coordinator failure after the grace does not call for another")
 		}
+
 		time.Sleep(recentOutage)
-		graced = time.Now()
-		time.Sleep(time.Second)
+		graced = grace(lease)
 		st.reset() // lost again: b puts its token back, seeing no failure
 		if !b.restoreBehind(ctxBG, Record{}) {
 			t.Fatal("b did not put its token back into the empty record")
 		}
-		if !b.graceDue(lease, b0, false, graced) {
+		if !b.graceDue(take(), b0, false, graced) {
 			t.Error("a restore after the grace does not call for another")
+		}
+
+		graced = grace(lease)
+		st.reset() // lost again, and b neither sees a failure nor restores
+		if !b.graceDue(take(), b0, false, graced) {
+			t.Error("a record older than the one the grace was waited on does not call for another")
 		}
 	})
 }

@@ -26,16 +26,17 @@ func joinedLate(f *flight) bool {
 	return f != nil && !f.forced && f.id != 0
 }
 
-// refreshAfterUnlock answers a rejection of the current token while f, a
-// refresh it joined late (see joinedLate), runs: it waits for f, then
-// refreshes f's token once more unless f's Refresher call began after the
-// rejection arrived. s.mu must be held; refreshAfterUnlock unlocks it.
-func (s *Source) refreshAfterUnlock(ctx context.Context, f *flight) (*Token, error) {
-	before := f.called.Load() // ordered with the flight's call by the atomic
-	if _, err := s.joinLocked(ctx, rejection); err != nil {
+// refreshAfterUnlock answers a rejection of the current token while a
+// refresh it joins late (see joinedLate) runs: it waits for that refresh,
+// then refreshes its token once more unless its Refresher call began after
+// the rejection arrived. s.mu must be held; refreshAfterUnlock unlocks it.
+func (s *Source) refreshAfterUnlock(ctx context.Context) (*Token, error) {
+	f, err := s.joinLocked(ctx, rejection) // s.flight, or an error
+	if err != nil {
 		s.mu.Unlock()
 		return nil, err
 	}
+	before := f.called.Load() // ordered with the flight's call by the atomic
 	s.mu.Unlock()
 	tok, err := s.await(ctx, f)
 	if err != nil || (f.refreshed && !before) {

@@ -301,7 +301,7 @@ func (s *Source) forceRefresh(ctx context.Context, stale *Token, late bool) (*To
 		return s.rateLimitedUnlock(ctx, st, now)
 	}
 	if valid && late && joinedLate(s.flight) {
-		return s.refreshAfterUnlock(ctx, s.flight)
+		return s.refreshAfterUnlock(ctx)
 	}
 	if valid {
 		return s.waitUnlock(ctx, rejection)
